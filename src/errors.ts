@@ -1,0 +1,96 @@
+/**
+ * Every error auditrelay raises on purpose is created here, with a stable code.
+ * docs/errors.md lists the codes; test/unit/errors.test.ts keeps the two in step.
+ */
+
+export const ErrorCodes = {
+  /** Configuration file could not be parsed or validated. Exit status 6, as upstream. */
+  CONFIG: 'AR_CONFIG',
+  /** Command line usage error. Exit status 2. */
+  USAGE: 'AR_USAGE',
+  /** The wire protocol was violated by the peer (bad magic, oversized length, unexpected reply). */
+  PROTOCOL: 'AR_PROTOCOL',
+  /** The link to the server failed (connect refused, reset, timeout). */
+  LINK: 'AR_LINK',
+  /** The queue could not store or return a record. */
+  QUEUE: 'AR_QUEUE',
+  /** A supervised actor failed more often than the restart intensity allows. */
+  ESCALATED: 'AR_ESCALATED',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export class AuditRelayError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+export interface ConfigErrorLocation {
+  file?: string;
+  line?: number;
+  key?: string;
+  value?: string;
+  allowed?: string;
+}
+
+/** A configuration error; its message is one line naming file, line, key, bad value and allowed values. */
+export class ConfigError extends AuditRelayError {
+  readonly location: ConfigErrorLocation;
+  constructor(message: string, location: ConfigErrorLocation = {}, options?: { cause?: unknown }) {
+    super(ErrorCodes.CONFIG, formatConfigMessage(message, location), options);
+    this.location = location;
+  }
+}
+
+function formatConfigMessage(message: string, loc: ConfigErrorLocation): string {
+  const where = loc.file ? (loc.line ? `${loc.file}:${loc.line}: ` : `${loc.file}: `) : '';
+  const key = loc.key ? `${loc.key}: ` : '';
+  const allowed = loc.allowed ? ` (allowed: ${loc.allowed})` : '';
+  return `${where}${key}${message}${allowed}`;
+}
+
+export class UsageError extends AuditRelayError {
+  constructor(message: string) {
+    super(ErrorCodes.USAGE, message);
+  }
+}
+
+export class ProtocolError extends AuditRelayError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCodes.PROTOCOL, message, options);
+  }
+}
+
+export class LinkError extends AuditRelayError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCodes.LINK, message, options);
+  }
+}
+
+export class QueueError extends AuditRelayError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCodes.QUEUE, message, options);
+  }
+}
+
+export class EscalationError extends AuditRelayError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCodes.ESCALATED, message, options);
+  }
+}
+
+/** Exit statuses, modelled on audisp-remote's. */
+export const ExitCodes = {
+  OK: 0,
+  /** Records remained queued at exit, or a fatal runtime error. */
+  FAILURE: 1,
+  USAGE: 2,
+  /** Configuration error (upstream uses 6). */
+  CONFIG: 6,
+  /** The supervisor gave up restarting a failing actor. */
+  ESCALATED: 3,
+} as const;
