@@ -1,0 +1,250 @@
+/**
+ * The data path of one open link: pipelines queued records to the server, reads every reply as it
+ * arrives (a real auditd drops acks it cannot write), matches replies to requests by sequence
+ * number, sends heartbeats on a timer whatever the traffic, and declares the link dead when no
+ * reply arrives within the deadline. It reports link-level outcomes to the connection machine.
+ */
+import type { SessionEvent } from '../../machines/connection.js';
+import { MessageType, TypeMask, typeName } from '../protocol/constants.js';
+import { FrameDecoder, writeHeader } from '../protocol/codec.js';
+import { HEADER_SIZE, MAX_AUDIT_MESSAGE_LENGTH } from '../protocol/constants.js';
+import type { RecordQueue } from '../queue/types.js';
+import type { Transport } from './transport.js';
+
+export interface SessionOptions {
+  transport: Transport;
+  queue: RecordQueue;
+  sequence: SequenceCounter;
+  maxInFlight: number;
+  /** No reply for this long while something is in flight ⇒ the link is dead. */
+  replyTimeoutMs: number;
+  /** Heartbeat period; 0 = off. */
+  heartbeatMs: number;
+  /** ascii format: no replies; a record counts as delivered once written. */
+  ascii: boolean;
+  onReply?(kind: ReplyKind, text: string): void;
+  now?: () => number;
+}
+
+export type ReplyKind = 'ack' | 'disk-low' | 'generic-error' | 'generic-warning';
+
+/** Process-wide sequence numbers: never 0 (ENDING uses 0), wrap at 2^32. */
+export class SequenceCounter {
+  #value = 0;
+  next(): number {
+    this.#value = this.#value >= 0xffffffff ? 1 : this.#value + 1;
+    return this.#value;
+  }
+}
+
+interface InFlight {
+  seq: number;
+  /** Queue id, or 0 for a heartbeat. */
+  id: number;
+}
+
+const HEARTBEAT = 0;
+
+export class Session {
+  readonly #o: SessionOptions;
+  readonly #now: () => number;
+  #send: ((event: SessionEvent) => void) | null = null;
+  readonly #inflight: InFlight[] = [];
+  #inflightHead = 0;
+  /** Time of the last reply, or of the first send after an idle period. */
+  #progressAt = 0;
+  #draining = false;
+  #blocked = false;
+  #ended = false;
+  #timers: NodeJS.Timeout[] = [];
+  readonly #decoder = new FrameDecoder({ maxPayload: MAX_AUDIT_MESSAGE_LENGTH });
+
+  constructor(options: SessionOptions) {
+    this.#o = options;
+    this.#now = options.now ?? Date.now;
+  }
+
+  get inFlight(): number {
+    return this.#inflight.length - this.#inflightHead;
+  }
+
+  /** Starts the data path; `sendBack` receives the session's outcome events. */
+  start(sendBack: (event: SessionEvent) => void): void {
+    this.#send = sendBack;
+    const { transport, queue } = this.#o;
+    // Everything not acknowledged on the previous link is sent again, in order.
+    queue.rewind();
+    transport.onClose = (reason) => this.#finish({ type: 'LINK_LOST', reason });
+    transport.onDrain = () => {
+      this.#blocked = false;
+      this.#pump();
+    };
+    // Last: setting onMessage delivers bytes (or a close) that arrived before the session started.
+    transport.onMessage = (frame) => this.#onFrame(frame);
+    queue.on('readable', this.#pump);
+    if (this.#o.heartbeatMs > 0 && !this.#o.ascii) {
+      this.#timers.push(setInterval(() => this.#sendHeartbeat(), this.#o.heartbeatMs));
+    }
+    if (!this.#o.ascii) {
+      const check = Math.max(10, Math.min(1000, Math.floor(this.#o.replyTimeoutMs / 4)));
+      this.#timers.push(setInterval(() => this.#checkDeadline(), check));
+    }
+    this.#pump();
+  }
+
+  /** From the machine: report DRAINED once nothing is left. */
+  drain(): void {
+    this.#draining = true;
+    this.#checkDrained();
+  }
+
+  /** Stops timers and listeners; the caller closes the transport. */
+  stop(): void {
+    this.#ended = true;
+    for (const t of this.#timers) clearInterval(t);
+    this.#timers = [];
+    this.#o.queue.off('readable', this.#pump);
+    const { transport } = this.#o;
+    transport.onMessage = null;
+    transport.onClose = null;
+    transport.onDrain = null;
+  }
+
+  #finish(event: SessionEvent): void {
+    if (this.#ended) return;
+    this.stop();
+    this.#send?.(event);
+  }
+
+  readonly #pump = (): void => {
+    if (this.#ended || this.#blocked) return;
+    const { queue, transport, sequence, maxInFlight } = this.#o;
+    const frames: Buffer[] = [];
+    let total = 0;
+    while (this.inFlight < maxInFlight) {
+      const rec = queue.takeNext();
+      if (!rec) break;
+      const seq = sequence.next();
+      if (this.#o.ascii) {
+        frames.push(rec.payload);
+        total += rec.payload.length;
+        this.#inflight.push({ seq, id: rec.id });
+      } else {
+        const header = Buffer.allocUnsafe(HEADER_SIZE);
+        writeHeader(header, 0, MessageType.MESSAGE, seq, rec.payload.length);
+        frames.push(header, rec.payload);
+        total += HEADER_SIZE + rec.payload.length;
+        if (this.inFlight === 0) this.#progressAt = this.#now();
+        this.#inflight.push({ seq, id: rec.id });
+      }
+      // Write in batches of about 256 KiB so a large backlog does not build one huge buffer.
+      if (total >= 262_144) {
+        this.#write(frames, total);
+        frames.length = 0;
+        total = 0;
+        if (this.#blocked) break;
+      }
+    }
+    if (frames.length > 0) this.#write(frames, total);
+    if (this.#o.ascii) this.#ackAllWritten();
+    this.#checkDrained();
+  };
+
+  #write(frames: Buffer[], total: number): void {
+    const ok = this.#o.transport.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames, total));
+    if (!ok) this.#blocked = true;
+  }
+
+  /** ascii: nothing comes back, so a record handed to the socket counts as delivered. */
+  #ackAllWritten(): void {
+    while (this.inFlight > 0) {
+      const f = this.#inflight[this.#inflightHead++]!;
+      this.#o.queue.ack(f.id);
+    }
+    this.#compact();
+  }
+
+  #sendHeartbeat(): void {
+    if (this.#ended) return;
+    const seq = this.#o.sequence.next();
+    const frame = Buffer.allocUnsafe(HEADER_SIZE);
+    writeHeader(frame, 0, MessageType.HEARTBEAT, seq, 0);
+    if (this.inFlight === 0) this.#progressAt = this.#now();
+    this.#inflight.push({ seq, id: HEARTBEAT });
+    if (!this.#o.transport.write(frame)) this.#blocked = true;
+  }
+
+  #checkDeadline(): void {
+    if (this.#ended || this.inFlight === 0) return;
+    const waited = this.#now() - this.#progressAt;
+    if (waited >= this.#o.replyTimeoutMs) {
+      this.#finish({
+        type: 'REPLY_TIMEOUT',
+        reason: `no reply for ${waited} ms with ${this.inFlight} message(s) in flight`,
+      });
+    }
+  }
+
+  #onFrame(chunk: Buffer): void {
+    if (this.#ended) return;
+    const messages = this.#decoder.push(chunk);
+    for (const m of messages) {
+      if (this.#ended) return;
+      if (m.type === MessageType.ENDING) {
+        this.#finish({ type: 'REMOTE_ENDING' });
+        return;
+      }
+      const head = this.#inflight[this.#inflightHead];
+      if (!head) {
+        this.#finish({
+          type: 'PROTOCOL_ERROR',
+          reason: `unsolicited ${typeName(m.type)} reply with sequence ${m.sequence}`,
+        });
+        return;
+      }
+      if (m.sequence !== head.seq) {
+        this.#finish({
+          type: 'PROTOCOL_ERROR',
+          reason: `reply sequence ${m.sequence} does not match the oldest request ${head.seq}`,
+        });
+        return;
+      }
+      const text = m.payload.toString('latin1');
+      if (m.type === MessageType.DISKFULL) {
+        this.#finish({ type: 'DISK_FULL', reason: `server replied DISKFULL${text ? `: ${text}` : ''}` });
+        return;
+      }
+      if (m.type === MessageType.DISKERROR) {
+        this.#finish({ type: 'DISK_ERROR', reason: `server replied DISKERROR${text ? `: ${text}` : ''}` });
+        return;
+      }
+      // Accepted: ACK, DISKLOW (written, but the server is low on space), and, as upstream,
+      // any other reply (an unknown FATAL or WARN reply runs the generic action; the record is done).
+      this.#inflightHead++;
+      this.#progressAt = this.#now();
+      if (head.id !== HEARTBEAT) this.#o.queue.ack(head.id);
+      if (m.type === MessageType.DISKLOW) this.#o.onReply?.('disk-low', text);
+      else if (m.type & TypeMask.FATAL) this.#o.onReply?.('generic-error', `${typeName(m.type)} ${text}`);
+      else if (m.type & TypeMask.WARN) this.#o.onReply?.('generic-warning', `${typeName(m.type)} ${text}`);
+    }
+    if (this.#decoder.error) {
+      this.#finish({ type: 'PROTOCOL_ERROR', reason: `bad reply from the server: ${this.#decoder.error.message}` });
+      return;
+    }
+    this.#compact();
+    this.#pump();
+  }
+
+  #compact(): void {
+    if (this.#inflightHead > 1024 && this.#inflightHead * 2 > this.#inflight.length) {
+      this.#inflight.splice(0, this.#inflightHead);
+      this.#inflightHead = 0;
+    }
+  }
+
+  #checkDrained(): void {
+    if (this.#draining && !this.#ended && this.inFlight === 0 && this.#o.queue.depth === 0) {
+      this.#finish({ type: 'DRAINED' });
+    }
+  }
+}

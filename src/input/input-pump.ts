@@ -1,0 +1,123 @@
+/**
+ * Moves bytes from an input stream through the record splitter into the queue. It outlives the
+ * reader actor: a restarted reader re-attaches to the same pump, so a partial line and records the
+ * queue refused are never lost across a restart.
+ */
+import type { Readable } from 'node:stream';
+import type { ReaderEvent } from '../../machines/reader.js';
+import type { Logger } from '../log.js';
+import type { RecordQueue } from '../queue/types.js';
+import { RecordSplitter } from './record-splitter.js';
+
+export interface InputPumpOptions {
+  stream: Readable;
+  queue: RecordQueue;
+  maxRecord: number;
+  forwardEoe: boolean;
+  log: Logger;
+  /** What the stream is, for log lines (e.g. "stdin"). */
+  name: string;
+}
+
+export class InputPump {
+  readonly #o: InputPumpOptions;
+  readonly splitter: RecordSplitter;
+  /** Records the queue refused (it was full); appended first when it has room again. */
+  #held: Buffer[] = [];
+  #eof = false;
+  #send: ((e: ReaderEvent) => void) | null = null;
+  bytesRead = 0;
+
+  constructor(options: InputPumpOptions) {
+    this.#o = options;
+    const { log, name } = options;
+    this.splitter = new RecordSplitter({
+      maxRecord: options.maxRecord,
+      forwardEoe: options.forwardEoe,
+      onRecord: (rec) => this.#offer(rec),
+      onDiscard: (reason, d) => log.debug({ input: name, line: d.line, reason }, 'input line dropped'),
+      onAdjust: (reason, d) =>
+        log.warn(
+          { input: name, line: d.line, reason, count: d.count },
+          reason === 'split'
+            ? `input line ${d.line} is longer than ${options.maxRecord - 1} bytes: sent as several records`
+            : `input line ${d.line} contains ${d.count} NUL byte(s): replaced by spaces`,
+        ),
+    });
+  }
+
+  get held(): number {
+    return this.#held.length;
+  }
+
+  get ended(): boolean {
+    return this.#eof && this.#held.length === 0;
+  }
+
+  /** Starts (or resumes, after a reader restart) feeding the queue; returns the detach function. */
+  attach(send: (e: ReaderEvent) => void): () => void {
+    const { stream, queue } = this.#o;
+    this.#send = send;
+    const onData = (chunk: Buffer) => {
+      this.bytesRead += chunk.length;
+      this.splitter.push(chunk);
+    };
+    const onEnd = () => {
+      this.splitter.end();
+      this.#eof = true;
+      this.#maybeEnded();
+    };
+    const onError = (err: NodeJS.ErrnoException) => send({ type: 'READ_ERROR', reason: err.code ?? err.message });
+    const onQueueDrain = () => this.#flushHeld();
+    stream.on('data', onData);
+    stream.on('end', onEnd);
+    stream.on('error', onError);
+    queue.on('drain', onQueueDrain);
+    if (this.#held.length > 0) {
+      send({ type: 'QUEUE_FULL' });
+      this.#flushHeld();
+    } else if (!this.#eof) {
+      stream.resume();
+    }
+    this.#maybeEnded();
+    return () => {
+      stream.off('data', onData);
+      stream.off('end', onEnd);
+      stream.off('error', onError);
+      queue.off('drain', onQueueDrain);
+      this.#send = null;
+    };
+  }
+
+  /** Stop reading (SIGTERM): what was read stays queued; nothing more is read. */
+  close(): void {
+    const { stream } = this.#o;
+    stream.pause();
+    if (!this.#eof) {
+      this.#eof = true;
+      this.splitter.end();
+      this.#maybeEnded();
+    }
+  }
+
+  #offer(record: Buffer): void {
+    if (this.#held.length === 0 && this.#o.queue.append(record)) return;
+    this.#held.push(record);
+    if (this.#held.length === 1) {
+      this.#o.stream.pause();
+      this.#send?.({ type: 'QUEUE_FULL' });
+    }
+  }
+
+  #flushHeld(): void {
+    while (this.#held.length > 0 && this.#o.queue.append(this.#held[0]!)) this.#held.shift();
+    if (this.#held.length > 0) return;
+    this.#send?.({ type: 'QUEUE_DRAIN' });
+    if (!this.#eof) this.#o.stream.resume();
+    this.#maybeEnded();
+  }
+
+  #maybeEnded(): void {
+    if (this.ended) this.#send?.({ type: 'EOF' });
+  }
+}
