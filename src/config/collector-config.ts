@@ -1,0 +1,414 @@
+/**
+ * The collector's configuration, modelled on auditd.conf's network keys (audit-userspace 3.0.9 `auditd-config.c`)
+ * in the same file syntax, plus auditrelay's own keys. The other auditd.conf keys are accepted and ignored with a
+ * warning, so an existing auditd.conf can be used as is; keys auditd does not know are errors.
+ */
+import { resolve as resolvePath } from 'node:path';
+import { ConfigError, UsageError } from '../errors.js';
+import { type ReadConfigOptions, readConfigFile, runningAsRoot } from './file.js';
+import { AUDITD_MAX_LINE_LENGTH, type ConfigEntry, parseConfigText } from './parser.js';
+import {
+  fail,
+  formatHostPort,
+  type HostPort,
+  INT_MAX,
+  isHostOrAddress,
+  LOG_LEVELS,
+  type LogLevel,
+  noOption,
+  parseAbsolutePath,
+  parseHostPort,
+  parseIntInRange,
+  parseKeyword,
+  parseNonEmptyString,
+  parseStatusListen,
+  parseYesNo,
+  requireValue,
+} from './values.js';
+
+export type CollectorTransport = 'tcp' | 'krb5';
+/** auditd.conf `flush` values. */
+export type FlushMode = 'none' | 'incremental' | 'incremental_async' | 'data' | 'sync';
+export const FLUSH_MODES = ['none', 'incremental', 'incremental_async', 'data', 'sync'] as const;
+
+export interface CollectorConfig {
+  // --- auditd.conf keys ---
+  /** Port to listen on. 1..65535 in the file; 0 (a free port) only through withCollectorOverrides. */
+  tcpListenPort: number;
+  /** listen() backlog. */
+  tcpListenQueue: number;
+  /** Concurrent connections allowed per source address. */
+  tcpMaxPerAddr: number;
+  /** Accepted client source ports, inclusive. */
+  tcpClientPorts: { min: number; max: number };
+  /** Seconds without data after which a client is closed; 0 = never. */
+  tcpClientMaxIdle: number;
+  transport: CollectorTransport;
+  /** Service name of the server principal. */
+  krb5Principal: string;
+  krb5KeyFile: string;
+  /** Where received records are written. */
+  logFile: string;
+  flush: FlushMode;
+  /** Records between flushes for flush = incremental / incremental_async. */
+  freq: number;
+  // --- auditrelay extensions ---
+  /** Address to bind; default 127.0.0.1 (see docs/configuration.md). */
+  tcpListenAddress: string;
+  /** Seconds a new connection may take to complete its (krb5) handshake. */
+  handshakeTimeout: number;
+  /** Largest accepted record payload, bytes. */
+  maxMessageSize: number;
+  statusListen: HostPort | null;
+  logLevel: LogLevel;
+}
+
+export interface ConfigWarning {
+  file: string;
+  line: number;
+  key: string;
+  message: string;
+  /** `file:line: key: message`, ready to log. */
+  text: string;
+}
+
+export interface LoadedCollectorConfig {
+  config: CollectorConfig;
+  /** Keys accepted but ignored, and other non-fatal findings. */
+  warnings: ConfigWarning[];
+}
+
+/** auditd's config file. */
+export const UPSTREAM_COLLECTOR_CONFIG_PATH = '/etc/audit/auditd.conf';
+
+export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
+  tcpListenPort: 60,
+  tcpListenQueue: 5,
+  tcpMaxPerAddr: 1,
+  tcpClientPorts: { min: 0, max: 65535 },
+  tcpClientMaxIdle: 0,
+  transport: 'tcp',
+  krb5Principal: 'auditd',
+  krb5KeyFile: '/etc/audit/audit.key',
+  logFile: '/var/log/audit/audit.log',
+  flush: 'incremental_async',
+  freq: 50,
+  tcpListenAddress: '127.0.0.1',
+  handshakeTimeout: 5,
+  maxMessageSize: 8970,
+  statusListen: null,
+  logLevel: 'info',
+} satisfies CollectorConfig);
+
+export const COLLECTOR_RANGES = {
+  tcp_listen_port: [1, 65535],
+  tcp_listen_queue: [1, 65535],
+  tcp_max_per_addr: [1, 1024],
+  tcp_client_ports: [0, 65535],
+  tcp_client_max_idle: [0, INT_MAX],
+  freq: [0, INT_MAX],
+  handshake_timeout: [1, 3600],
+  max_message_size: [64, 1024 * 1024],
+} as const satisfies Record<string, readonly [number, number]>;
+
+export function defaultCollectorConfig(): CollectorConfig {
+  return structuredClone(COLLECTOR_DEFAULTS) as CollectorConfig;
+}
+
+/**
+ * How the collector makes written records durable, derived from auditd.conf's flush/freq:
+ * - none → never fsync (records reach the page cache; the kernel writes them back).
+ * - incremental → fsync after every `freq` records, before acknowledging the record that triggered it.
+ * - incremental_async → same cadence, but the fsync runs in the background and acknowledgements do not wait.
+ * - data → fdatasync after every record, before its acknowledgement (auditd: O_DSYNC).
+ * - sync → fsync after every record, before its acknowledgement (auditd: O_SYNC).
+ */
+export type CollectorSyncPolicy =
+  | { fsync: 'never' }
+  | { fsync: 'every'; records: number; waitBeforeAck: boolean }
+  | { fsync: 'always'; dataOnly: boolean };
+
+export function collectorSyncPolicy(cfg: Pick<CollectorConfig, 'flush' | 'freq'>): CollectorSyncPolicy {
+  switch (cfg.flush) {
+    case 'none':
+      return { fsync: 'never' };
+    case 'incremental':
+      return { fsync: 'every', records: Math.max(1, cfg.freq), waitBeforeAck: true };
+    case 'incremental_async':
+      return { fsync: 'every', records: Math.max(1, cfg.freq), waitBeforeAck: false };
+    case 'data':
+      return { fsync: 'always', dataOnly: true };
+    case 'sync':
+      return { fsync: 'always', dataOnly: false };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Keys
+
+interface KeyDef {
+  apply(cfg: CollectorConfig, e: ConfigEntry, file: string): void;
+  format(cfg: CollectorConfig): string;
+}
+
+type NumericField = {
+  [K in keyof CollectorConfig]: CollectorConfig[K] extends number ? K : never;
+}[keyof CollectorConfig];
+
+const int = (key: keyof typeof COLLECTOR_RANGES, field: NumericField): KeyDef => ({
+  apply: (cfg, e, file) => {
+    const [min, max] = COLLECTOR_RANGES[key];
+    cfg[field] = parseIntInRange(e, file, min, max);
+  },
+  format: (cfg) => String(cfg[field]),
+});
+
+const AUDITD_KEYS: Record<string, KeyDef> = {
+  tcp_listen_port: int('tcp_listen_port', 'tcpListenPort'),
+  tcp_listen_queue: int('tcp_listen_queue', 'tcpListenQueue'),
+  tcp_max_per_addr: int('tcp_max_per_addr', 'tcpMaxPerAddr'),
+  tcp_client_ports: {
+    apply: (cfg, e, file) => {
+      cfg.tcpClientPorts = parseClientPorts(e, file);
+    },
+    format: (cfg) =>
+      cfg.tcpClientPorts.min === cfg.tcpClientPorts.max
+        ? String(cfg.tcpClientPorts.min)
+        : `${cfg.tcpClientPorts.min}-${cfg.tcpClientPorts.max}`,
+  },
+  tcp_client_max_idle: int('tcp_client_max_idle', 'tcpClientMaxIdle'),
+  transport: {
+    apply: (cfg, e, file) => {
+      if (e.value.toLowerCase() === 'tls') {
+        fail(e, file, 'TLS transport is not supported (audit 4.2+ only)', 'TCP, KRB5');
+      }
+      cfg.transport = parseKeyword(e, file, ['tcp', 'krb5'] as const);
+    },
+    format: (cfg) => cfg.transport.toUpperCase(),
+  },
+  enable_krb5: {
+    // Deprecated alias, upstream's order semantics: yes sets transport = KRB5 here, no changes nothing.
+    apply: (cfg, e, file) => {
+      if (parseYesNo(e, file)) cfg.transport = 'krb5';
+    },
+    format: (cfg) => (cfg.transport === 'krb5' ? 'yes' : 'no'),
+  },
+  krb5_principal: {
+    apply: (cfg, e, file) => {
+      cfg.krb5Principal = parseNonEmptyString(e, file, 'a Kerberos service name such as auditd');
+    },
+    format: (cfg) => cfg.krb5Principal,
+  },
+  krb5_key_file: {
+    apply: (cfg, e, file) => {
+      cfg.krb5KeyFile = parseAbsolutePath(e, file);
+    },
+    format: (cfg) => cfg.krb5KeyFile,
+  },
+  log_file: {
+    apply: (cfg, e, file) => {
+      cfg.logFile = parseAbsolutePath(e, file);
+    },
+    format: (cfg) => cfg.logFile,
+  },
+  flush: {
+    apply: (cfg, e, file) => {
+      cfg.flush = parseKeyword(e, file, FLUSH_MODES);
+    },
+    format: (cfg) => cfg.flush.toUpperCase(),
+  },
+  freq: int('freq', 'freq'),
+};
+
+const EXTENSION_KEYS: Record<string, KeyDef> = {
+  tcp_listen_address: {
+    apply: (cfg, e, file) => {
+      const allowed = 'an IP address (127.0.0.1, 0.0.0.0, ::1, ::) or a host name, without brackets or port';
+      const v = requireValue(e, file, allowed);
+      noOption(e, file);
+      if (!isHostOrAddress(v)) fail(e, file, `"${v}" is not a valid address or host name`, allowed);
+      cfg.tcpListenAddress = v;
+    },
+    format: (cfg) => cfg.tcpListenAddress,
+  },
+  handshake_timeout: int('handshake_timeout', 'handshakeTimeout'),
+  max_message_size: int('max_message_size', 'maxMessageSize'),
+  status_listen: {
+    apply: (cfg, e, file) => {
+      cfg.statusListen = parseStatusListen(e, file);
+    },
+    format: (cfg) => (cfg.statusListen ? formatHostPort(cfg.statusListen) : 'off'),
+  },
+  log_level: {
+    apply: (cfg, e, file) => {
+      cfg.logLevel = parseKeyword(e, file, LOG_LEVELS);
+    },
+    format: (cfg) => cfg.logLevel,
+  },
+};
+
+const LOCAL_ONLY = 'it applies to local kernel events; the collector only receives network records';
+const DISPATCHER = "it configures auditd's plugin dispatcher; the collector has none";
+const LOG_MANAGEMENT =
+  'log rotation, disk-space and e-mail actions are not implemented; rotate with logrotate';
+
+/** auditd.conf keys (3.0.9 and newer) that are accepted and ignored, with the reason given in the warning. */
+export const COLLECTOR_IGNORED_KEYS: Readonly<Record<string, string>> = Object.freeze({
+  local_events: LOCAL_ONLY,
+  priority_boost: LOCAL_ONLY,
+  disp_qos: LOCAL_ONLY,
+  name_format: 'network records are never prefixed with a node name (upstream neither)',
+  name: 'network records are never prefixed with a node name (upstream neither)',
+  end_of_event_timeout: LOCAL_ONLY,
+  report_interval: LOCAL_ONLY,
+  dispatcher: DISPATCHER,
+  plugin_dir: DISPATCHER,
+  q_depth: DISPATCHER,
+  overflow_action: DISPATCHER,
+  max_restarts: DISPATCHER,
+  distribute_network: DISPATCHER,
+  write_logs: 'the collector always writes log_file',
+  log_format: 'received records are written verbatim (upstream does the same for network records)',
+  log_group: LOG_MANAGEMENT,
+  num_logs: LOG_MANAGEMENT,
+  max_log_file: LOG_MANAGEMENT,
+  max_log_file_action: LOG_MANAGEMENT,
+  space_left: LOG_MANAGEMENT,
+  space_left_action: LOG_MANAGEMENT,
+  admin_space_left: LOG_MANAGEMENT,
+  admin_space_left_action: LOG_MANAGEMENT,
+  disk_full_action: LOG_MANAGEMENT,
+  disk_error_action: LOG_MANAGEMENT,
+  action_mail_acct: LOG_MANAGEMENT,
+  verify_email: LOG_MANAGEMENT,
+  use_libwrap:
+    'libwrap (hosts.allow/deny) is not supported; use tcp_listen_address, tcp_client_ports or a firewall',
+});
+
+const TLS_UNSUPPORTED = 'TLS is not supported (audit 4.2+ only); remove this key';
+const UNSUPPORTED_KEYS: Record<string, string> = Object.fromEntries(
+  [
+    'tls_psk_file',
+    'tls_psk_identity',
+    'tls_cipher_suites',
+    'tls_key_exchange',
+    'tls_require_pqc',
+    'tls_auth',
+    'tls_crypto_profile',
+    'tls_allowed_clients',
+  ].map((k) => [k, TLS_UNSUPPORTED]),
+);
+
+export const COLLECTOR_AUDITD_KEYS: readonly string[] = Object.keys(AUDITD_KEYS);
+export const COLLECTOR_EXTENSION_KEYS: readonly string[] = Object.keys(EXTENSION_KEYS);
+/** Keys with an effect, in output order. */
+export const COLLECTOR_KEYS: readonly string[] = [...COLLECTOR_AUDITD_KEYS, ...COLLECTOR_EXTENSION_KEYS];
+const KEY_DEFS: Record<string, KeyDef> = { ...AUDITD_KEYS, ...EXTENSION_KEYS };
+
+/** `N` or `N-M`, each 0..65535, N ≤ M (auditd's tcp_client_ports_parser). */
+function parseClientPorts(e: ConfigEntry, file: string): { min: number; max: number } {
+  const allowed = 'a port N or a range N-M, 0..65535, N <= M';
+  const v = requireValue(e, file, allowed);
+  noOption(e, file);
+  const m = /^([0-9]+)(?:-([0-9]+))?$/.exec(v);
+  if (!m) fail(e, file, `"${v}" is neither a port nor a range N-M`, allowed);
+  const toPort = (s: string) => (s.length > 5 ? Number.POSITIVE_INFINITY : Number(s));
+  const min = toPort(m[1]!);
+  const max = m[2] === undefined ? min : toPort(m[2]);
+  if (min > 65535 || max > 65535) fail(e, file, `${v} is out of range`, allowed);
+  if (min > max) fail(e, file, `range ${v} is reversed`, allowed);
+  return { min, max };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Public API
+
+/** Parses the text of an auditd.conf-style file. `file` is used in messages. */
+export function parseCollectorConfig(text: string, file: string): LoadedCollectorConfig {
+  const entries = parseConfigText(text, file, {
+    keys: [...COLLECTOR_KEYS, ...Object.keys(COLLECTOR_IGNORED_KEYS)],
+    maxLineLength: AUDITD_MAX_LINE_LENGTH,
+    allowLongComments: true,
+    unsupported: UNSUPPORTED_KEYS,
+  });
+  const config = defaultCollectorConfig();
+  const warnings: ConfigWarning[] = [];
+  const warn = (line: number, key: string, message: string) =>
+    warnings.push({ file, line, key, message, text: `${file}:${line}: ${key}: ${message}` });
+  const lastLine = new Map<string, number>();
+  for (const e of entries) {
+    const def = KEY_DEFS[e.key];
+    if (def) {
+      def.apply(config, e, file);
+      lastLine.set(e.key, e.line);
+      continue;
+    }
+    requireValue(e, file, 'a value');
+    warn(e.line, e.key, `ignored: ${COLLECTOR_IGNORED_KEYS[e.key]}`);
+  }
+  // auditd's sanity_check: incremental flushing needs freq > 0 (error); freq without it is only a warning.
+  const incremental = config.flush === 'incremental' || config.flush === 'incremental_async';
+  if (incremental && config.freq === 0) {
+    const line = Math.max(lastLine.get('flush') ?? 0, lastLine.get('freq') ?? 0) || undefined;
+    throw new ConfigError(`flush = ${config.flush} needs freq > 0, but freq is 0`, {
+      file,
+      line,
+      key: 'freq',
+      value: '0',
+      allowed: `1..${INT_MAX} with incremental flushing, or flush = none, data or sync`,
+    });
+  }
+  const freqLine = lastLine.get('freq');
+  if (!incremental && config.freq !== 0 && freqLine !== undefined) {
+    warn(freqLine, 'freq', `freq = ${config.freq} has no effect with flush = ${config.flush}`);
+  }
+  return { config, warnings };
+}
+
+export interface LoadCollectorOptions extends ReadConfigOptions {}
+
+/**
+ * Reads and parses the collector config file. A missing file is an error unless `allowMissing` (then defaults);
+ * the ownership rule (root-owned, not world-writable, regular file) applies when `checkOwnership`, which defaults
+ * to true when running as root.
+ */
+export function loadCollectorConfig(path: string, opts: LoadCollectorOptions = {}): LoadedCollectorConfig {
+  const text = readConfigFile(path, {
+    allowMissing: opts.allowMissing ?? false,
+    checkOwnership: opts.checkOwnership ?? runningAsRoot(),
+  });
+  if (text === null) return { config: defaultCollectorConfig(), warnings: [] };
+  return parseCollectorConfig(text, path);
+}
+
+export interface CollectorOverrides {
+  /** `--listen HOST:PORT` (IPv6 as `[::1]:60`; port 0 = a free port). */
+  listen?: string;
+  /** `--log FILE`; relative paths are resolved against the working directory. */
+  log?: string;
+}
+
+/** Returns a copy of `cfg` with the command-line options applied. Throws UsageError on bad input. */
+export function withCollectorOverrides(cfg: CollectorConfig, overrides: CollectorOverrides): CollectorConfig {
+  const out = structuredClone(cfg);
+  if (overrides.listen !== undefined) {
+    const r = parseHostPort(overrides.listen, 0);
+    if (typeof r === 'string') throw new UsageError(`--listen: ${r}`);
+    out.tcpListenAddress = r.host;
+    out.tcpListenPort = r.port;
+  }
+  if (overrides.log !== undefined) {
+    if (overrides.log === '') throw new UsageError('--log: the file name is empty');
+    out.logFile = resolvePath(overrides.log);
+  }
+  return out;
+}
+
+/** The collector config in auditd.conf syntax; parses back to an equal config. */
+export function formatCollectorConfig(cfg: CollectorConfig): string {
+  const out: string[] = ['# Effective auditrelay collector configuration (auditd.conf syntax)'];
+  for (const [key, def] of Object.entries(AUDITD_KEYS)) out.push(`${key} = ${def.format(cfg)}`);
+  out.push('# auditrelay extensions (not understood by auditd)');
+  for (const [key, def] of Object.entries(EXTENSION_KEYS)) out.push(`${key} = ${def.format(cfg)}`);
+  return `${out.join('\n')}\n`;
+}

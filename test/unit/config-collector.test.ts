@@ -1,0 +1,379 @@
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  COLLECTOR_IGNORED_KEYS,
+  COLLECTOR_KEYS,
+  type CollectorConfig,
+  collectorSyncPolicy,
+  defaultCollectorConfig,
+  formatCollectorConfig,
+  loadCollectorConfig,
+  parseCollectorConfig,
+  withCollectorOverrides,
+} from '../../src/config/collector-config.js';
+import { ConfigError, UsageError } from '../../src/errors.js';
+
+const F = '/etc/audit/auditd.conf';
+const FIXTURE = join(import.meta.dirname, '../fixtures/config/debian-auditd.conf');
+const tmp = mkdtempSync(join(tmpdir(), 'auditrelay-config-collector-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+function errorOf(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return err as ConfigError;
+  }
+  throw new Error('expected a ConfigError');
+}
+const parse1 = (line: string) => parseCollectorConfig(`${line}\n`, F).config;
+const err1 = (line: string) => errorOf(() => parseCollectorConfig(`${line}\n`, F)).message;
+
+const DEFAULTS: CollectorConfig = {
+  tcpListenPort: 60,
+  tcpListenQueue: 5,
+  tcpMaxPerAddr: 1,
+  tcpClientPorts: { min: 0, max: 65535 },
+  tcpClientMaxIdle: 0,
+  transport: 'tcp',
+  krb5Principal: 'auditd',
+  krb5KeyFile: '/etc/audit/audit.key',
+  logFile: '/var/log/audit/audit.log',
+  flush: 'incremental_async',
+  freq: 50,
+  tcpListenAddress: '127.0.0.1',
+  handshakeTimeout: 5,
+  maxMessageSize: 8970,
+  statusListen: null,
+  logLevel: 'info',
+};
+
+describe('defaults', () => {
+  it('are as documented', () => {
+    expect(defaultCollectorConfig()).toEqual(DEFAULTS);
+    expect(parseCollectorConfig('', F)).toEqual({ config: DEFAULTS, warnings: [] });
+  });
+});
+
+describe("Debian 12's shipped auditd.conf", () => {
+  it('is accepted, with a warning for every key that has no meaning for the collector', () => {
+    const { config, warnings } = loadCollectorConfig(FIXTURE, { checkOwnership: false });
+    expect(config).toEqual({ ...DEFAULTS, flush: 'incremental_async', freq: 50 });
+    const text = readFileSync(FIXTURE, 'utf8');
+    const ignored = text
+      .split('\n')
+      .map((l) => l.split(' ')[0]!)
+      .filter((k) => k in COLLECTOR_IGNORED_KEYS);
+    expect(warnings.map((w) => w.key)).toEqual(ignored);
+    expect(ignored).toContain('local_events');
+    expect(warnings[0]).toEqual({
+      file: FIXTURE,
+      line: 5,
+      key: 'local_events',
+      message: 'ignored: it applies to local kernel events; the collector only receives network records',
+      text: `${FIXTURE}:5: local_events: ignored: it applies to local kernel events; the collector only receives network records`,
+    });
+  });
+});
+
+describe('tcp_* keys', () => {
+  const edges: [string, keyof CollectorConfig, number, number][] = [
+    ['tcp_listen_port', 'tcpListenPort', 1, 65535],
+    ['tcp_listen_queue', 'tcpListenQueue', 1, 65535],
+    ['tcp_max_per_addr', 'tcpMaxPerAddr', 1, 1024],
+    ['tcp_client_max_idle', 'tcpClientMaxIdle', 0, 2147483647],
+    ['freq', 'freq', 1, 2147483647],
+    ['handshake_timeout', 'handshakeTimeout', 1, 3600],
+    ['max_message_size', 'maxMessageSize', 64, 1048576],
+  ];
+  for (const [key, field, min, max] of edges) {
+    const shownMin = key === 'freq' ? 0 : min;
+    it(`${key}: accepts ${min} and ${max}, rejects ${min > 0 && key !== 'freq' ? `${min - 1} and ` : ''}${max + 1}`, () => {
+      expect(parse1(`${key} = ${min}`)[field]).toBe(min);
+      expect(parse1(`${key} = ${max}`)[field]).toBe(max);
+      if (min > 0 && key !== 'freq') {
+        expect(err1(`${key} = ${min - 1}`)).toBe(
+          `${F}:1: ${key}: ${min - 1} is out of range (allowed: ${min}..${max})`,
+        );
+      }
+      expect(err1(`${key} = ${max + 1}`)).toBe(
+        `${F}:1: ${key}: ${max + 1} is out of range (allowed: ${shownMin}..${max})`,
+      );
+      expect(err1(`${key} = 5x`)).toBe(
+        `${F}:1: ${key}: "5x" is not a decimal integer (allowed: ${shownMin}..${max})`,
+      );
+    });
+  }
+
+  it('tcp_client_ports: N or N-M within 0..65535', () => {
+    expect(parse1('tcp_client_ports = 60').tcpClientPorts).toEqual({ min: 60, max: 60 });
+    expect(parse1('tcp_client_ports = 1024-65535').tcpClientPorts).toEqual({ min: 1024, max: 65535 });
+    expect(parse1('tcp_client_ports = 0-0').tcpClientPorts).toEqual({ min: 0, max: 0 });
+    const allowed = '(allowed: a port N or a range N-M, 0..65535, N <= M)';
+    expect(err1('tcp_client_ports = 1024-65536')).toBe(
+      `${F}:1: tcp_client_ports: 1024-65536 is out of range ${allowed}`,
+    );
+    expect(err1('tcp_client_ports = 2000-1000')).toBe(
+      `${F}:1: tcp_client_ports: range 2000-1000 is reversed ${allowed}`,
+    );
+    expect(err1('tcp_client_ports = 1000-')).toBe(
+      `${F}:1: tcp_client_ports: "1000-" is neither a port nor a range N-M ${allowed}`,
+    );
+    expect(err1('tcp_client_ports = any')).toContain('"any" is neither a port nor a range N-M');
+  });
+
+  it('transport: TCP, KRB5, enable_krb5 with upstream order semantics; TLS is rejected', () => {
+    expect(parse1('transport = TCP').transport).toBe('tcp');
+    expect(parse1('transport = KRB5').transport).toBe('krb5');
+    expect(err1('transport = TLS')).toBe(
+      `${F}:1: transport: TLS transport is not supported (audit 4.2+ only) (allowed: TCP, KRB5)`,
+    );
+    expect(parseCollectorConfig('enable_krb5 = yes\ntransport = tcp\n', F).config.transport).toBe('tcp');
+    expect(parseCollectorConfig('transport = tcp\nenable_krb5 = yes\n', F).config.transport).toBe('krb5');
+    expect(err1('tls_allowed_clients = x')).toBe(
+      `${F}:1: tls_allowed_clients: TLS is not supported (audit 4.2+ only); remove this key`,
+    );
+  });
+
+  it('krb5 and log_file values', () => {
+    const c = parseCollectorConfig(
+      'krb5_principal = audit\nkrb5_key_file = /etc/k.key\nlog_file = /srv/audit.log\n',
+      F,
+    ).config;
+    expect(c).toMatchObject({ krb5Principal: 'audit', krb5KeyFile: '/etc/k.key', logFile: '/srv/audit.log' });
+    expect(err1('log_file = audit.log')).toBe(
+      `${F}:1: log_file: "audit.log" is not an absolute path (allowed: an absolute path)`,
+    );
+  });
+
+  it('tcp_listen_address: addresses and host names, no brackets or ports', () => {
+    expect(parse1('tcp_listen_address = ::').tcpListenAddress).toBe('::');
+    expect(parse1('tcp_listen_address = 0.0.0.0').tcpListenAddress).toBe('0.0.0.0');
+    expect(parse1('tcp_listen_address = collector.example').tcpListenAddress).toBe('collector.example');
+    expect(err1('tcp_listen_address = [::1]')).toBe(
+      `${F}:1: tcp_listen_address: "[::1]" is not a valid address or host name ` +
+        '(allowed: an IP address (127.0.0.1, 0.0.0.0, ::1, ::) or a host name, without brackets or port)',
+    );
+  });
+
+  it('status_listen and log_level', () => {
+    expect(parse1('status_listen = 127.0.0.1:9101').statusListen).toEqual({ host: '127.0.0.1', port: 9101 });
+    expect(parse1('log_level = debug').logLevel).toBe('debug');
+    expect(err1('log_level = loud')).toContain('(allowed: trace, debug, info, warn, error, fatal)');
+  });
+});
+
+describe('flush and freq', () => {
+  it('accepts every flush mode, case-insensitively', () => {
+    for (const m of ['none', 'incremental', 'incremental_async', 'data', 'sync'] as const) {
+      expect(parseCollectorConfig(`flush = ${m.toUpperCase()}\nfreq = 10\n`, F).config.flush).toBe(m);
+    }
+    expect(err1('flush = always')).toBe(
+      `${F}:1: flush: unknown value "always" (allowed: none, incremental, incremental_async, data, sync)`,
+    );
+  });
+
+  it('incremental flushing with freq = 0 is an error, as auditd', () => {
+    expect(errorOf(() => parseCollectorConfig('flush = incremental\nfreq = 0\n', F)).message).toBe(
+      `${F}:2: freq: flush = incremental needs freq > 0, but freq is 0 ` +
+        '(allowed: 1..2147483647 with incremental flushing, or flush = none, data or sync)',
+    );
+  });
+
+  it('freq set with a non-incremental flush is a warning, as auditd', () => {
+    const { warnings } = parseCollectorConfig('flush = sync\nfreq = 20\n', F);
+    expect(warnings.map((w) => w.text)).toEqual([`${F}:2: freq: freq = 20 has no effect with flush = sync`]);
+    expect(parseCollectorConfig('flush = none\n', F).warnings).toEqual([]);
+    expect(parseCollectorConfig('flush = none\nfreq = 0\n', F).warnings).toEqual([]);
+  });
+
+  it('maps to a sync policy', () => {
+    expect(collectorSyncPolicy({ flush: 'none', freq: 0 })).toEqual({ fsync: 'never' });
+    expect(collectorSyncPolicy({ flush: 'incremental', freq: 20 })).toEqual({
+      fsync: 'every',
+      records: 20,
+      waitBeforeAck: true,
+    });
+    expect(collectorSyncPolicy({ flush: 'incremental_async', freq: 50 })).toEqual({
+      fsync: 'every',
+      records: 50,
+      waitBeforeAck: false,
+    });
+    expect(collectorSyncPolicy({ flush: 'data', freq: 0 })).toEqual({ fsync: 'always', dataOnly: true });
+    expect(collectorSyncPolicy({ flush: 'sync', freq: 0 })).toEqual({ fsync: 'always', dataOnly: false });
+  });
+});
+
+describe('ignored and unknown keys', () => {
+  it('every ignored auditd.conf key is accepted with a warning, options included', () => {
+    for (const key of Object.keys(COLLECTOR_IGNORED_KEYS)) {
+      const { config, warnings } = parseCollectorConfig(`${key} = SOMETHING\n`, F);
+      expect(config).toEqual(DEFAULTS);
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]!.text).toBe(`${F}:1: ${key}: ignored: ${COLLECTOR_IGNORED_KEYS[key]}`);
+    }
+    expect(parseCollectorConfig('space_left_action = exec /usr/sbin/alert\n', F).warnings).toHaveLength(1);
+  });
+
+  it('an ignored key still needs a value, as auditd', () => {
+    expect(err1('local_events =')).toBe(`${F}:1: local_events: missing value after "=" (allowed: a value)`);
+  });
+
+  it('unknown keys are errors', () => {
+    const msg = err1('tcp_listen_prot = 60');
+    expect(msg).toMatch(
+      /^\/etc\/audit\/auditd\.conf:1: tcp_listen_prot: unknown key "tcp_listen_prot"; did you mean "tcp_listen_port"\? \(allowed: tcp_listen_port, /,
+    );
+  });
+
+  it('syntax errors name file and line', () => {
+    expect(err1('tcp_listen_port=60')).toBe(
+      `${F}:1: tcp_listen_port: "=" must have a space on each side (upstream rejects "key=value"): write "tcp_listen_port = 60"`,
+    );
+    expect(err1('tcp_listen_port\t=\t60')).toContain('tab character');
+    expect(err1('tcp_listen_port = 60 61')).toContain('unexpected extra word "61"');
+  });
+
+  it('lines up to 158 characters (auditd.conf buffer); long comments are skipped', () => {
+    const line = `log_file = /${'a'.repeat(158 - 'log_file = /'.length)}`;
+    expect(parse1(line).logFile).toHaveLength(158 - 'log_file = '.length);
+    expect(err1(`${line}a`)).toBe(
+      `${F}:1: line is 159 characters long; upstream reads at most 158 per line and would misread it ` +
+        '(allowed: at most 158 characters per line)',
+    );
+    expect(parseCollectorConfig(`# ${'x'.repeat(300)}\n`, F).config).toEqual(DEFAULTS);
+  });
+});
+
+describe('loadCollectorConfig', () => {
+  it('missing file: error unless allowMissing', () => {
+    const p = join(tmp, 'none.conf');
+    expect(errorOf(() => loadCollectorConfig(p)).message).toBe(
+      `${p}: config file does not exist; create it or pass --config`,
+    );
+    expect(loadCollectorConfig(p, { allowMissing: true })).toEqual({ config: DEFAULTS, warnings: [] });
+  });
+
+  it('unreadable file names the file and errno', () => {
+    const d = join(tmp, 'dir.conf');
+    mkdirSync(d);
+    expect(errorOf(() => loadCollectorConfig(d, { checkOwnership: false })).message).toBe(
+      `${d}: cannot read config file: EISDIR (illegal operation on a directory)`,
+    );
+  });
+
+  it('reads a file', () => {
+    const p = join(tmp, 'c.conf');
+    writeFileSync(p, 'tcp_listen_port = 6000\ntcp_listen_address = ::\n');
+    expect(loadCollectorConfig(p).config).toEqual({
+      ...DEFAULTS,
+      tcpListenPort: 6000,
+      tcpListenAddress: '::',
+    });
+  });
+});
+
+describe('withCollectorOverrides', () => {
+  const base = defaultCollectorConfig();
+
+  it('applies --listen HOST:PORT and [IPV6]:PORT', () => {
+    expect(withCollectorOverrides(base, { listen: '0.0.0.0:6060' })).toMatchObject({
+      tcpListenAddress: '0.0.0.0',
+      tcpListenPort: 6060,
+    });
+    expect(withCollectorOverrides(base, { listen: '[::1]:60' })).toMatchObject({
+      tcpListenAddress: '::1',
+      tcpListenPort: 60,
+    });
+    expect(withCollectorOverrides(base, { listen: 'localhost:0' })).toMatchObject({
+      tcpListenAddress: 'localhost',
+      tcpListenPort: 0,
+    });
+  });
+
+  it('applies --log, resolving relative paths', () => {
+    expect(withCollectorOverrides(base, { log: '/tmp/a.log' }).logFile).toBe('/tmp/a.log');
+    expect(withCollectorOverrides(base, { log: 'a.log' }).logFile).toBe(resolve('a.log'));
+  });
+
+  it('does not modify its input', () => {
+    const copy = structuredClone(base);
+    withCollectorOverrides(base, { listen: '1.2.3.4:5', log: '/x' });
+    expect(base).toEqual(copy);
+    expect(withCollectorOverrides(base, {})).toEqual(base);
+  });
+
+  it('rejects bad input with a clear usage error', () => {
+    const cases: [string, string][] = [
+      [
+        '60',
+        '--listen: "60" has no ":PORT"; expected HOST:PORT, e.g. 127.0.0.1:60, localhost:60 or [::1]:60',
+      ],
+      ['::1:60', '--listen: IPv6 address in "::1:60" must be in brackets: [::1]:60'],
+      [
+        ':60',
+        '--listen: ":60" has no host before ":"; expected HOST:PORT, e.g. 127.0.0.1:60, localhost:60 or [::1]:60 (0.0.0.0 or [::] for all)',
+      ],
+      [
+        '[::1]60',
+        '--listen: "[::1]60" has no ":PORT" after "]"; expected HOST:PORT, e.g. 127.0.0.1:60, localhost:60 or [::1]:60',
+      ],
+      [
+        '[::1:60',
+        '--listen: "[::1:60" has "[" without "]"; expected HOST:PORT, e.g. 127.0.0.1:60, localhost:60 or [::1]:60',
+      ],
+      [
+        '[1.2.3.4]:60',
+        '--listen: "1.2.3.4" inside [] is not an IPv6 address; expected HOST:PORT, e.g. 127.0.0.1:60, localhost:60 or [::1]:60',
+      ],
+      ['host:65536', '--listen: port 65536 in "host:65536" is out of range 0..65535'],
+      ['host:http', '--listen: port "http" in "host:http" is not a decimal integer'],
+      [
+        'ba d:60',
+        '--listen: "ba d" is not a valid host name or address; expected HOST:PORT, e.g. 127.0.0.1:60, localhost:60 or [::1]:60',
+      ],
+    ];
+    for (const [listen, message] of cases) {
+      expect(() => withCollectorOverrides(base, { listen })).toThrow(UsageError);
+      expect(() => withCollectorOverrides(base, { listen })).toThrow(message);
+    }
+    expect(() => withCollectorOverrides(base, { log: '' })).toThrow('--log: the file name is empty');
+  });
+});
+
+describe('formatCollectorConfig', () => {
+  it('round-trips the defaults and a changed config', () => {
+    const def = defaultCollectorConfig();
+    expect(parseCollectorConfig(formatCollectorConfig(def), 'x')).toEqual({ config: def, warnings: [] });
+    const text = [
+      'tcp_listen_port = 6000',
+      'tcp_listen_queue = 64',
+      'tcp_max_per_addr = 4',
+      'tcp_client_ports = 1024-2048',
+      'tcp_client_max_idle = 600',
+      'transport = KRB5',
+      'krb5_principal = audit',
+      'krb5_key_file = /etc/k.key',
+      'log_file = /srv/audit.log',
+      'flush = SYNC',
+      'freq = 0',
+      'tcp_listen_address = ::',
+      'handshake_timeout = 10',
+      'max_message_size = 4096',
+      'status_listen = [::1]:9101',
+      'log_level = warn',
+    ].join('\n');
+    const cfg = parseCollectorConfig(text, 'x').config;
+    const out = formatCollectorConfig(cfg);
+    expect(
+      out
+        .split('\n')
+        .filter((l) => l && !l.startsWith('#'))
+        .map((l) => l.split(' ')[0]),
+    ).toEqual(COLLECTOR_KEYS);
+    expect(parseCollectorConfig(out, 'x').config).toEqual(cfg);
+  });
+});
