@@ -82,6 +82,11 @@ export type ConnectionEvent =
   | { type: 'RESUME' }
   | SessionEvent;
 
+/** A session that starts while stopping reports DRAINED as soon as nothing is left. */
+export interface SessionInput {
+  draining: boolean;
+}
+
 /** Events the machine sends down to its session actor. */
 export type SessionCommand = { type: 'DRAIN' };
 
@@ -121,13 +126,14 @@ export const connectionMachine = setup({
     /** Runs the transport's handshake (nothing for tcp; GSS-API for krb5). Provided by the runtime. */
     authenticate: fromPromise<void>(async () => {}),
     /** Owns the open link: sends queued records, reads replies, heartbeats. Provided by the runtime. */
-    session: fromCallback<SessionCommand>(() => () => {}),
+    session: fromCallback<SessionCommand, SessionInput>(() => () => {}),
   },
   guards: {
     stopping: ({ context }) => context.stopping,
     autoConnect: ({ context }) => context.autoConnect,
     nothingPending: ({ event }) => event.type === 'STOP' && event.pending === 0,
-    suspendsOn: ({ context }, params: { kind: FailureKind }) => context.policy.suspendOn.includes(params.kind),
+    suspendsOn: ({ context }, params: { kind: FailureKind }) =>
+      context.policy.suspendOn.includes(params.kind),
   },
   delays: {
     backoffDelay: ({ context }) => backoffDelay(context.policy, context.attempt),
@@ -176,10 +182,16 @@ export const connectionMachine = setup({
         id: 'dial',
         src: 'dial',
         onDone: { target: 'authenticating' },
-        onError: { target: 'backoff', actions: [{ type: 'recordFailure', params: { kind: 'dial' } }, 'reportFailure'] },
+        onError: {
+          target: 'backoff',
+          actions: [{ type: 'recordFailure', params: { kind: 'dial' } }, 'reportFailure'],
+        },
       },
       after: {
-        connectTimeout: { target: 'backoff', actions: [{ type: 'recordFailure', params: { kind: 'dial-timeout' } }, 'reportFailure'] },
+        connectTimeout: {
+          target: 'backoff',
+          actions: [{ type: 'recordFailure', params: { kind: 'dial-timeout' } }, 'reportFailure'],
+        },
       },
       on: {
         STOP: [{ guard: 'nothingPending', target: 'closed' }, { actions: 'markStopping' }],
@@ -193,28 +205,46 @@ export const connectionMachine = setup({
           { guard: 'stopping', target: 'online.draining', actions: 'reportConnected' },
           { target: 'online.connected', actions: 'reportConnected' },
         ],
-        onError: { target: 'backoff', actions: [{ type: 'recordFailure', params: { kind: 'auth' } }, 'reportFailure'] },
+        onError: {
+          target: 'backoff',
+          actions: [{ type: 'recordFailure', params: { kind: 'auth' } }, 'reportFailure'],
+        },
       },
       after: {
-        authTimeout: { target: 'backoff', actions: [{ type: 'recordFailure', params: { kind: 'auth-timeout' } }, 'reportFailure'] },
+        authTimeout: {
+          target: 'backoff',
+          actions: [{ type: 'recordFailure', params: { kind: 'auth-timeout' } }, 'reportFailure'],
+        },
       },
       on: {
         STOP: [{ guard: 'nothingPending', target: 'closed' }, { actions: 'markStopping' }],
       },
     },
     online: {
-      invoke: { id: 'session', src: 'session' },
+      invoke: { id: 'session', src: 'session', input: ({ context }) => ({ draining: context.stopping }) },
       on: {
-        LINK_LOST: { target: 'backoff', actions: [{ type: 'recordFailure', params: { kind: 'link-lost' } }, 'reportFailure'] },
-        REPLY_TIMEOUT: { target: 'backoff', actions: [{ type: 'recordFailure', params: { kind: 'reply-timeout' } }, 'reportFailure'] },
-        PROTOCOL_ERROR: { target: 'backoff', actions: [{ type: 'recordFailure', params: { kind: 'protocol' } }, 'reportFailure'] },
+        LINK_LOST: {
+          target: 'backoff',
+          actions: [{ type: 'recordFailure', params: { kind: 'link-lost' } }, 'reportFailure'],
+        },
+        REPLY_TIMEOUT: {
+          target: 'backoff',
+          actions: [{ type: 'recordFailure', params: { kind: 'reply-timeout' } }, 'reportFailure'],
+        },
+        PROTOCOL_ERROR: {
+          target: 'backoff',
+          actions: [{ type: 'recordFailure', params: { kind: 'protocol' } }, 'reportFailure'],
+        },
         REMOTE_ENDING: [
           {
             guard: { type: 'suspendsOn', params: { kind: 'remote-ending' } },
             target: 'suspended',
             actions: [{ type: 'recordFailure', params: { kind: 'remote-ending' } }, 'reportFailure'],
           },
-          { target: 'backoff', actions: [{ type: 'recordFailure', params: { kind: 'remote-ending' } }, 'reportFailure'] },
+          {
+            target: 'backoff',
+            actions: [{ type: 'recordFailure', params: { kind: 'remote-ending' } }, 'reportFailure'],
+          },
         ],
         DISK_FULL: [
           {
@@ -222,7 +252,10 @@ export const connectionMachine = setup({
             target: 'suspended',
             actions: [{ type: 'recordFailure', params: { kind: 'disk-full' } }, 'reportFailure'],
           },
-          { target: 'backoff', actions: [{ type: 'recordFailure', params: { kind: 'disk-full' } }, 'reportFailure'] },
+          {
+            target: 'backoff',
+            actions: [{ type: 'recordFailure', params: { kind: 'disk-full' } }, 'reportFailure'],
+          },
         ],
         DISK_ERROR: [
           {
@@ -230,7 +263,10 @@ export const connectionMachine = setup({
             target: 'suspended',
             actions: [{ type: 'recordFailure', params: { kind: 'disk-error' } }, 'reportFailure'],
           },
-          { target: 'backoff', actions: [{ type: 'recordFailure', params: { kind: 'disk-error' } }, 'reportFailure'] },
+          {
+            target: 'backoff',
+            actions: [{ type: 'recordFailure', params: { kind: 'disk-error' } }, 'reportFailure'],
+          },
         ],
       },
       initial: 'connected',

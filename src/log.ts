@@ -2,7 +2,7 @@
  * Logging: pino JSON lines on stderr (journald-friendly), or a compact human format when stderr is
  * a terminal. Record payloads are never logged at info level or above.
  */
-import { pino, type Logger, type LevelWithSilent } from 'pino';
+import { type LevelWithSilent, type Logger, pino } from 'pino';
 
 export type { Logger };
 
@@ -13,13 +13,25 @@ export interface LogOptions {
   name?: string;
 }
 
-const LEVEL_NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+const LEVEL_NAMES: Record<number, string> = {
+  10: 'TRACE',
+  20: 'DEBUG',
+  30: 'INFO',
+  40: 'WARN',
+  50: 'ERROR',
+  60: 'FATAL',
+};
 
 export function createLogger(options: LogOptions = {}): Logger {
-  const format = options.format ?? (process.stderr.isTTY ? 'pretty' : 'json');
+  const env = process.env.AUDITRELAY_LOG_FORMAT;
+  const format =
+    options.format ?? (env === 'json' || env === 'pretty' ? env : process.stderr.isTTY ? 'pretty' : 'json');
   const level = options.level ?? 'info';
   if (format === 'json') {
-    return pino({ level, name: options.name ?? 'auditrelay', base: { pid: process.pid } }, pino.destination(2));
+    return pino(
+      { level, name: options.name ?? 'auditrelay', base: { pid: process.pid } },
+      pino.destination(2),
+    );
   }
   return pino(
     { level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime },

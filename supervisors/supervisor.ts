@@ -106,7 +106,10 @@ export function createSupervisor(children: ChildSpec[], options: SupervisorOptio
       recordRestart: assign(({ context, event }, params: { child: string }) => {
         const t = now();
         return {
-          restarts: { ...context.restarts, [params.child]: [...recent(context.restarts[params.child], t), t] },
+          restarts: {
+            ...context.restarts,
+            [params.child]: [...recent(context.restarts[params.child], t), t],
+          },
           lastError: { ...context.lastError, [params.child]: errorText(event) },
         };
       }),

@@ -42,7 +42,9 @@ export class ActionRunner {
   /** Replaceable for tests: runs a program detached with an empty environment. */
   execProgram: (path: string, args: string[]) => void = (path, args) => {
     const child = spawn(path, args, { env: {}, stdio: 'ignore', detached: true });
-    child.on('error', (err) => this.#log.error({ path, err: err.message }, 'failure action program could not run'));
+    child.on('error', (err) =>
+      this.#log.error({ path, err: err.message }, 'failure action program could not run'),
+    );
     child.unref();
   };
 
@@ -77,7 +79,10 @@ export class ActionRunner {
         return;
       case 'single':
       case 'halt':
-        this.#log.fatal(fields, `${message}; ${key} = ${action.kind}: running /sbin/init ${action.kind === 'halt' ? 0 : 1}`);
+        this.#log.fatal(
+          fields,
+          `${message}; ${key} = ${action.kind}: running /sbin/init ${action.kind === 'halt' ? 0 : 1}`,
+        );
         this.execProgram('/sbin/init', [action.kind === 'halt' ? '0' : '1']);
         return;
       case 'stop':

@@ -3,13 +3,22 @@
  * queue and transport, runs them under the supervisor, and turns their outcome into an exit code.
  */
 import type { Readable } from 'node:stream';
-import { type Actor, type AnyActorRef, createActor, fromCallback, fromPromise } from 'xstate';
+import {
+  type Actor,
+  type AnyActorRef,
+  createActor,
+  fromCallback,
+  fromPromise,
+  type InspectionEvent,
+} from 'xstate';
 import {
   type ConnectionContext,
-  type FailureKind,
   connectionMachine,
+  type FailureKind,
+  type SessionCommand,
+  type SessionInput,
 } from '../../machines/connection.js';
-import { queueMachine, type QueueMachineEvent } from '../../machines/queue.js';
+import { type QueueMachineEvent, queueMachine } from '../../machines/queue.js';
 import { readerMachine } from '../../machines/reader.js';
 import { createSupervisor } from '../../supervisors/supervisor.js';
 import { ExitCodes } from '../errors.js';
@@ -19,7 +28,7 @@ import { MAX_SERVER_PAYLOAD } from '../protocol/constants.js';
 import { MemoryQueue } from '../queue/memory-queue.js';
 import type { QueueStatus, RecordQueue } from '../queue/types.js';
 import { ActionRunner } from './actions.js';
-import { Session, SequenceCounter } from './session.js';
+import { SequenceCounter, Session } from './session.js';
 import type { AgentSettings } from './settings.js';
 import { dialTcp, type Transport } from './transport.js';
 
@@ -72,7 +81,7 @@ export class Agent {
   /** Runs until the input ends and the queue is drained (or the drain deadline passes). */
   run(): Promise<number> {
     return new Promise((resolve) => {
-      const root = createActor(this.#supervisor(), { inspect: this.#s.inspect });
+      const root = createActor(this.#supervisor(), { inspect: (ev) => this.#inspect(ev) });
       this.#root = root;
       let finished = false;
       let lastConnection: AnyActorRef | undefined;
@@ -144,8 +153,24 @@ export class Agent {
     const snap = this.#connection()?.getSnapshot() as { value: unknown } | undefined;
     if (!snap) return 'restarting';
     const v = snap.value;
-    return typeof v === 'string' ? v : Object.entries(v as Record<string, string>).map(([k, s]) => `${k}.${s}`)[0]!;
+    return typeof v === 'string'
+      ? v
+      : Object.entries(v as Record<string, string>).map(([k, s]) => `${k}.${s}`)[0]!;
   }
+
+  /** Logs every state change of the machines at debug level, and feeds --inspect. */
+  #inspect(ev: InspectionEvent): void {
+    this.#s.inspect?.(ev);
+    if (ev.type !== '@xstate.snapshot' || !this.#log.isLevelEnabled('debug')) return;
+    const snap = ev.snapshot as { value?: unknown };
+    const value = JSON.stringify(snap.value);
+    const id = (ev.actorRef as AnyActorRef).id;
+    if (this.#lastStates.get(id) === value) return;
+    this.#lastStates.set(id, value);
+    this.#log.debug({ actor: id, state: value, event: ev.event.type }, 'transition');
+  }
+
+  readonly #lastStates = new Map<string, string | undefined>();
 
   #connection(): AnyActorRef | undefined {
     return this.#root?.system.get('connection');
@@ -218,7 +243,12 @@ export class Agent {
         dial: fromPromise(async ({ signal }) => {
           this.#link?.close();
           this.#link = null;
-          const link = await dialTcp({ host: s.server.host, port: s.server.port, localPort: s.server.localPort, signal });
+          const link = await dialTcp({
+            host: s.server.host,
+            port: s.server.port,
+            localPort: s.server.localPort,
+            signal,
+          });
           if (signal.aborted) {
             link.close();
             return;
@@ -228,7 +258,7 @@ export class Agent {
         authenticate: fromPromise(async () => {
           // transport = tcp has no handshake; krb5 plugs in here.
         }),
-        session: fromCallback(({ sendBack, receive }) => {
+        session: fromCallback<SessionCommand, SessionInput>(({ sendBack, receive, input }) => {
           const link = this.#link;
           if (!link) {
             sendBack({ type: 'LINK_LOST', reason: 'no link' });
@@ -246,6 +276,7 @@ export class Agent {
           });
           this.#session = session;
           session.start(sendBack);
+          if (input.draining) session.drain();
           receive((e) => {
             if (e.type === 'DRAIN') session.drain();
           });
@@ -286,7 +317,12 @@ export class Agent {
     this.stats.failures++;
     this.stats.lastFailure = `${failure.kind}: ${failure.reason}`;
     this.#outageFailures++;
-    const detail = { kind: failure.kind, reason: failure.reason, backlog: this.queue.depth, attempt: context.attempt };
+    const detail = {
+      kind: failure.kind,
+      reason: failure.reason,
+      backlog: this.queue.depth,
+      attempt: context.attempt,
+    };
     const a = this.#s.actions;
     switch (failure.kind as FailureKind) {
       case 'remote-ending':
@@ -302,10 +338,16 @@ export class Agent {
         break;
     }
     if (!this.#connectedOnce) {
-      this.#actions.run('startup_failure_action', a.startupFailure, `cannot reach the server: ${failure.reason}`, detail);
+      this.#actions.run(
+        'startup_failure_action',
+        a.startupFailure,
+        `cannot reach the server: ${failure.reason}`,
+        detail,
+      );
       return;
     }
-    if (this.#outageFailures === 1) this.#log.warn(detail, 'link to the server lost; reconnecting with backoff');
+    if (this.#outageFailures === 1)
+      this.#log.warn(detail, 'link to the server lost; reconnecting with backoff');
     else this.#log.debug(detail, 'reconnect attempt failed');
     if (this.#outageFailures > this.#s.maxTriesPerRecord && !this.#networkActionFired) {
       this.#networkActionFired = true;
@@ -320,9 +362,11 @@ export class Agent {
 
   #onReply(kind: string, text: string): void {
     const a = this.#s.actions;
-    if (kind === 'disk-low') this.#actions.run('disk_low_action', a.diskLow, `server disk is low ${text}`, {});
+    if (kind === 'disk-low')
+      this.#actions.run('disk_low_action', a.diskLow, `server disk is low ${text}`, {});
     else if (kind === 'generic-error') this.#actions.run('generic_error_action', a.genericError, text, {});
-    else if (kind === 'generic-warning') this.#actions.run('generic_warning_action', a.genericWarning, text, {});
+    else if (kind === 'generic-warning')
+      this.#actions.run('generic_warning_action', a.genericWarning, text, {});
   }
 
   #onInputEnded(): void {
@@ -331,7 +375,7 @@ export class Agent {
       { backlog: this.queue.depth, deadlineMs: this.#s.drainTimeoutMs },
       'input ended; delivering the remaining records',
     );
-    this.#connection()?.send({ type: 'STOP', pending: this.queue.depth });
+    // Armed before STOP: with an empty queue STOP finishes the run synchronously, clearing it.
     this.#deadline = setTimeout(() => {
       this.#log.error(
         { backlog: this.queue.depth },
@@ -339,5 +383,6 @@ export class Agent {
       );
       this.#connection()?.send({ type: 'DEADLINE' });
     }, this.#s.drainTimeoutMs);
+    this.#connection()?.send({ type: 'STOP', pending: this.queue.depth });
   }
 }

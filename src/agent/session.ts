@@ -5,9 +5,14 @@
  * reply arrives within the deadline. It reports link-level outcomes to the connection machine.
  */
 import type { SessionEvent } from '../../machines/connection.js';
-import { MessageType, TypeMask, typeName } from '../protocol/constants.js';
 import { FrameDecoder, writeHeader } from '../protocol/codec.js';
-import { HEADER_SIZE, MAX_AUDIT_MESSAGE_LENGTH } from '../protocol/constants.js';
+import {
+  HEADER_SIZE,
+  MAX_AUDIT_MESSAGE_LENGTH,
+  MessageType,
+  TypeMask,
+  typeName,
+} from '../protocol/constants.js';
 import type { RecordQueue } from '../queue/types.js';
 import type { Transport } from './transport.js';
 
@@ -118,7 +123,7 @@ export class Session {
 
   readonly #pump = (): void => {
     if (this.#ended || this.#blocked) return;
-    const { queue, transport, sequence, maxInFlight } = this.#o;
+    const { queue, sequence, maxInFlight } = this.#o;
     const frames: Buffer[] = [];
     let total = 0;
     while (this.inFlight < maxInFlight) {
@@ -228,7 +233,10 @@ export class Session {
       else if (m.type & TypeMask.WARN) this.#o.onReply?.('generic-warning', `${typeName(m.type)} ${text}`);
     }
     if (this.#decoder.error) {
-      this.#finish({ type: 'PROTOCOL_ERROR', reason: `bad reply from the server: ${this.#decoder.error.message}` });
+      this.#finish({
+        type: 'PROTOCOL_ERROR',
+        reason: `bad reply from the server: ${this.#decoder.error.message}`,
+      });
       return;
     }
     this.#compact();

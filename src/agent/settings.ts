@@ -3,8 +3,10 @@
  * `settingsFromConfig`. Keeping this apart lets tests and the demo build an agent directly.
  */
 import type { InspectionEvent } from 'xstate';
-import type { ConnectionPolicy } from '../../machines/connection.js';
+import type { ConnectionPolicy, FailureKind } from '../../machines/connection.js';
 import type { SupervisorOptions } from '../../supervisors/supervisor.js';
+import type { AgentConfig } from '../config/agent-config.js';
+import { MAX_SERVER_PAYLOAD } from '../protocol/constants.js';
 import type { FailureAction } from './actions.js';
 
 export interface AgentSettings {
@@ -35,4 +37,46 @@ export interface AgentSettings {
   inputName: string;
   /** Inspection observer for the actor system (--inspect). */
   inspect?: (event: InspectionEvent) => void;
+}
+
+/** Maps the configuration file to runtime settings (see docs/configuration.md for each key). */
+export function settingsFromConfig(cfg: AgentConfig, inputName = 'stdin'): AgentSettings {
+  const suspendOn: FailureKind[] = [];
+  if (cfg.diskFullAction.kind === 'suspend') suspendOn.push('disk-full');
+  if (cfg.diskErrorAction.kind === 'suspend') suspendOn.push('disk-error');
+  if (cfg.remoteEndingAction.kind === 'suspend') suspendOn.push('remote-ending');
+  const secondsMs = (s: number) => Math.min(s, 2_000_000) * 1000;
+  return {
+    // Upstream connects to the loopback address when remote_server is not set.
+    server: { host: cfg.remoteServer ?? '127.0.0.1', port: cfg.port, localPort: cfg.localPort },
+    transport: cfg.transport,
+    format: cfg.format,
+    maxInFlight: cfg.maxInFlight,
+    replyTimeoutMs: secondsMs(cfg.maxTimePerRecord),
+    heartbeatMs: secondsMs(cfg.heartbeatTimeout),
+    queueDepth: cfg.queueDepth,
+    maxRecord: MAX_SERVER_PAYLOAD,
+    forwardEoe: cfg.forwardEoe,
+    drainTimeoutMs: secondsMs(cfg.drainTimeout),
+    maxTriesPerRecord: cfg.maxTriesPerRecord,
+    policy: {
+      backoffInitialMs: cfg.reconnectInitialMs,
+      backoffMaxMs: cfg.reconnectMaxMs,
+      connectTimeoutMs: secondsMs(cfg.maxTimePerRecord),
+      authTimeoutMs: secondsMs(cfg.maxTimePerRecord),
+      suspendOn,
+    },
+    supervisor: {},
+    actions: {
+      networkFailure: cfg.networkFailureAction,
+      diskLow: cfg.diskLowAction,
+      diskFull: cfg.diskFullAction,
+      diskError: cfg.diskErrorAction,
+      remoteEnding: cfg.remoteEndingAction,
+      genericError: cfg.genericErrorAction,
+      genericWarning: cfg.genericWarningAction,
+      startupFailure: cfg.startupFailureAction,
+    },
+    inputName,
+  };
 }

@@ -74,7 +74,9 @@ export class TcpTransport implements Transport {
     });
     socket.on('drain', () => this.onDrain?.());
     socket.on('end', () => this.#closed('server closed the connection (EOF)'));
-    socket.on('error', (err: NodeJS.ErrnoException) => this.#closed(`connection error: ${err.code ?? err.message}`));
+    socket.on('error', (err: NodeJS.ErrnoException) =>
+      this.#closed(`connection error: ${err.code ?? err.message}`),
+    );
     socket.on('close', () => this.#closed('connection closed'));
   }
 

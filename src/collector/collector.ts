@@ -19,8 +19,8 @@
  */
 import net from 'node:net';
 import type { Logger } from '../log.js';
-import { MAX_AUDIT_MESSAGE_LENGTH, MessageType } from '../protocol/constants.js';
 import { encodeReply, FrameDecoder } from '../protocol/codec.js';
+import { MAX_AUDIT_MESSAGE_LENGTH, MessageType } from '../protocol/constants.js';
 import { type FsyncPolicy, LogWriter } from './log-writer.js';
 
 export const OUTPUT_HIGH_WATER = 1 << 20;
@@ -90,12 +90,23 @@ export class Collector {
   readonly #server: net.Server;
   readonly #sessions = new Set<ClientSession>();
   #closing = false;
-  readonly stats: CollectorStats = { clients: 0, accepted: 0, records: 0, heartbeats: 0, sanitized: 0, protocolErrors: 0 };
+  readonly stats: CollectorStats = {
+    clients: 0,
+    accepted: 0,
+    records: 0,
+    heartbeats: 0,
+    sanitized: 0,
+    protocolErrors: 0,
+  };
 
   constructor(settings: CollectorSettings, log: Logger) {
     this.#s = settings;
     this.#log = log;
-    this.#writer = new LogWriter({ path: settings.logFile, fsync: settings.fsync, fsyncIntervalMs: settings.fsyncIntervalMs });
+    this.#writer = new LogWriter({
+      path: settings.logFile,
+      fsync: settings.fsync,
+      fsyncIntervalMs: settings.fsyncIntervalMs,
+    });
     this.#server = net.createServer({ noDelay: true, keepAlive: true }, (socket) => this.#accept(socket));
   }
 
@@ -135,7 +146,10 @@ export class Collector {
     const ports = this.#s.clientPorts;
     const port = socket.remotePort ?? 0;
     if (ports && (port < ports[0] || port > ports[1])) {
-      this.#log.warn({ peer }, `connection from ${peer} rejected: source port outside ${ports[0]}-${ports[1]}`);
+      this.#log.warn(
+        { peer },
+        `connection from ${peer} rejected: source port outside ${ports[0]}-${ports[1]}`,
+      );
       socket.destroy();
       return;
     }
@@ -206,11 +220,18 @@ export class Collector {
           },
           (err: NodeJS.ErrnoException) => {
             const full = err.code === 'ENOSPC' || err.code === 'EDQUOT';
-            this.#log.error({ peer, error: err.code ?? err.message }, 'log write failed; replying with an error');
+            this.#log.error(
+              { peer, error: err.code ?? err.message },
+              'log write failed; replying with an error',
+            );
             this.#reply(
               session,
               replies.map((r) =>
-                encodeReply(full ? MessageType.DISKFULL : MessageType.DISKERROR, r.readUInt32LE(12), full ? 'disk full' : 'disk write error'),
+                encodeReply(
+                  full ? MessageType.DISKFULL : MessageType.DISKERROR,
+                  r.readUInt32LE(12),
+                  full ? 'disk full' : 'disk write error',
+                ),
               ),
             );
           },
@@ -219,7 +240,10 @@ export class Collector {
     }
     if (error) {
       this.stats.protocolErrors++;
-      this.#log.warn({ peer, error: error.message }, `protocol error from ${peer}: ${error.message}; closing the connection`);
+      this.#log.warn(
+        { peer, error: error.message },
+        `protocol error from ${peer}: ${error.message}; closing the connection`,
+      );
       socket.pause();
       void session.chain.then(() => socket.destroy());
     }
@@ -227,7 +251,10 @@ export class Collector {
 
   /** The record as it goes into the log: one trailing '\n' removed, embedded '\n' and NUL made spaces. */
   #line(payload: Buffer, peer: string): Buffer {
-    let line = payload.length > 0 && payload[payload.length - 1] === NL ? payload.subarray(0, payload.length - 1) : payload;
+    let line =
+      payload.length > 0 && payload[payload.length - 1] === NL
+        ? payload.subarray(0, payload.length - 1)
+        : payload;
     let replaced = 0;
     for (let i = line.indexOf(NL); i !== -1; i = line.indexOf(NL, i + 1)) replaced++;
     for (let i = line.indexOf(0); i !== -1; i = line.indexOf(0, i + 1)) replaced++;
@@ -249,7 +276,10 @@ export class Collector {
     socket.write(replies.length === 1 ? replies[0]! : Buffer.concat(replies));
     if (socket.writableLength > OUTPUT_HIGH_WATER && !socket.isPaused()) {
       // The client is not reading its replies: stop reading its records until it does.
-      this.#log.warn({ peer: session.peer }, `client ${session.peer} is not reading its acknowledgements: paused`);
+      this.#log.warn(
+        { peer: session.peer },
+        `client ${session.peer} is not reading its acknowledgements: paused`,
+      );
       socket.pause();
     }
   }

@@ -67,7 +67,8 @@ export class InputPump {
       this.#eof = true;
       this.#maybeEnded();
     };
-    const onError = (err: NodeJS.ErrnoException) => send({ type: 'READ_ERROR', reason: err.code ?? err.message });
+    const onError = (err: NodeJS.ErrnoException) =>
+      send({ type: 'READ_ERROR', reason: err.code ?? err.message });
     const onQueueDrain = () => this.#flushHeld();
     stream.on('data', onData);
     stream.on('end', onEnd);

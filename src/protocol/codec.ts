@@ -88,13 +88,17 @@ export class FrameDecoder {
     while (buf.length - off >= 4) {
       const magic = buf.readUInt32LE(off);
       if (magic !== MAGIC) {
-        this.#fail(`bad magic 0x${magic.toString(16).padStart(8, '0')} at stream offset ${this.#consumed + off} (expected 0xff0000fe)`);
+        this.#fail(
+          `bad magic 0x${magic.toString(16).padStart(8, '0')} at stream offset ${this.#consumed + off} (expected 0xff0000fe)`,
+        );
         return out;
       }
       if (buf.length - off < HEADER_SIZE) break;
       const length = buf.readUInt16LE(off + 10);
       if (length > this.#maxPayload) {
-        this.#fail(`message length ${length} at stream offset ${this.#consumed + off} exceeds the limit of ${this.#maxPayload} bytes`);
+        this.#fail(
+          `message length ${length} at stream offset ${this.#consumed + off} exceeds the limit of ${this.#maxPayload} bytes`,
+        );
         return out;
       }
       if (buf.length - off < HEADER_SIZE + length) break;

@@ -21,7 +21,8 @@ export class MemoryQueue extends EventEmitter<QueueEvents> implements RecordQueu
 
   constructor(capacity: number) {
     super();
-    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('capacity must be a positive integer');
+    if (!Number.isInteger(capacity) || capacity < 1)
+      throw new RangeError('capacity must be a positive integer');
     this.capacity = capacity;
   }
 

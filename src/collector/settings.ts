@@ -1,0 +1,64 @@
+/** Collector settings from the config file (auditd.conf syntax) and the command line. */
+
+import type { LogLevel } from '../config/agent-config.js';
+import {
+  type CollectorConfig,
+  collectorSyncPolicy,
+  defaultCollectorConfig,
+  loadCollectorConfig,
+  withCollectorOverrides,
+} from '../config/collector-config.js';
+import { UsageError } from '../errors.js';
+import type { CollectorSettings } from './collector.js';
+import type { FsyncPolicy } from './log-writer.js';
+
+export interface CollectorCommandOptions {
+  config?: string | undefined;
+  listen?: string | undefined;
+  log?: string | undefined;
+}
+
+export interface ResolvedCollectorSettings extends CollectorSettings {
+  logLevel: LogLevel;
+  warnings: string[];
+}
+
+export function collectorSettings(options: CollectorCommandOptions): ResolvedCollectorSettings {
+  let cfg: CollectorConfig = defaultCollectorConfig();
+  let warnings: string[] = [];
+  if (options.config !== undefined) {
+    const loaded = loadCollectorConfig(options.config);
+    cfg = loaded.config;
+    warnings = loaded.warnings.map((w) => w.text);
+  } else if (options.listen === undefined || options.log === undefined) {
+    throw new UsageError('collector needs --listen HOST:PORT and --log FILE (or --config FILE)');
+  }
+  cfg = withCollectorOverrides(cfg, { listen: options.listen, log: options.log });
+  return { ...fromConfig(cfg), logLevel: cfg.logLevel, warnings };
+}
+
+/**
+ * auditd's flush modes mapped to the collector's fsync policy. Acknowledgements always follow the
+ * write; with `data`, `sync` and `incremental` they also follow the fsync of their batch (records
+ * arriving together share one fsync, so this is at least as strict as auditd's every-`freq`).
+ */
+export function fromConfig(cfg: CollectorConfig): CollectorSettings {
+  const sync = collectorSyncPolicy(cfg);
+  const fsync: FsyncPolicy =
+    sync.fsync === 'never' ? 'never' : sync.fsync === 'always' || sync.waitBeforeAck ? 'always' : 'interval';
+  return {
+    host: cfg.tcpListenAddress,
+    port: cfg.tcpListenPort,
+    logFile: cfg.logFile,
+    maxPerAddr: cfg.tcpMaxPerAddr,
+    clientMaxIdleMs: cfg.tcpClientMaxIdle * 1000,
+    maxPayload: cfg.maxMessageSize,
+    fsync,
+    fsyncIntervalMs: 200,
+    listenBacklog: cfg.tcpListenQueue,
+    clientPorts:
+      cfg.tcpClientPorts.min === 0 && cfg.tcpClientPorts.max === 65535
+        ? null
+        : [cfg.tcpClientPorts.min, cfg.tcpClientPorts.max],
+  };
+}
