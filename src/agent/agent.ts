@@ -113,7 +113,8 @@ export class Agent {
             if (this.#stopping) connection.send({ type: 'STOP', pending: this.queue.depth });
           }
           const value = snap.value as { supervising?: Record<string, string> };
-          if (value.supervising?.connection === 'done') finish(this.#exitCode());
+          // Deferred: the reader's own completion may still be on its way to the supervisor.
+          if (value.supervising?.connection === 'done') setImmediate(() => finish(this.#exitCode()));
         },
         error: (err) => {
           this.#log.fatal({ err }, 'supervisor failed');
