@@ -30,6 +30,8 @@ export interface SupervisorOptions {
   restartDelayMs?: number;
   /** Clock for the intensity window (tests). */
   now?: () => number;
+  /** Called when a child is about to be restarted (for logs and metrics). */
+  onRestart?: (child: string, error: string, restartsInWindow: number) => void;
 }
 
 export interface SupervisorContext {
@@ -105,11 +107,10 @@ export function createSupervisor(children: ChildSpec[], options: SupervisorOptio
       escalate: raise({ type: 'ESCALATE' }),
       recordRestart: assign(({ context, event }, params: { child: string }) => {
         const t = now();
+        const restarts = [...recent(context.restarts[params.child], t), t];
+        options.onRestart?.(params.child, errorText(event), restarts.length);
         return {
-          restarts: {
-            ...context.restarts,
-            [params.child]: [...recent(context.restarts[params.child], t), t],
-          },
+          restarts: { ...context.restarts, [params.child]: restarts },
           lastError: { ...context.lastError, [params.child]: errorText(event) },
         };
       }),

@@ -38,6 +38,7 @@ export interface AgentStatus {
   recordsAcked: number;
   connects: number;
   failures: number;
+  restarts: number;
   lastFailure: string | null;
   queueDepth: number;
   queueBytes: number;
@@ -61,7 +62,7 @@ export class Agent {
   /** Consecutive failures in the current outage (for network_failure_action). */
   #outageFailures = 0;
   #networkActionFired = false;
-  readonly stats = { connects: 0, failures: 0, lastFailure: null as string | null };
+  readonly stats = { connects: 0, failures: 0, restarts: 0, lastFailure: null as string | null };
 
   constructor(settings: AgentSettings, io: { input: Readable; log: Logger; queue?: RecordQueue }) {
     this.#s = settings;
@@ -165,9 +166,10 @@ export class Agent {
     if (ev.type !== '@xstate.snapshot' || !this.#log.isLevelEnabled('debug')) return;
     const snap = ev.snapshot as { value?: unknown };
     const value = JSON.stringify(snap.value);
-    const id = (ev.actorRef as AnyActorRef).id;
-    if (this.#lastStates.get(id) === value) return;
-    this.#lastStates.set(id, value);
+    const ref = ev.actorRef as AnyActorRef;
+    const id = ref.id;
+    if (this.#lastStates.get(ref.sessionId) === value) return;
+    this.#lastStates.set(ref.sessionId, value);
     this.#log.debug({ actor: id, state: value, event: ev.event.type }, 'transition');
   }
 
@@ -197,7 +199,16 @@ export class Agent {
           input: { policy: this.#s.policy, autoConnect: true },
         },
       ],
-      this.#s.supervisor,
+      {
+        ...this.#s.supervisor,
+        onRestart: (child, error, n) => {
+          this.stats.restarts++;
+          this.#log.error(
+            { actor: child, error, restartsInWindow: n },
+            `${child} failed (${error}); restarting it (${n} restart(s) in the current window)`,
+          );
+        },
+      },
     );
   }
 
@@ -265,6 +276,8 @@ export class Agent {
             sendBack({ type: 'LINK_LOST', reason: 'no link' });
             return () => {};
           }
+          // A connection actor that failed may not have had its cleanup run: one session at a time.
+          this.#session?.stop();
           const session = new Session({
             transport: link,
             queue: this.queue,

@@ -26,6 +26,7 @@ export class InputPump {
   #held: Buffer[] = [];
   #eof = false;
   #send: ((e: ReaderEvent) => void) | null = null;
+  #detach: (() => void) | null = null;
   bytesRead = 0;
 
   constructor(options: InputPumpOptions) {
@@ -57,6 +58,8 @@ export class InputPump {
   /** Starts (or resumes, after a reader restart) feeding the queue; returns the detach function. */
   attach(send: (e: ReaderEvent) => void): () => void {
     const { stream, queue } = this.#o;
+    // One consumer at a time: a reader that failed may not have had its cleanup run.
+    this.#detach?.();
     this.#send = send;
     const onData = (chunk: Buffer) => {
       this.bytesRead += chunk.length;
@@ -81,13 +84,18 @@ export class InputPump {
       stream.resume();
     }
     this.#maybeEnded();
-    return () => {
+    const detach = () => {
       stream.off('data', onData);
       stream.off('end', onEnd);
       stream.off('error', onError);
       queue.off('drain', onQueueDrain);
-      this.#send = null;
+      if (this.#detach === detach) {
+        this.#detach = null;
+        this.#send = null;
+      }
     };
+    this.#detach = detach;
+    return detach;
   }
 
   /** Stop reading (SIGTERM): what was read stays queued; nothing more is read. */
