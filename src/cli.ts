@@ -127,8 +127,11 @@ async function runCollector(args: string[]): Promise<number> {
   });
   const settings = collectorSettings({ config: values.config, listen: values.listen, log: values.log });
   const log = createLogger({ level: settings.logLevel, name: 'auditrelay-collector' });
+  for (const warning of settings.warnings) log.warn(warning);
   const collector = new Collector(settings, log);
   await collector.start();
+  const onHup = () => log.warn('SIGHUP received: configuration reload is not implemented yet; restart to apply changes');
+  process.on('SIGHUP', onHup);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping: sending ENDING to every client');
@@ -138,6 +141,7 @@ async function runCollector(args: string[]): Promise<number> {
     process.once('SIGINT', () => stop('SIGINT'));
   });
   await collector.stop();
+  process.off('SIGHUP', onHup);
   return ExitCodes.OK;
 }
 
