@@ -7,8 +7,9 @@
  * - Bytes are passed through as they are: invalid UTF-8, 0x1D (ENRICHED separator) and other
  *   non-ASCII bytes are never decoded or changed.
  * - NUL bytes are replaced by a space (a real auditd would cut the record at the NUL); counted.
- * - Blank lines carry nothing and are dropped; counted.
- * - EOE records are dropped unless `forwardEoe`, as audisp-remote does (auditd does not log them).
+ * - Blank lines (empty, or only white space) carry nothing and are dropped; counted.
+ * - EOE records (the line or its second token starts with `type=EOE`) are dropped unless `forwardEoe`,
+ *   as audisp-remote does (auditd does not log them).
  * - A line longer than `maxRecord` bytes (newline included) is split into consecutive records of
  *   at most `maxRecord` bytes, each ending in '\n'; counted and reported, never cut silently.
  */
@@ -91,8 +92,8 @@ export class RecordSplitter {
     const wasSplit = this.#splitting;
     this.#splitting = false;
     const lineNo = this.#line++;
-    if (line.length === 1) {
-      // Only '\n': blank line, or the empty remainder of a line split exactly at the limit.
+    if (line.length === 1 || (!wasSplit && isBlank(line))) {
+      // Blank (empty or only spaces, tabs, CR), or the empty remainder of a line split exactly at the limit.
       if (!wasSplit) {
         this.stats.blank++;
         this.#opt.onDiscard?.('blank', { line: lineNo, bytes: 0 });
@@ -127,7 +128,7 @@ export class RecordSplitter {
 
 const TYPE_EOE = Buffer.from('type=EOE');
 
-/** audisp-remote's filter: the first token, or the second (after `node=…`), is `type=EOE`. */
+/** audisp-remote's filter: the line, or its second token (after `node=…`), starts with `type=EOE`. */
 export function isEoe(line: Buffer): boolean {
   if (startsWithEoe(line, 0)) return true;
   const sp = line.indexOf(SPACE);
@@ -135,8 +136,17 @@ export function isEoe(line: Buffer): boolean {
 }
 
 function startsWithEoe(line: Buffer, at: number): boolean {
-  if (line.length - at < TYPE_EOE.length + 1) return false;
-  if (line.compare(TYPE_EOE, 0, TYPE_EOE.length, at, at + TYPE_EOE.length) !== 0) return false;
-  const next = line[at + TYPE_EOE.length];
-  return next === SPACE || next === NL;
+  return (
+    line.length - at >= TYPE_EOE.length &&
+    line.compare(TYPE_EOE, 0, TYPE_EOE.length, at, at + TYPE_EOE.length) === 0
+  );
+}
+
+/** Only white space (space, \t, \r, \v, \f) before the final '\n'. */
+function isBlank(line: Buffer): boolean {
+  for (let i = 0; i < line.length - 1; i++) {
+    const b = line[i]!;
+    if (b !== SPACE && (b < 0x09 || b > 0x0d)) return false;
+  }
+  return true;
 }

@@ -27,17 +27,19 @@ describe('record splitter rules', () => {
   });
 
   it('drops blank lines and counts them', () => {
-    const { out, stats, events } = split(['\n\ntype=A msg=1\n\n']);
+    const { out, stats, events } = split(['\n\ntype=A msg=1\n\n \t\r\n']);
     expect(out).toEqual(['type=A msg=1\n']);
-    expect(stats.blank).toBe(3);
+    expect(stats.blank).toBe(4);
     expect(events).toContain('discard:blank@1');
   });
 
   it('drops EOE records as audisp-remote does, unless forwardEoe', () => {
-    const input = ['type=EOE msg=audit(1.2:3): \nnode=h type=EOE msg=audit(1.2:3): \ntype=EOEX msg=x\n'];
-    expect(split(input).out).toEqual(['type=EOEX msg=x\n']);
+    const input = ['type=EOE msg=audit(1.2:3): \nnode=h type=EOE msg=audit(1.2:3): \ntype=SYSCALL msg=x\n'];
+    expect(split(input).out).toEqual(['type=SYSCALL msg=x\n']);
     expect(split(input, { forwardEoe: true }).out).toHaveLength(3);
     expect(isEoe(Buffer.from('type=EOE\n'))).toBe(true);
+    // A prefix test, as audisp-remote's strncmp.
+    expect(isEoe(Buffer.from('type=EOEX msg=x\n'))).toBe(true);
     expect(isEoe(Buffer.from('type=SYSCALL msg=type=EOE\n'))).toBe(false);
   });
 
