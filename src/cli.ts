@@ -130,7 +130,8 @@ async function runCollector(args: string[]): Promise<number> {
   for (const warning of settings.warnings) log.warn(warning);
   const collector = new Collector(settings, log);
   await collector.start();
-  const onHup = () => log.warn('SIGHUP received: configuration reload is not implemented yet; restart to apply changes');
+  const onHup = () =>
+    log.warn('SIGHUP received: configuration reload is not implemented yet; restart to apply changes');
   process.on('SIGHUP', onHup);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
