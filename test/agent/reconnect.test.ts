@@ -61,7 +61,7 @@ describe('reconnect without new input', () => {
   it('reconnects after ENDING and resends what was not acknowledged', async () => {
     const a = await setup();
     // The first connection acknowledges 3 records, then announces shutdown instead of acking the 4th.
-    server.reply = (msg, conn) => {
+    server.reply = (_msg, conn) => {
       if (conn.id === 1 && conn.messages.length === 4) {
         conn.socket.write(Buffer.from([0xfe, 0, 0, 0xff, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0, 0, 0]));
         conn.socket.end();

@@ -26,9 +26,10 @@ const readerRestarts = (a: RunningAgent) =>
 describe('supervision', () => {
   it('restarts a reader whose input failed and keeps the partial line and the queue', async () => {
     server = new ScriptServer();
-    const a = (agent = startAgent(await server.start(), {}, (s) => {
+    agent = startAgent(await server.start(), {}, (s) => {
       s.supervisor = { maxRestarts: 3, windowMs: 60_000, restartDelayMs: 1 };
-    }));
+    });
+    const a = agent;
     a.write(records(1, 3));
     a.input.write('type=USER_CMD msg=audit(1700000000.004:4): tag=T seq=4'); // no newline yet
     await server.waitForRecords(3);
@@ -43,9 +44,10 @@ describe('supervision', () => {
 
   it('exits with status 3 when the reader fails more often than the restart intensity allows', async () => {
     server = new ScriptServer();
-    const a = (agent = startAgent(await server.start(), {}, (s) => {
+    agent = startAgent(await server.start(), {}, (s) => {
       s.supervisor = { maxRestarts: 2, windowMs: 60_000, restartDelayMs: 1 };
-    }));
+    });
+    const a = agent;
     for (let i = 1; i <= 3; i++) {
       await pollUntil(() => readerRestarts(a) >= i, { timeoutMs: 5000, what: `reader start #${i}` });
       a.input.emit('error', Object.assign(new Error('read failed'), { code: 'EIO' }));
