@@ -27,6 +27,7 @@ import type { Logger } from '../log.js';
 import { MAX_SERVER_PAYLOAD } from '../protocol/constants.js';
 import { MemoryQueue } from '../queue/memory-queue.js';
 import type { QueueStatus, RecordQueue } from '../queue/types.js';
+import { StateObserver, statePath } from '../status/observer.js';
 import { ActionRunner } from './actions.js';
 import { SequenceCounter, Session } from './session.js';
 import type { AgentSettings } from './settings.js';
@@ -62,6 +63,7 @@ export class Agent {
   /** Consecutive failures in the current outage (for network_failure_action). */
   #outageFailures = 0;
   #networkActionFired = false;
+  readonly observer = new StateObserver();
   readonly stats = { connects: 0, failures: 0, restarts: 0, lastFailure: null as string | null };
 
   constructor(settings: AgentSettings, io: { input: Readable; log: Logger; queue?: RecordQueue }) {
@@ -69,6 +71,7 @@ export class Agent {
     this.#log = io.log;
     this.queue = io.queue ?? new MemoryQueue(settings.queueDepth);
     this.#actions = new ActionRunner(io.log);
+    this.observer.on('transition', (t) => this.#log.debug(t, 'transition'));
     this.#input = new InputPump({
       stream: io.input,
       queue: this.queue,
@@ -153,27 +156,14 @@ export class Agent {
 
   connectionState(): string {
     const snap = this.#connection()?.getSnapshot() as { value: unknown } | undefined;
-    if (!snap) return 'restarting';
-    const v = snap.value;
-    return typeof v === 'string'
-      ? v
-      : Object.entries(v as Record<string, string>).map(([k, s]) => `${k}.${s}`)[0]!;
+    return snap ? statePath(snap.value) : 'restarting';
   }
 
-  /** Logs every state change of the machines at debug level, and feeds --inspect. */
+  /** Feeds the state observer (status page, /status, debug log) and --inspect. */
   #inspect(ev: InspectionEvent): void {
     this.#s.inspect?.(ev);
-    if (ev.type !== '@xstate.snapshot' || !this.#log.isLevelEnabled('debug')) return;
-    const snap = ev.snapshot as { value?: unknown };
-    const value = JSON.stringify(snap.value);
-    const ref = ev.actorRef as AnyActorRef;
-    const id = ref.id;
-    if (this.#lastStates.get(ref.sessionId) === value) return;
-    this.#lastStates.set(ref.sessionId, value);
-    this.#log.debug({ actor: id, state: value, event: ev.event.type }, 'transition');
+    this.observer.inspect(ev);
   }
-
-  readonly #lastStates = new Map<string, string | undefined>();
 
   #connection(): AnyActorRef | undefined {
     return this.#root?.system.get('connection');
@@ -203,6 +193,7 @@ export class Agent {
         ...this.#s.supervisor,
         onRestart: (child, error, n) => {
           this.stats.restarts++;
+          this.observer.recordError(child, `${error} (restarted)`);
           this.#log.error(
             { actor: child, error, restartsInWindow: n },
             `${child} failed (${error}); restarting it (${n} restart(s) in the current window)`,
@@ -330,6 +321,7 @@ export class Agent {
     if (!failure) return;
     this.stats.failures++;
     this.stats.lastFailure = `${failure.kind}: ${failure.reason}`;
+    this.observer.recordError('connection', this.stats.lastFailure);
     this.#outageFailures++;
     const detail = {
       kind: failure.kind,

@@ -20,8 +20,9 @@ afterEach(async () => {
   agent = undefined;
 });
 
+/** Starts of the reader actor: its first start and every restart. */
 const readerRestarts = (a: RunningAgent) =>
-  a.logs.filter((l) => l.actor === 'reader' && l.state === '"reading"').length;
+  a.agent.observer.transitions.filter((t) => t.actor === 'reader' && t.event === 'xstate.init').length;
 
 describe('supervision', () => {
   it('restarts a reader whose input failed and keeps the partial line and the queue', async () => {

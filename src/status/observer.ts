@@ -1,0 +1,78 @@
+/**
+ * Watches the actor system through XState's inspection API: the current state of every named
+ * actor, the recent transitions and the recent errors. Feeds the status page, `/status`, the
+ * SIGUSR1 report and the debug log. Never sees record payloads (the machines carry none).
+ */
+import { EventEmitter } from 'node:events';
+import type { AnyActorRef, InspectionEvent } from 'xstate';
+
+export interface Transition {
+  time: string;
+  actor: string;
+  from: string | null;
+  to: string;
+  event: string;
+}
+
+export interface ErrorEntry {
+  time: string;
+  source: string;
+  message: string;
+}
+
+const KEEP_TRANSITIONS = 50;
+const KEEP_ERRORS = 20;
+/** Actors whose states are shown (the supervisor's children). */
+const WATCHED = new Set(['connection', 'reader', 'queue']);
+
+export class StateObserver extends EventEmitter<{ transition: [Transition]; failure: [ErrorEntry] }> {
+  /** Current state per watched actor, as a dotted path (`online.connected`). */
+  readonly states = new Map<string, string>();
+  readonly transitions: Transition[] = [];
+  readonly errors: ErrorEntry[] = [];
+  readonly #bySession = new Map<string, string>();
+
+  inspect = (ev: InspectionEvent): void => {
+    if (ev.type !== '@xstate.snapshot') return;
+    const ref = ev.actorRef as AnyActorRef;
+    if (!WATCHED.has(ref.id)) return;
+    const snap = ev.snapshot as { value?: unknown; status?: string };
+    const to = statePath(snap.value);
+    if (this.#bySession.get(ref.sessionId) === to) return;
+    this.#bySession.set(ref.sessionId, to);
+    const t: Transition = {
+      time: new Date().toISOString(),
+      actor: ref.id,
+      from: this.states.get(ref.id) ?? null,
+      to,
+      event: ev.event.type,
+    };
+    this.states.set(ref.id, to);
+    push(this.transitions, t, KEEP_TRANSITIONS);
+    this.emit('transition', t);
+  };
+
+  recordError(source: string, message: string): void {
+    const e = { time: new Date().toISOString(), source, message };
+    push(this.errors, e, KEEP_ERRORS);
+    this.emit('failure', e);
+  }
+}
+
+/** `{ online: 'connected' }` → `online.connected`. */
+export function statePath(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (value && typeof value === 'object') {
+    const [k, v] = Object.entries(value as Record<string, unknown>)[0] ?? [];
+    if (k !== undefined) {
+      const rest = statePath(v);
+      return rest ? `${k}.${rest}` : k;
+    }
+  }
+  return '';
+}
+
+function push<T>(list: T[], item: T, keep: number): void {
+  list.push(item);
+  if (list.length > keep) list.splice(0, list.length - keep);
+}
