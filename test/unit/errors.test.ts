@@ -14,7 +14,8 @@ describe('error docs', () => {
   });
 
   it('documents every exit status', () => {
-    for (const status of Object.values(errors.ExitCodes)) expect(doc).toMatch(new RegExp(`^\\| ${status} \\|`, 'm'));
+    for (const status of Object.values(errors.ExitCodes))
+      expect(doc).toMatch(new RegExp(`^\\| ${status} \\|`, 'm'));
   });
 
   it('gives each error class its code and name', () => {
