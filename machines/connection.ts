@@ -299,7 +299,11 @@ export const connectionMachine = setup({
       },
       on: {
         RESUME: { target: 'connecting' },
-        STOP: [{ guard: 'nothingPending', target: 'closed' }, { actions: 'markStopping' }],
+        // Stopping with records queued: try once more now rather than wait out the suspension.
+        STOP: [
+          { guard: 'nothingPending', target: 'closed' },
+          { target: 'connecting', actions: 'markStopping' },
+        ],
       },
     },
     closed: {

@@ -4,6 +4,7 @@
  * escalation, 6 configuration error (as audisp-remote).
  */
 import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Agent } from './agent/agent.js';
 import { settingsFromConfig } from './agent/settings.js';
@@ -11,17 +12,25 @@ import { Collector } from './collector/collector.js';
 import { collectorSettings } from './collector/settings.js';
 import { formatEffectiveConfig, loadAgentConfig, UPSTREAM_AGENT_CONFIG_PATH } from './config/agent-config.js';
 import { AuditRelayError, ConfigError, ExitCodes, UsageError } from './errors.js';
-import { createLogger } from './log.js';
+import { createLogger, type Logger } from './log.js';
+import { PACKAGE_ROOT } from './paths.js';
+import { checkInspectUrl, createInspector } from './status/inspect.js';
+import { agentMetrics, collectorMetrics } from './status/metrics.js';
+import { StatusServer } from './status/server.js';
 
 const USAGE = `usage: auditrelay <command> [options]
 
 commands:
-  agent [--config FILE]       forward plugin string-format records from stdin to the server
-                              (FILE defaults to ${UPSTREAM_AGENT_CONFIG_PATH})
-  collector --listen HOST:PORT --log FILE [--config FILE]
+  agent [--config FILE] [--inspect ws://127.0.0.1:PORT [--inspect-remote]]
+                              forward plugin string-format records from stdin to the server
+                              (FILE defaults to ${UPSTREAM_AGENT_CONFIG_PATH}); --inspect streams
+                              the statecharts to the Stately inspector (payloads redacted)
+  collector --listen HOST:PORT --log FILE [--config FILE] [--status-listen HOST:PORT]
                               receive records from audisp-remote-compatible clients
   check-config [--collector] FILE
                               validate a config file and print the effective configuration
+  status [--url URL | --config FILE] [--json]
+                              show a running agent's or collector's state (needs status_listen)
   demo                        forward the bundled real audit records through an agent and a
                               collector on loopback, restarting the collector midway
   --version, --help
@@ -37,6 +46,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runCollector(rest);
       case 'check-config':
         return checkConfig(rest);
+      case 'status':
+        return await showStatus(rest);
       case 'demo': {
         const { runDemo } = await import('./demo.js');
         return await runDemo(rest);
@@ -82,20 +93,44 @@ function reportError(err: unknown): number {
 }
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+  const pkg = JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as {
     version: string;
   };
   return `auditrelay ${pkg.version}`;
 }
 
 async function runAgent(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { config: { type: 'string' } }, strict: true });
-  const path = values.config ?? UPSTREAM_AGENT_CONFIG_PATH;
-  const cfg = loadAgentConfig(path);
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: 'string' },
+      inspect: { type: 'string' },
+      'inspect-remote': { type: 'boolean' },
+    },
+    strict: true,
+  });
+  const configPath = values.config ?? UPSTREAM_AGENT_CONFIG_PATH;
+  const inspectUrl = values.inspect
+    ? checkInspectUrl(values.inspect, values['inspect-remote'] ?? false)
+    : null;
+  const cfg = loadAgentConfig(configPath);
   const log = createLogger({ level: cfg.logLevel, name: 'auditrelay-agent' });
-  const agent = new Agent(settingsFromConfig(cfg), { input: process.stdin, log });
+  const settings = settingsFromConfig(cfg);
+  const inspector = inspectUrl ? await createInspector(inspectUrl) : null;
+  if (inspector) {
+    settings.inspect = inspector.inspect;
+    log.info(
+      { url: inspectUrl?.toString() },
+      'streaming statechart events to the inspector (payloads redacted)',
+    );
+  }
+  const agent = new Agent(settings, { input: process.stdin, log });
   log.info(
-    { config: path, server: `${cfg.remoteServer ?? '127.0.0.1'}:${cfg.port}`, transport: cfg.transport },
+    {
+      config: configPath,
+      server: `${cfg.remoteServer ?? '127.0.0.1'}:${cfg.port}`,
+      transport: cfg.transport,
+    },
     'agent starting',
   );
   const onStop = (signal: string) => () => agent.stop(signal);
@@ -112,7 +147,22 @@ async function runAgent(args: string[]): Promise<number> {
     ],
   ];
   for (const [sig, fn] of handlers) process.on(sig, fn);
-  const code = await agent.run();
+  const status = cfg.statusListen
+    ? new StatusServer({
+        host: cfg.statusListen.host,
+        port: cfg.statusListen.port,
+        role: 'agent',
+        status: () => ({ ...agent.status() }),
+        registry: agentMetrics({ status: () => agent.status(), states: () => agent.observer.states }),
+        observer: agent.observer,
+        log,
+      })
+    : null;
+  const running = agent.run();
+  if (status) await startStatus(status, log);
+  const code = await running;
+  await status?.stop();
+  inspector?.stop();
   for (const [sig, fn] of handlers) process.off(sig, fn);
   log.info({ code, ...agent.status() }, 'agent exiting');
   log.flush?.();
@@ -122,14 +172,35 @@ async function runAgent(args: string[]): Promise<number> {
 async function runCollector(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { listen: { type: 'string' }, log: { type: 'string' }, config: { type: 'string' } },
+    options: {
+      listen: { type: 'string' },
+      log: { type: 'string' },
+      config: { type: 'string' },
+      'status-listen': { type: 'string' },
+    },
     strict: true,
   });
-  const settings = collectorSettings({ config: values.config, listen: values.listen, log: values.log });
+  const settings = collectorSettings({
+    config: values.config,
+    listen: values.listen,
+    log: values.log,
+    statusListen: values['status-listen'],
+  });
   const log = createLogger({ level: settings.logLevel, name: 'auditrelay-collector' });
   for (const warning of settings.warnings) log.warn(warning);
   const collector = new Collector(settings, log);
   await collector.start();
+  const status = settings.statusListen
+    ? new StatusServer({
+        host: settings.statusListen.host,
+        port: settings.statusListen.port,
+        role: 'collector',
+        status: () => ({ ...collector.stats }),
+        registry: collectorMetrics(collector),
+        log,
+      })
+    : null;
+  if (status) await startStatus(status, log);
   const onHup = () =>
     log.warn('SIGHUP received: configuration reload is not implemented yet; restart to apply changes');
   process.on('SIGHUP', onHup);
@@ -142,6 +213,7 @@ async function runCollector(args: string[]): Promise<number> {
     process.once('SIGINT', () => stop('SIGINT'));
   });
   await collector.stop();
+  await status?.stop();
   process.off('SIGHUP', onHup);
   return ExitCodes.OK;
 }
@@ -163,4 +235,67 @@ function checkConfig(args: string[]): number {
   }
   process.stderr.write(`${file}: configuration is valid\n`);
   return ExitCodes.OK;
+}
+
+/** A status listener that cannot bind is reported, not fatal: forwarding matters more. */
+async function startStatus(server: StatusServer, log: Logger): Promise<void> {
+  try {
+    await server.start();
+  } catch (err) {
+    log.error({ error: (err as Error).message }, 'status listener could not start; continuing without it');
+  }
+}
+
+async function showStatus(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { url: { type: 'string' }, config: { type: 'string' }, json: { type: 'boolean' } },
+    strict: true,
+  });
+  let url = values.url;
+  if (!url) {
+    const cfg = loadAgentConfig(values.config ?? UPSTREAM_AGENT_CONFIG_PATH);
+    if (!cfg.statusListen) {
+      throw new UsageError('status_listen is not set in the agent config; pass --url http://HOST:PORT');
+    }
+    const h = cfg.statusListen.host;
+    url = `http://${h.includes(':') ? `[${h}]` : h}:${cfg.statusListen.port}`;
+  }
+  const target = new URL('/status', url);
+  let res: Response;
+  try {
+    res = await fetch(target, { signal: AbortSignal.timeout(5000) });
+  } catch (err) {
+    process.stderr.write(
+      `auditrelay: cannot reach ${target}: ${(err as Error).cause ?? (err as Error).message}\n`,
+    );
+    return ExitCodes.FAILURE;
+  }
+  const s = (await res.json()) as Record<string, unknown>;
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify(s, null, 2)}\n`);
+    return ExitCodes.OK;
+  }
+  process.stdout.write(formatStatus(s));
+  return ExitCodes.OK;
+}
+
+function formatStatus(s: Record<string, unknown>): string {
+  const lines: string[] = [];
+  const skip = new Set(['states', 'transitions', 'errors', 'role']);
+  lines.push(`auditrelay ${s.role}`);
+  const states = (s.states ?? {}) as Record<string, string>;
+  for (const [m, v] of Object.entries(states)) lines.push(`  ${m.padEnd(14)} ${v}`);
+  for (const [k, v] of Object.entries(s)) if (!skip.has(k)) lines.push(`  ${k.padEnd(14)} ${v}`);
+  const errors = (s.errors ?? []) as { time: string; source: string; message: string }[];
+  if (errors.length > 0) {
+    lines.push('recent errors:');
+    for (const e of errors.slice(-5)) lines.push(`  ${e.time} ${e.source}: ${e.message}`);
+  }
+  const transitions = (s.transitions ?? []) as { time: string; actor: string; from: string; to: string }[];
+  if (transitions.length > 0) {
+    lines.push('recent transitions:');
+    for (const t of transitions.slice(-8)) lines.push(`  ${t.time} ${t.actor}: ${t.from ?? ''} -> ${t.to}`);
+  }
+  return `${lines.join('\n')}\n`;
 }

@@ -10,13 +10,12 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { isEoe } from './input/record-splitter.js';
+import { BIN_PATH, DEMO_CORPUS_DIR } from './paths.js';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const BIN = path.join(ROOT, 'bin/auditrelay.js');
-const CORPUS = path.join(ROOT, 'test/fixtures/corpus');
+const BIN = BIN_PATH;
+const CORPUS = DEMO_CORPUS_DIR;
 
 export async function runDemo(args: string[]): Promise<number> {
   const { values } = parseArgs({

@@ -1,6 +1,6 @@
 /** Collector settings from the config file (auditd.conf syntax) and the command line. */
 
-import type { LogLevel } from '../config/agent-config.js';
+import type { HostPort, LogLevel } from '../config/agent-config.js';
 import {
   type CollectorConfig,
   collectorSyncPolicy,
@@ -8,6 +8,7 @@ import {
   loadCollectorConfig,
   withCollectorOverrides,
 } from '../config/collector-config.js';
+import { parseHostPort } from '../config/values.js';
 import { UsageError } from '../errors.js';
 import type { CollectorSettings } from './collector.js';
 import type { FsyncPolicy } from './log-writer.js';
@@ -16,10 +17,13 @@ export interface CollectorCommandOptions {
   config?: string | undefined;
   listen?: string | undefined;
   log?: string | undefined;
+  /** --status-listen HOST:PORT */
+  statusListen?: string | undefined;
 }
 
 export interface ResolvedCollectorSettings extends CollectorSettings {
   logLevel: LogLevel;
+  statusListen: HostPort | null;
   warnings: string[];
 }
 
@@ -34,7 +38,13 @@ export function collectorSettings(options: CollectorCommandOptions): ResolvedCol
     throw new UsageError('collector needs --listen HOST:PORT and --log FILE (or --config FILE)');
   }
   cfg = withCollectorOverrides(cfg, { listen: options.listen, log: options.log });
-  return { ...fromConfig(cfg), logLevel: cfg.logLevel, warnings };
+  let statusListen = cfg.statusListen;
+  if (options.statusListen !== undefined) {
+    const r = parseHostPort(options.statusListen, 0);
+    if (typeof r === 'string') throw new UsageError(`--status-listen: ${r}`);
+    statusListen = r;
+  }
+  return { ...fromConfig(cfg), logLevel: cfg.logLevel, statusListen, warnings };
 }
 
 /**

@@ -1,0 +1,123 @@
+/**
+ * Prometheus metrics (prom-client), one registry per agent or collector so that several can live in
+ * one process (tests). Values are read from the running component at scrape time.
+ */
+import { Counter, Gauge, Registry } from 'prom-client';
+
+export interface AgentMetricsSource {
+  status(): {
+    recordsQueued: number;
+    recordsAcked: number;
+    connects: number;
+    failures: number;
+    restarts: number;
+    queueDepth: number;
+    queueBytes: number;
+    inFlight: number;
+    held: number;
+  };
+  states(): Map<string, string>;
+}
+
+export interface CollectorMetricsSource {
+  stats: {
+    clients: number;
+    accepted: number;
+    records: number;
+    heartbeats: number;
+    sanitized: number;
+    protocolErrors: number;
+  };
+}
+
+/** A counter whose value is copied from a monotonic source at scrape time. */
+function mirroredCounter(registry: Registry, name: string, help: string, read: () => number): void {
+  let last = 0;
+  new Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const now = read();
+      if (now > last) this.inc(now - last);
+      last = Math.max(last, now);
+    },
+  });
+}
+
+function gauge(registry: Registry, name: string, help: string, read: () => number): void {
+  new Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.set(read());
+    },
+  });
+}
+
+export function agentMetrics(src: AgentMetricsSource): Registry {
+  const r = new Registry();
+  const s = () => src.status();
+  mirroredCounter(r, 'auditrelay_records_queued_total', 'Records read and queued', () => s().recordsQueued);
+  mirroredCounter(
+    r,
+    'auditrelay_records_acked_total',
+    'Records acknowledged by the server',
+    () => s().recordsAcked,
+  );
+  mirroredCounter(r, 'auditrelay_connects_total', 'Successful connections to the server', () => s().connects);
+  mirroredCounter(r, 'auditrelay_link_failures_total', 'Failed attempts and lost links', () => s().failures);
+  mirroredCounter(
+    r,
+    'auditrelay_actor_restarts_total',
+    'Actors restarted by the supervisor',
+    () => s().restarts,
+  );
+  gauge(r, 'auditrelay_queue_records', 'Records not yet acknowledged', () => s().queueDepth);
+  gauge(r, 'auditrelay_queue_bytes', 'Payload bytes not yet acknowledged', () => s().queueBytes);
+  gauge(r, 'auditrelay_in_flight', 'Records sent and not yet acknowledged', () => s().inFlight);
+  gauge(r, 'auditrelay_input_held', 'Records read but refused by a full queue', () => s().held);
+  new Gauge({
+    name: 'auditrelay_state',
+    help: 'Current state of each statechart (1 = active)',
+    labelNames: ['machine', 'state'],
+    registers: [r],
+    collect() {
+      this.reset();
+      for (const [machine, state] of src.states()) this.set({ machine, state }, 1);
+    },
+  });
+  return r;
+}
+
+export function collectorMetrics(src: CollectorMetricsSource): Registry {
+  const r = new Registry();
+  mirroredCounter(
+    r,
+    'auditrelay_collector_records_total',
+    'Records written and acknowledged',
+    () => src.stats.records,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_heartbeats_total',
+    'Heartbeats acknowledged',
+    () => src.stats.heartbeats,
+  );
+  mirroredCounter(r, 'auditrelay_collector_accepted_total', 'Connections accepted', () => src.stats.accepted);
+  mirroredCounter(
+    r,
+    'auditrelay_collector_sanitized_total',
+    'Records whose embedded newline/NUL bytes were replaced',
+    () => src.stats.sanitized,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_protocol_errors_total',
+    'Connections closed for a protocol violation',
+    () => src.stats.protocolErrors,
+  );
+  gauge(r, 'auditrelay_collector_clients', 'Connected clients', () => src.stats.clients);
+  return r;
+}

@@ -1,0 +1,130 @@
+/**
+ * The status listener: /status JSON, /metrics in Prometheus text format whose counters move when
+ * records flow, /events, and the page.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/log.js';
+import { agentMetrics } from '../../src/status/metrics.js';
+import { StatusServer } from '../../src/status/server.js';
+import { type RunningAgent, records, startAgent } from '../helpers/agent-harness.js';
+import { ScriptServer } from '../helpers/script-server.js';
+import { pollUntil } from '../helpers/wait.js';
+
+let server: ScriptServer | undefined;
+let agent: RunningAgent | undefined;
+let status: StatusServer | undefined;
+
+afterEach(async () => {
+  await status?.stop();
+  agent?.input.end();
+  await agent?.done;
+  await server?.stop();
+  status = agent = server = undefined;
+});
+
+/** Parses Prometheus text exposition format 0.0.4 strictly enough to catch malformed output. */
+export function parsePrometheus(text: string): Map<string, number> {
+  const samples = new Map<string, number>();
+  const types = new Map<string, string>();
+  for (const [i, line] of text.split('\n').entries()) {
+    if (line === '') continue;
+    const meta = /^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.+)$/.exec(line);
+    if (meta) {
+      if (meta[1] === 'TYPE') {
+        expect(['counter', 'gauge', 'histogram', 'summary', 'untyped'], `line ${i + 1}`).toContain(meta[3]);
+        types.set(meta[2]!, meta[3]!);
+      }
+      continue;
+    }
+    const m =
+      /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? (-?[0-9.e+]+|NaN|[+-]Inf)$/.exec(
+        line,
+      );
+    expect(m, `line ${i + 1} is not a valid sample: ${line}`).not.toBeNull();
+    const name = m![1]!;
+    const family = types.has(name) ? name : name.replace(/_(total|sum|count|bucket)$/, '');
+    expect(types.has(family) || types.has(name), `sample ${name} without # TYPE`).toBe(true);
+    samples.set(`${name}${m![2] ?? ''}`, Number(m![3]));
+  }
+  return samples;
+}
+
+async function startAll() {
+  server = new ScriptServer();
+  agent = startAgent(await server.start());
+  const a = agent;
+  status = new StatusServer({
+    host: '127.0.0.1',
+    port: 0,
+    role: 'agent',
+    status: () => ({ ...a.agent.status() }),
+    registry: agentMetrics({ status: () => a.agent.status(), states: () => a.agent.observer.states }),
+    observer: a.agent.observer,
+    log: silentLogger(),
+  });
+  const { port } = await status.start();
+  return `http://127.0.0.1:${port}`;
+}
+
+describe('status listener', () => {
+  it('serves /metrics in Prometheus text format, and its counters move when records flow', async () => {
+    const base = await startAll();
+    await agent!.waitForState('online.connected');
+    const res = await fetch(`${base}/metrics`);
+    expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+    const before = parsePrometheus(await res.text());
+    expect(before.get('auditrelay_records_acked_total')).toBe(0);
+    expect(before.get('auditrelay_state{machine="connection",state="online.connected"}')).toBe(1);
+    agent!.write(records(1, 25));
+    await server!.waitForRecords(25);
+    await pollUntil(() => agent!.agent.queue.depth === 0, { timeoutMs: 5000, what: 'acks' });
+    const after = parsePrometheus(await (await fetch(`${base}/metrics`)).text());
+    expect(after.get('auditrelay_records_queued_total')).toBe(25);
+    expect(after.get('auditrelay_records_acked_total')).toBe(25);
+    expect(after.get('auditrelay_connects_total')).toBe(1);
+    expect(after.get('auditrelay_queue_records')).toBe(0);
+  });
+
+  it('serves /status as JSON with the machines, transitions and errors', async () => {
+    const base = await startAll();
+    await agent!.waitForState('online.connected');
+    server!.current!.socket.resetAndDestroy();
+    await server!.waitForConnections(2);
+    await agent!.waitForState('online.connected');
+    const s = (await (await fetch(`${base}/status`)).json()) as Record<string, unknown>;
+    expect(s.role).toBe('agent');
+    expect(s.states).toEqual({ reader: 'reading', queue: 'empty', connection: 'online.connected' });
+    expect((s.transitions as { to: string }[]).map((t) => t.to)).toContain('backoff');
+    expect((s.errors as { source: string; message: string }[])[0]).toMatchObject({ source: 'connection' });
+    expect(s.connects).toBe(2);
+  });
+
+  it('streams transitions as server-sent events and serves a page with the diagrams', async () => {
+    const base = await startAll();
+    const page = await (await fetch(`${base}/`)).text();
+    expect(page).toMatch(/id="state(-|&#45;)connection\.online\.connected"/);
+    expect(page).toContain("new EventSource('/events')");
+    const ctrl = new AbortController();
+    const res = await fetch(`${base}/events`, { signal: ctrl.signal });
+    const reader = res.body!.getReader();
+    let text = '';
+    await agent!.waitForState('online.connected');
+    server!.current!.socket.resetAndDestroy();
+    await pollUntil(
+      async () => {
+        const { value } = await reader.read();
+        text += new TextDecoder().decode(value);
+        return /event: transition\ndata: \{[^\n]*"to":"backoff"/.test(text);
+      },
+      { timeoutMs: 10_000, what: 'a transition event to backoff' },
+    );
+    ctrl.abort();
+    expect(text.startsWith('event: status\n')).toBe(true);
+  });
+
+  it('answers unknown paths and methods clearly', async () => {
+    const base = await startAll();
+    expect((await fetch(`${base}/nope`)).status).toBe(404);
+    expect((await fetch(`${base}/status`, { method: 'POST' })).status).toBe(405);
+  });
+});
