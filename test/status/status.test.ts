@@ -23,7 +23,7 @@ afterEach(async () => {
 });
 
 /** Parses Prometheus text exposition format 0.0.4 strictly enough to catch malformed output. */
-export function parsePrometheus(text: string): Map<string, number> {
+function parsePrometheus(text: string): Map<string, number> {
   const samples = new Map<string, number>();
   const types = new Map<string, string>();
   for (const [i, line] of text.split('\n').entries()) {
