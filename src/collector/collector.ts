@@ -293,6 +293,10 @@ export class Collector {
     await new Promise<void>((resolve) => {
       socket.once('close', () => resolve());
       socket.end(encodeReply(MessageType.ENDING, 0));
+      // Read and drop what the client still sends (never logged, never acked): a paused socket with unread
+      // input would never see the client's FIN, so the close would always wait for the timer below.
+      socket.removeAllListeners('data');
+      socket.resume();
       // A client that never reads cannot hold up shutdown.
       setTimeout(() => socket.destroy(), 2000).unref();
     });

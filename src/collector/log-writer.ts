@@ -65,20 +65,34 @@ export class LogWriter {
       this.#queue = [];
       const bufs = batch.flatMap((p) => p.bufs);
       let error: NodeJS.ErrnoException | null = null;
+      const progress = { written: 0 };
       try {
         if (!this.#fh) throw Object.assign(new Error('log file is closed'), { code: 'EBADF' });
         if (bufs.length > 0) {
-          await writeAll(this.#fh, bufs);
-          this.bytesWritten += bufs.reduce((n, b) => n + b.length, 0);
+          await writeAll(this.#fh, bufs, progress);
           if (this.#o.fsync === 'always') await this.#fh.datasync();
           else this.#dirty = true;
         }
       } catch (err) {
         error = err as NodeJS.ErrnoException;
+        // The batch fails as a whole (no record of it is acknowledged), so none of it may stay in the log:
+        // a partial write (ENOSPC, EFBIG) would leave a cut line that the next record is appended to.
+        if (progress.written > 0 && this.#fh) await this.#truncateTail(this.#fh, progress.written);
       }
+      if (!error) this.bytesWritten += progress.written;
       for (const p of batch) p.done(error);
     }
     this.#writing = false;
+  }
+
+  /** Removes the last `bytes` bytes of the file (best effort: a FIFO or character device cannot be truncated). */
+  async #truncateTail(fh: fsp.FileHandle, bytes: number): Promise<void> {
+    try {
+      const { size } = await fh.stat();
+      if (size >= bytes) await fh.truncate(size - bytes);
+    } catch {
+      // Nothing more can be done; the write error is reported to the clients.
+    }
   }
 
   async #syncIfDirty(): Promise<void> {
@@ -90,10 +104,11 @@ export class LogWriter {
   }
 }
 
-async function writeAll(fh: fsp.FileHandle, bufs: Buffer[]): Promise<void> {
+async function writeAll(fh: fsp.FileHandle, bufs: Buffer[], progress: { written: number }): Promise<void> {
   let rest = bufs;
   while (rest.length > 0) {
     const { bytesWritten } = await fh.writev(rest.slice(0, 1024));
+    progress.written += bytesWritten;
     let n = bytesWritten;
     let i = 0;
     while (i < rest.length && n >= rest[i]!.length) n -= rest[i++]!.length;
