@@ -11,6 +11,7 @@ import { settingsFromConfig } from './agent/settings.js';
 import { Collector } from './collector/collector.js';
 import { collectorSettings } from './collector/settings.js';
 import { formatEffectiveConfig, loadAgentConfig, UPSTREAM_AGENT_CONFIG_PATH } from './config/agent-config.js';
+import { formatCollectorConfig, loadCollectorConfig } from './config/collector-config.js';
 import { AuditRelayError, ConfigError, ExitCodes, UsageError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import { PACKAGE_ROOT } from './paths.js';
@@ -228,8 +229,9 @@ function checkConfig(args: string[]): number {
   if (positionals.length !== 1) throw new UsageError('check-config takes exactly one FILE');
   const file = positionals[0]!;
   if (values.collector) {
-    const settings = collectorSettings({ config: file });
-    process.stdout.write(`${JSON.stringify(settings, null, 2)}\n`);
+    const { config, warnings } = loadCollectorConfig(file);
+    for (const w of warnings) process.stderr.write(`auditrelay: warning: ${w.text}\n`);
+    process.stdout.write(formatCollectorConfig(config));
   } else {
     process.stdout.write(formatEffectiveConfig(loadAgentConfig(file)));
   }

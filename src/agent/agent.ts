@@ -156,7 +156,10 @@ export class Agent {
 
   connectionState(): string {
     const snap = this.#connection()?.getSnapshot() as { value: unknown } | undefined;
-    return snap ? statePath(snap.value) : 'restarting';
+    if (snap) return statePath(snap.value);
+    return this.#root?.getSnapshot().status === 'active'
+      ? 'restarting'
+      : (this.observer.states.get('connection') ?? 'stopped');
   }
 
   /** Feeds the state observer (status page, /status, debug log) and --inspect. */

@@ -49,8 +49,7 @@ export async function createInspector(
     sanitizeEvent: (e) => redact(e),
     sanitizeContext: (c) => redact(c),
   });
-  return {
-    inspect: inspector.inspect as unknown as (ev: InspectionEvent) => void,
-    stop: () => inspector.stop(),
-  };
+  // The inspector's `inspect` is an observer ({ next }), not a function.
+  const observer = inspector.inspect as unknown as { next?: (ev: InspectionEvent) => void };
+  return { inspect: (ev) => observer.next?.(ev), stop: () => inspector.stop() };
 }
