@@ -10,11 +10,17 @@ import { Agent } from './agent/agent.js';
 import { settingsFromConfig } from './agent/settings.js';
 import { Collector } from './collector/collector.js';
 import { collectorSettings } from './collector/settings.js';
-import { formatEffectiveConfig, loadAgentConfig, UPSTREAM_AGENT_CONFIG_PATH } from './config/agent-config.js';
+import {
+  type AgentConfig,
+  formatEffectiveConfig,
+  loadAgentConfig,
+  UPSTREAM_AGENT_CONFIG_PATH,
+} from './config/agent-config.js';
 import { formatCollectorConfig, loadCollectorConfig } from './config/collector-config.js';
 import { AuditRelayError, ConfigError, ExitCodes, UsageError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import { PACKAGE_ROOT } from './paths.js';
+import { DurableQueue } from './queue/durable-queue.js';
 import { checkInspectUrl, createInspector } from './status/inspect.js';
 import { agentMetrics, collectorMetrics } from './status/metrics.js';
 import { StatusServer } from './status/server.js';
@@ -125,7 +131,8 @@ async function runAgent(args: string[]): Promise<number> {
       'streaming statechart events to the inspector (payloads redacted)',
     );
   }
-  const agent = new Agent(settings, { input: process.stdin, log });
+  const queue = await openQueue(cfg, log);
+  const agent = new Agent(settings, { input: process.stdin, log, ...(queue ? { queue } : {}) });
   log.info(
     {
       config: configPath,
@@ -164,6 +171,7 @@ async function runAgent(args: string[]): Promise<number> {
   const code = await running;
   await status?.stop();
   inspector?.stop();
+  await queue?.close();
   for (const [sig, fn] of handlers) process.off(sig, fn);
   log.info({ code, ...agent.status() }, 'agent exiting');
   log.flush?.();
@@ -300,4 +308,24 @@ function formatStatus(s: Record<string, unknown>): string {
     for (const t of transitions.slice(-8)) lines.push(`  ${t.time} ${t.actor}: ${t.from ?? ''} -> ${t.to}`);
   }
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * `mode = forward`: the durable queue in `queue_dir` (docs/queue.md); `mode = immediate`: memory only,
+ * as upstream (null here: the agent makes its own memory queue bounded by `queue_depth`).
+ */
+async function openQueue(cfg: AgentConfig, log: Logger): Promise<DurableQueue | null> {
+  if (cfg.mode !== 'forward') return null;
+  const { queue, findings } = await DurableQueue.open({
+    dir: cfg.queueDir,
+    maxBytes: cfg.queueMaxBytes,
+    fsync: cfg.fsync,
+    fsyncIntervalMs: cfg.fsyncIntervalMs,
+    log: log.child({ component: 'queue' }),
+  });
+  log.info(
+    { dir: cfg.queueDir, backlog: queue.depth, findings: findings.length, fsync: cfg.fsync },
+    'durable queue open',
+  );
+  return queue;
 }

@@ -175,7 +175,13 @@ export class Agent {
   #exitCode(): number {
     const left = this.queue.depth + this.#input.held;
     if (left > 0) {
-      this.#log.error({ records: left }, `exiting with ${left} record(s) undelivered`);
+      const durable = 'spilled' in this.queue;
+      this.#log.error(
+        { records: left },
+        durable
+          ? `exiting with ${left} record(s) undelivered; they stay in the durable queue and are sent after the next start`
+          : `exiting with ${left} record(s) undelivered (memory queue: they are lost)`,
+      );
       return ExitCodes.FAILURE;
     }
     return ExitCodes.OK;
@@ -224,16 +230,25 @@ export class Agent {
   }
 
   #queueLogic() {
-    const events: Record<QueueStatus, QueueMachineEvent> = {
-      empty: { type: 'QUEUE_EMPTY' },
-      holding: { type: 'QUEUE_HOLDING' },
-      full: { type: 'QUEUE_FULL' },
-      error: { type: 'QUEUE_ERROR', reason: 'queue error' },
+    const event = (status: QueueStatus): QueueMachineEvent => {
+      switch (status) {
+        case 'empty':
+          return { type: 'QUEUE_EMPTY' };
+        case 'holding':
+          return { type: 'QUEUE_HOLDING' };
+        case 'full':
+          return { type: 'QUEUE_FULL' };
+        case 'error':
+          return {
+            type: 'QUEUE_ERROR',
+            reason: (this.queue as { lastError?: Error | null }).lastError?.message ?? 'queue error',
+          };
+      }
     };
     return queueMachine.provide({
       actors: {
         watch: fromCallback(({ sendBack }) => {
-          const onStatus = (s: QueueStatus) => sendBack(events[s]);
+          const onStatus = (s: QueueStatus) => sendBack(event(s));
           this.queue.on('status', onStatus);
           onStatus(this.queue.status);
           return () => this.queue.off('status', onStatus);
