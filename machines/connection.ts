@@ -80,6 +80,7 @@ export type ConnectionEvent =
   | { type: 'STOP'; pending: number }
   | { type: 'DEADLINE' }
   | { type: 'RESUME' }
+  | { type: 'CONFIGURE'; policy: Partial<ConnectionPolicy> }
   | SessionEvent;
 
 /** A session that starts while stopping reports DRAINED as soon as nothing is left. */
@@ -148,6 +149,11 @@ export const connectionMachine = setup({
     /** The runtime notes a usable link (metrics, startup_failure_action bookkeeping). */
     reportConnected: () => {},
     markStopping: assign({ stopping: true }),
+    /** SIGHUP: new timeouts and backoff apply from the next transition that uses them. */
+    applyPolicy: assign({
+      policy: ({ context, event }) =>
+        event.type === 'CONFIGURE' ? { ...context.policy, ...event.policy } : context.policy,
+    }),
     /** The session reports DRAINED once the queue is empty and nothing is in flight. */
     askSessionToDrain: sendTo('session', { type: 'DRAIN' } satisfies SessionCommand),
     resetAttempts: assign({ attempt: 0 }),
@@ -168,6 +174,7 @@ export const connectionMachine = setup({
   initial: 'disconnected',
   on: {
     DEADLINE: { target: '.closed' },
+    CONFIGURE: { actions: 'applyPolicy' },
   },
   states: {
     disconnected: {

@@ -4,6 +4,7 @@
  * escalation, 6 configuration error (as audisp-remote).
  */
 import { readFileSync } from 'node:fs';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Agent } from './agent/agent.js';
@@ -146,14 +147,37 @@ async function runAgent(args: string[]): Promise<number> {
     ['SIGTERM', onStop('SIGTERM')],
     ['SIGINT', onStop('SIGINT')],
     ['SIGUSR2', () => agent.resume()],
-    ['SIGUSR1', () => log.info(agent.status(), 'state report (SIGUSR1)')],
-    // Until configuration reload lands, SIGHUP must at least not kill the agent (Node's default).
-    [
-      'SIGHUP',
-      () =>
-        log.warn('SIGHUP received: configuration reload is not implemented yet; restart to apply changes'),
-    ],
+    ['SIGUSR1', () => void writeStateReport(agent, cfg.stateFile, log)],
+    ['SIGHUP', () => reload()],
   ];
+  let current = cfg;
+  /** SIGHUP: re-read the file; a bad file keeps the running configuration (and says why). */
+  const reload = () => {
+    let next: AgentConfig;
+    try {
+      next = loadAgentConfig(configPath);
+    } catch (err) {
+      log.error(
+        { error: (err as Error).message },
+        'SIGHUP: configuration not reloaded; keeping the running one',
+      );
+      return;
+    }
+    const needRestart = RESTART_ONLY_KEYS.filter(
+      ([, k]) => JSON.stringify(current[k]) !== JSON.stringify(next[k]),
+    ).map(([name]) => name);
+    if (needRestart.length > 0) {
+      log.warn(
+        { keys: needRestart },
+        `SIGHUP: ${needRestart.join(', ')} can only change with a restart; kept as they were`,
+      );
+      for (const [, k] of RESTART_ONLY_KEYS) (next as unknown as Record<string, unknown>)[k] = current[k];
+    }
+    log.level = next.logLevel;
+    const changed = agent.reconfigure(settingsFromConfig(next));
+    current = next;
+    log.info({ changed }, 'SIGHUP: configuration reloaded');
+  };
   for (const [sig, fn] of handlers) process.on(sig, fn);
   const status = cfg.statusListen
     ? new StatusServer({
@@ -328,4 +352,41 @@ async function openQueue(cfg: AgentConfig, log: Logger): Promise<DurableQueue | 
     'durable queue open',
   );
   return queue;
+}
+
+/** Keys whose change needs a restart: the queue, the transport's credentials, the status listener. */
+const RESTART_ONLY_KEYS: [string, keyof AgentConfig][] = [
+  ['mode', 'mode'],
+  ['queue_dir', 'queueDir'],
+  ['queue_depth', 'queueDepth'],
+  ['queue_max_bytes', 'queueMaxBytes'],
+  ['fsync', 'fsync'],
+  ['fsync_interval_ms', 'fsyncIntervalMs'],
+  ['status_listen', 'statusListen'],
+  ['state_file', 'stateFile'],
+  ['transport', 'transport'],
+];
+
+/** SIGUSR1: the state report, like upstream's /run/audit/remote.state (written atomically). */
+async function writeStateReport(agent: Agent, file: string, log: Logger): Promise<void> {
+  const s = agent.status();
+  const lines = [
+    `time = ${new Date().toISOString()}`,
+    `pid = ${process.pid}`,
+    ...Object.entries(s).map(([k, v]) => `${k} = ${v}`),
+    ...[...agent.observer.states].map(([m, v]) => `state.${m} = ${v}`),
+    ...agent.observer.errors.slice(-5).map((e) => `error = ${e.time} ${e.source}: ${e.message}`),
+    ...agent.observer.transitions
+      .slice(-10)
+      .map((t) => `transition = ${t.time} ${t.actor}: ${t.from} -> ${t.to} (${t.event})`),
+  ];
+  try {
+    await mkdir(path.dirname(file), { recursive: true, mode: 0o750 });
+    const tmp = `${file}.${process.pid}.tmp`;
+    await writeFile(tmp, `${lines.join('\n')}\n`, { mode: 0o640 });
+    await rename(tmp, file);
+    log.info({ file }, 'state report written (SIGUSR1)');
+  } catch (err) {
+    log.error({ file, error: (err as Error).message }, 'state report could not be written');
+  }
 }

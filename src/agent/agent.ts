@@ -48,7 +48,7 @@ export interface AgentStatus {
 }
 
 export class Agent {
-  readonly #s: AgentSettings;
+  #s: AgentSettings;
   readonly #log: Logger;
   readonly queue: RecordQueue;
   readonly #input: InputPump;
@@ -134,6 +134,30 @@ export class Agent {
     if (this.#stopping) return;
     this.#log.info({ reason }, 'stopping: no more input is read; draining the queue');
     this.#input.close();
+  }
+
+  /**
+   * SIGHUP: applies new settings without losing a record. Timeouts and backoff go to the machine;
+   * a change of server, transport, format, window, reply deadline or heartbeat re-opens the link
+   * (everything unacknowledged is sent again on the new one). Returns what changed.
+   */
+  reconfigure(next: AgentSettings): string[] {
+    const prev = this.#s;
+    const changed = Object.keys(next).filter(
+      (k) =>
+        k !== 'inspect' &&
+        JSON.stringify(prev[k as keyof AgentSettings]) !== JSON.stringify(next[k as keyof AgentSettings]),
+    );
+    this.#s = { ...next, inspect: prev.inspect, supervisor: prev.supervisor, inputName: prev.inputName };
+    this.#connection()?.send({ type: 'CONFIGURE', policy: next.policy });
+    const relink = ['server', 'transport', 'format', 'maxInFlight', 'replyTimeoutMs', 'heartbeatMs'].some(
+      (k) => changed.includes(k),
+    );
+    if (relink && this.#link) {
+      this.#log.info({ changed }, 'configuration changed: re-opening the link to apply it');
+      this.#link.close();
+    }
+    return changed;
   }
 
   /** SIGUSR2: leave `suspended` at once. */
@@ -258,16 +282,15 @@ export class Agent {
   }
 
   #connectionLogic() {
-    const s = this.#s;
     return connectionMachine.provide({
       actors: {
         dial: fromPromise(async ({ signal }) => {
           this.#link?.close();
           this.#link = null;
           const link = await dialTcp({
-            host: s.server.host,
-            port: s.server.port,
-            localPort: s.server.localPort,
+            host: this.#s.server.host,
+            port: this.#s.server.port,
+            localPort: this.#s.server.localPort,
             signal,
           });
           if (signal.aborted) {
@@ -291,10 +314,10 @@ export class Agent {
             transport: link,
             queue: this.queue,
             sequence: this.#sequence,
-            maxInFlight: s.format === 'ascii' ? 1024 : s.maxInFlight,
-            replyTimeoutMs: s.replyTimeoutMs,
-            heartbeatMs: s.heartbeatMs,
-            ascii: s.format === 'ascii',
+            maxInFlight: this.#s.format === 'ascii' ? 1024 : this.#s.maxInFlight,
+            replyTimeoutMs: this.#s.replyTimeoutMs,
+            heartbeatMs: this.#s.heartbeatMs,
+            ascii: this.#s.format === 'ascii',
             onReply: (kind, text) => this.#onReply(kind, text),
           });
           this.#session = session;

@@ -134,6 +134,8 @@ export interface AgentConfig {
   /** Seconds to wait for acknowledgements at shutdown. */
   drainTimeout: number;
   forwardEoe: boolean;
+  /** Where SIGUSR1 writes the state report (like upstream's /run/audit/remote.state). */
+  stateFile: string;
   /** null = no status listener. */
   statusListen: HostPort | null;
   logLevel: LogLevel;
@@ -177,6 +179,7 @@ export const AGENT_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   reconnectMaxMs: 30_000,
   drainTimeout: 5,
   forwardEoe: false,
+  stateFile: '/run/auditrelay/agent.state',
   statusListen: null,
   logLevel: 'info',
 } satisfies AgentConfig);
@@ -391,6 +394,12 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
       cfg.forwardEoe = parseYesNo(e, ctx.file);
     },
     format: (cfg) => (cfg.forwardEoe ? 'yes' : 'no'),
+  },
+  state_file: {
+    apply: (cfg, e, ctx) => {
+      cfg.stateFile = parseAbsolutePath(e, ctx.file);
+    },
+    format: (cfg) => cfg.stateFile,
   },
   status_listen: {
     apply: (cfg, e, ctx) => {

@@ -68,6 +68,7 @@ const DEFAULTS: AgentConfig = {
   reconnectMaxMs: 30000,
   drainTimeout: 5,
   forwardEoe: false,
+  stateFile: '/run/auditrelay/agent.state',
   statusListen: null,
   logLevel: 'info',
 };
@@ -605,6 +606,7 @@ describe('formatEffectiveConfig', () => {
       'reconnect_max_ms = 60000',
       'drain_timeout = 0',
       'forward_eoe = yes',
+      'state_file = /var/run/other.state',
       'status_listen = [::1]:9100',
       'log_level = trace',
     ].join('\n');
