@@ -78,8 +78,8 @@ describe.skipIf(!available)('plugin under the real auditd dispatcher', () => {
     writeFileSync(
       wrapper,
       template
-        .replace('NODE=${NODE:-/usr/bin/node}', `NODE=${process.execPath}`)
-        .replace('AUDITRELAY_HOME=${AUDITRELAY_HOME:-/usr/lib/auditrelay}', `AUDITRELAY_HOME=${REPO_ROOT}`),
+        .replace(/^NODE=.*$/m, `NODE=${process.execPath}`)
+        .replace(/^AUDITRELAY_HOME=.*$/m, `AUDITRELAY_HOME=${REPO_ROOT}`),
     );
     chmodSync(wrapper, 0o755);
     const pluginConf = readFileSync(path.join(REPO_ROOT, 'packaging/plugins.d/auditrelay.conf'), 'utf8')
