@@ -2,9 +2,13 @@
  * The status listener: /status JSON, /metrics in Prometheus text format whose counters move when
  * records flow, /events, and the page.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { Collector, DEFAULT_COLLECTOR_SETTINGS } from '../../src/collector/collector.js';
 import { silentLogger } from '../../src/log.js';
-import { agentMetrics } from '../../src/status/metrics.js';
+import { agentMetrics, collectorMetrics } from '../../src/status/metrics.js';
 import { StatusServer } from '../../src/status/server.js';
 import { type RunningAgent, records, startAgent } from '../helpers/agent-harness.js';
 import { ScriptServer } from '../helpers/script-server.js';
@@ -120,6 +124,43 @@ describe('status listener', () => {
     );
     ctrl.abort();
     expect(text.startsWith('event: status\n')).toBe(true);
+  });
+
+  it("serves the collector's /metrics and /status, whose counters move when records arrive", async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'auditrelay-status-'));
+    const collector = new Collector(
+      { ...DEFAULT_COLLECTOR_SETTINGS, port: 0, logFile: path.join(dir, 'log') },
+      silentLogger(),
+    );
+    const { port } = await collector.start();
+    const cs = new StatusServer({
+      host: '127.0.0.1',
+      port: 0,
+      role: 'collector',
+      status: () => ({ ...collector.stats }),
+      registry: collectorMetrics(collector),
+      log: silentLogger(),
+    });
+    const base = `http://127.0.0.1:${(await cs.start()).port}`;
+    try {
+      const before = parsePrometheus(await (await fetch(`${base}/metrics`)).text());
+      expect(before.get('auditrelay_collector_records_total')).toBe(0);
+      agent = startAgent(port);
+      agent.write(records(1, 7));
+      await pollUntil(() => collector.stats.records === 7, { timeoutMs: 10_000, what: '7 records written' });
+      const after = parsePrometheus(await (await fetch(`${base}/metrics`)).text());
+      expect(after.get('auditrelay_collector_records_total')).toBe(7);
+      expect(after.get('auditrelay_collector_clients')).toBe(1);
+      const s = (await (await fetch(`${base}/status`)).json()) as Record<string, unknown>;
+      expect(s).toMatchObject({ role: 'collector', records: 7, clients: 1 });
+    } finally {
+      await cs.stop();
+      agent?.input.end();
+      await agent?.done;
+      agent = undefined;
+      await collector.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('answers unknown paths and methods clearly', async () => {
