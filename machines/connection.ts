@@ -115,6 +115,18 @@ function describe(event: { type: string; reason?: string; error?: unknown }): st
   return event.type;
 }
 
+/** The actions of every failure transition: remember the failure, then let the runtime report it. */
+const failure = (kind: FailureKind) => [
+  { type: 'recordFailure' as const, params: { kind } },
+  'reportFailure' as const,
+];
+
+/** To `suspended` when the configured action for this failure is `suspend`, else to `backoff`. */
+const suspendOrBackoff = (kind: FailureKind) => [
+  { guard: { type: 'suspendsOn' as const, params: { kind } }, target: 'suspended', actions: failure(kind) },
+  { target: 'backoff', actions: failure(kind) },
+];
+
 export const connectionMachine = setup({
   types: {
     context: {} as ConnectionContext,
@@ -189,16 +201,10 @@ export const connectionMachine = setup({
         id: 'dial',
         src: 'dial',
         onDone: { target: 'authenticating' },
-        onError: {
-          target: 'backoff',
-          actions: [{ type: 'recordFailure', params: { kind: 'dial' } }, 'reportFailure'],
-        },
+        onError: { target: 'backoff', actions: failure('dial') },
       },
       after: {
-        connectTimeout: {
-          target: 'backoff',
-          actions: [{ type: 'recordFailure', params: { kind: 'dial-timeout' } }, 'reportFailure'],
-        },
+        connectTimeout: { target: 'backoff', actions: failure('dial-timeout') },
       },
       on: {
         STOP: [{ guard: 'nothingPending', target: 'closed' }, { actions: 'markStopping' }],
@@ -212,16 +218,10 @@ export const connectionMachine = setup({
           { guard: 'stopping', target: 'online.draining', actions: 'reportConnected' },
           { target: 'online.connected', actions: 'reportConnected' },
         ],
-        onError: {
-          target: 'backoff',
-          actions: [{ type: 'recordFailure', params: { kind: 'auth' } }, 'reportFailure'],
-        },
+        onError: { target: 'backoff', actions: failure('auth') },
       },
       after: {
-        authTimeout: {
-          target: 'backoff',
-          actions: [{ type: 'recordFailure', params: { kind: 'auth-timeout' } }, 'reportFailure'],
-        },
+        authTimeout: { target: 'backoff', actions: failure('auth-timeout') },
       },
       on: {
         STOP: [{ guard: 'nothingPending', target: 'closed' }, { actions: 'markStopping' }],
@@ -230,51 +230,12 @@ export const connectionMachine = setup({
     online: {
       invoke: { id: 'session', src: 'session', input: ({ context }) => ({ draining: context.stopping }) },
       on: {
-        LINK_LOST: {
-          target: 'backoff',
-          actions: [{ type: 'recordFailure', params: { kind: 'link-lost' } }, 'reportFailure'],
-        },
-        REPLY_TIMEOUT: {
-          target: 'backoff',
-          actions: [{ type: 'recordFailure', params: { kind: 'reply-timeout' } }, 'reportFailure'],
-        },
-        PROTOCOL_ERROR: {
-          target: 'backoff',
-          actions: [{ type: 'recordFailure', params: { kind: 'protocol' } }, 'reportFailure'],
-        },
-        REMOTE_ENDING: [
-          {
-            guard: { type: 'suspendsOn', params: { kind: 'remote-ending' } },
-            target: 'suspended',
-            actions: [{ type: 'recordFailure', params: { kind: 'remote-ending' } }, 'reportFailure'],
-          },
-          {
-            target: 'backoff',
-            actions: [{ type: 'recordFailure', params: { kind: 'remote-ending' } }, 'reportFailure'],
-          },
-        ],
-        DISK_FULL: [
-          {
-            guard: { type: 'suspendsOn', params: { kind: 'disk-full' } },
-            target: 'suspended',
-            actions: [{ type: 'recordFailure', params: { kind: 'disk-full' } }, 'reportFailure'],
-          },
-          {
-            target: 'backoff',
-            actions: [{ type: 'recordFailure', params: { kind: 'disk-full' } }, 'reportFailure'],
-          },
-        ],
-        DISK_ERROR: [
-          {
-            guard: { type: 'suspendsOn', params: { kind: 'disk-error' } },
-            target: 'suspended',
-            actions: [{ type: 'recordFailure', params: { kind: 'disk-error' } }, 'reportFailure'],
-          },
-          {
-            target: 'backoff',
-            actions: [{ type: 'recordFailure', params: { kind: 'disk-error' } }, 'reportFailure'],
-          },
-        ],
+        LINK_LOST: { target: 'backoff', actions: failure('link-lost') },
+        REPLY_TIMEOUT: { target: 'backoff', actions: failure('reply-timeout') },
+        PROTOCOL_ERROR: { target: 'backoff', actions: failure('protocol') },
+        REMOTE_ENDING: suspendOrBackoff('remote-ending'),
+        DISK_FULL: suspendOrBackoff('disk-full'),
+        DISK_ERROR: suspendOrBackoff('disk-error'),
       },
       initial: 'connected',
       states: {

@@ -3,6 +3,7 @@
  * one process (tests). Values are read from the running component at scrape time.
  */
 import { Counter, Gauge, Registry } from 'prom-client';
+import type { CollectorStats } from '../collector/collector.js';
 
 export interface AgentMetricsSource {
   status(): {
@@ -20,14 +21,7 @@ export interface AgentMetricsSource {
 }
 
 export interface CollectorMetricsSource {
-  stats: {
-    clients: number;
-    accepted: number;
-    records: number;
-    heartbeats: number;
-    sanitized: number;
-    protocolErrors: number;
-  };
+  stats: CollectorStats;
 }
 
 /** A counter whose value is copied from a monotonic source at scrape time. */
