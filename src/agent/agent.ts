@@ -21,7 +21,7 @@ import {
 import { type QueueMachineEvent, queueMachine } from '../../machines/queue.js';
 import { readerMachine } from '../../machines/reader.js';
 import { createSupervisor } from '../../supervisors/supervisor.js';
-import { ExitCodes } from '../errors.js';
+import { ExitCodes, LinkError } from '../errors.js';
 import { InputPump } from '../input/input-pump.js';
 import type { Logger } from '../log.js';
 import { MAX_SERVER_PAYLOAD } from '../protocol/constants.js';
@@ -29,6 +29,7 @@ import { MemoryQueue } from '../queue/memory-queue.js';
 import type { QueueStatus, RecordQueue } from '../queue/types.js';
 import { StateObserver, statePath } from '../status/observer.js';
 import { ActionRunner } from './actions.js';
+import { Krb5Client } from './krb5-transport.js';
 import { SequenceCounter, Session } from './session.js';
 import type { AgentSettings } from './settings.js';
 import { dialTcp, type Transport } from './transport.js';
@@ -55,6 +56,8 @@ export class Agent {
   readonly #sequence = new SequenceCounter();
   readonly #actions: ActionRunner;
   #link: Transport | null = null;
+  /** transport = krb5: tickets and the handshake. */
+  readonly #krb5: Krb5Client | null;
   #session: Session | null = null;
   #root: Actor<ReturnType<typeof createSupervisor>> | null = null;
   #deadline: NodeJS.Timeout | null = null;
@@ -71,6 +74,8 @@ export class Agent {
     this.#log = io.log;
     this.queue = io.queue ?? new MemoryQueue(settings.queueDepth);
     this.#actions = new ActionRunner(io.log);
+    // Fails at start (ConfigError, exit status 6) when the binding is missing or the keytab is unsafe.
+    this.#krb5 = settings.transport === 'krb5' ? new Krb5Client(() => this.#s.krb5, io.log) : null;
     this.observer.on('transition', (t) => this.#log.debug(t, 'transition'));
     this.#input = new InputPump({
       stream: io.input,
@@ -93,6 +98,7 @@ export class Agent {
         if (finished) return;
         finished = true;
         if (this.#deadline) clearTimeout(this.#deadline);
+        this.#krb5?.dispose();
         this.#link?.close();
         root.stop();
         resolve(code);
@@ -299,8 +305,17 @@ export class Agent {
           }
           this.#link = link;
         }),
-        authenticate: fromPromise(async () => {
-          // transport = tcp has no handshake; krb5 plugs in here.
+        authenticate: fromPromise(async ({ signal }) => {
+          // transport = tcp has no handshake.
+          if (!this.#krb5) return;
+          const link = this.#link;
+          if (!link) throw new LinkError('no link to authenticate');
+          const secured = await this.#krb5.handshake(link, signal);
+          if (signal.aborted || this.#link !== link) {
+            secured.close();
+            return;
+          }
+          this.#link = secured;
         }),
         session: fromCallback<SessionCommand, SessionInput>(({ sendBack, receive, input }) => {
           const link = this.#link;

@@ -6,12 +6,16 @@ import type { InspectionEvent } from 'xstate';
 import type { ConnectionPolicy, FailureKind } from '../../machines/connection.js';
 import type { SupervisorOptions } from '../../supervisors/supervisor.js';
 import type { AgentConfig } from '../config/agent-config.js';
+import { agentPrincipals, KRB5_MAX_RECORD } from '../krb5/auditd.js';
 import { MAX_SERVER_PAYLOAD } from '../protocol/constants.js';
 import type { FailureAction } from './actions.js';
+import type { Krb5AgentSettings } from './krb5-transport.js';
 
 export interface AgentSettings {
   server: { host: string; port: number; localPort: number };
   transport: 'tcp' | 'krb5';
+  /** transport = krb5: principals, keytab and ticket renewal (docs/kerberos.md). */
+  krb5?: Krb5AgentSettings;
   format: 'managed' | 'ascii';
   maxInFlight: number;
   replyTimeoutMs: number;
@@ -46,16 +50,19 @@ export function settingsFromConfig(cfg: AgentConfig, inputName = 'stdin'): Agent
   if (cfg.diskErrorAction.kind === 'suspend') suspendOn.push('disk-error');
   if (cfg.remoteEndingAction.kind === 'suspend') suspendOn.push('remote-ending');
   const secondsMs = (s: number) => Math.min(s, 2_000_000) * 1000;
+  // Upstream connects to the loopback address when remote_server is not set.
+  const host = cfg.remoteServer ?? '127.0.0.1';
   return {
-    // Upstream connects to the loopback address when remote_server is not set.
-    server: { host: cfg.remoteServer ?? '127.0.0.1', port: cfg.port, localPort: cfg.localPort },
+    server: { host, port: cfg.port, localPort: cfg.localPort },
     transport: cfg.transport,
+    ...(cfg.transport === 'krb5' ? { krb5: krb5Settings(cfg, host) } : {}),
     format: cfg.format,
     maxInFlight: cfg.maxInFlight,
     replyTimeoutMs: secondsMs(cfg.maxTimePerRecord),
     heartbeatMs: secondsMs(cfg.heartbeatTimeout),
     queueDepth: cfg.queueDepth,
-    maxRecord: MAX_SERVER_PAYLOAD,
+    // A wrapped message must still fit a real auditd's 8970-byte buffer.
+    maxRecord: cfg.transport === 'krb5' ? KRB5_MAX_RECORD : MAX_SERVER_PAYLOAD,
     forwardEoe: cfg.forwardEoe,
     drainTimeoutMs: secondsMs(cfg.drainTimeout),
     maxTriesPerRecord: cfg.maxTriesPerRecord,
@@ -79,4 +86,14 @@ export function settingsFromConfig(cfg: AgentConfig, inputName = 'stdin'): Agent
     },
     inputName,
   };
+}
+
+/** Upstream's principals: `<krb5_client_name>/<host name>` for us, krb5_principal (or the default) as target. */
+function krb5Settings(cfg: AgentConfig, remoteServer: string): Krb5AgentSettings {
+  const { client, target } = agentPrincipals({
+    krb5Principal: cfg.krb5Principal,
+    krb5ClientName: cfg.krb5ClientName,
+    remoteServer,
+  });
+  return { clientPrincipal: client, target, keyFile: cfg.krb5KeyFile };
 }

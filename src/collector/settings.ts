@@ -11,6 +11,7 @@ import {
 import { parseHostPort } from '../config/values.js';
 import { UsageError } from '../errors.js';
 import type { CollectorSettings } from './collector.js';
+import { DEFAULT_KRB5_COLLECTOR_SETTINGS } from './krb5.js';
 import type { FsyncPolicy } from './log-writer.js';
 
 export interface CollectorCommandOptions {
@@ -70,5 +71,15 @@ export function fromConfig(cfg: CollectorConfig): CollectorSettings {
       cfg.tcpClientPorts.min === 0 && cfg.tcpClientPorts.max === 65535
         ? null
         : [cfg.tcpClientPorts.min, cfg.tcpClientPorts.max],
+    // transport = KRB5: ` krb5=<principal>` is appended to records as auditd does; no allow-list key (yet).
+    krb5:
+      cfg.transport === 'krb5'
+        ? {
+            ...DEFAULT_KRB5_COLLECTOR_SETTINGS,
+            service: cfg.krb5Principal,
+            keyFile: cfg.krb5KeyFile,
+            handshakeTimeoutMs: cfg.handshakeTimeout * 1000,
+          }
+        : null,
   };
 }

@@ -15,8 +15,13 @@
  * shares it and requests then land at random on either process. So the port is probed (TCP and UDP, loopback and
  * wildcard, binds without SO_REUSEPORT) before starting, and after start-up the harness checks in /proc that every
  * socket on that port belongs to our KDC, retrying with another port otherwise.
+ *
+ * Inside a network namespace (`namespace: sandbox`, test/helpers/netns.ts) krb5kdc and the readiness kinit run in
+ * the sandbox (its loopback is private, so the port is free by construction: default 88); kadmin.local works on
+ * the database files and runs here. `stopServer()`/`startServer()` take the KDC down and back on the same port
+ * without touching the realm (for "KDC unreachable" tests).
  */
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, type StdioOptions, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import dgram from 'node:dgram';
 import { existsSync } from 'node:fs';
@@ -41,6 +46,20 @@ export const KDC_PACKAGES: Record<(typeof KDC_BINARIES)[number], string> = {
   kinit: 'krb5-user',
 };
 
+/** Where krb5kdc and kinit run when not in this process's network namespace (NetnsSandbox fits). */
+export interface KdcNamespace {
+  spawn(
+    cmd: string,
+    args: readonly string[],
+    opts: { env: NodeJS.ProcessEnv; stdio: StdioOptions },
+  ): ChildProcess;
+  exec(
+    cmd: string,
+    args: readonly string[],
+    opts: { env: NodeJS.ProcessEnv; timeoutMs: number },
+  ): Promise<{ code: number | null; stderr: string }>;
+}
+
 export interface KdcOptions {
   /** Realm name. Default TEST.REALM. */
   realm?: string;
@@ -52,6 +71,10 @@ export interface KdcOptions {
   keep?: boolean;
   /** Deadline for the KDC to answer a kinit after it was spawned. Default 10 s. */
   startTimeoutMs?: number;
+  /** Run krb5kdc (and the readiness kinit) in this namespace, e.g. a NetnsSandbox. */
+  namespace?: KdcNamespace;
+  /** Port; default random free one, or 88 inside a namespace. */
+  port?: number;
 }
 
 export interface PrincipalOptions {
@@ -92,6 +115,10 @@ export interface Kdc {
   log(): Promise<string>;
   /** Kills the KDC (SIGTERM, then SIGKILL after 5 s), waits for it, removes the directory unless kept. */
   stop(): Promise<void>;
+  /** Takes the KDC process down; the realm, its files and the port stay (clients get "Cannot contact any KDC"). */
+  stopServer(): Promise<void>;
+  /** Starts the KDC again on the same port after stopServer(), and waits until it answers. */
+  startServer(): Promise<void>;
 }
 
 /** True when nothing is bound to `port` on TCP or UDP, loopback or wildcard (binds without SO_REUSEPORT). */
@@ -329,16 +356,14 @@ export async function startKdc(opts: KdcOptions = {}): Promise<Kdc> {
     await kadmin(`addprinc -randkey ${principal('kdcprobe')}`);
     await kadmin(`ktadd -k ${probeKeytab} ${principal('kdcprobe')}`);
 
-    let lastProblem = '';
-    for (let attempt = 1; attempt <= 5; attempt++) {
-      const port = await pickPort();
-      await writeConf(dir, 'krb5.conf', krb5Conf(realm, hostname, port));
-      await writeConf(dir, 'kdc.conf', kdcConf(realm, dir, port, maxLife));
+    const ns = opts.namespace;
+    /** Spawns krb5kdc on `port` and waits until a kinit from the probe keytab succeeds. */
+    const launch = async (port: number): Promise<{ kdc: ChildProcess; startupMs: number }> => {
       const started = performance.now();
-      const kdc = spawn(bins.krb5kdc, ['-n', '-r', realm, '-P', path.join(dir, 'kdc.pid')], {
-        env: childEnv(),
-        stdio: ['ignore', 'ignore', 'pipe'],
-      });
+      const args = ['-n', '-r', realm, '-P', path.join(dir, 'kdc.pid')];
+      const kdc = ns
+        ? ns.spawn(bins.krb5kdc, args, { env: childEnv(), stdio: ['ignore', 'ignore', 'pipe'] })
+        : spawn(bins.krb5kdc, args, { env: childEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
       child = kdc;
       process.once('exit', onProcessExit);
       let stderr = '';
@@ -349,10 +374,23 @@ export async function startKdc(opts: KdcOptions = {}): Promise<Kdc> {
       kdc.once('error', (e) => {
         spawnError = e;
       });
+      const kinitArgs = ['-k', '-t', probeKeytab, principal('kdcprobe')];
+      const kinitEnv = { ...childEnv(), KRB5CCNAME: `FILE:${path.join(dir, 'probe.ccache')}` };
+      const kinit = async (): Promise<string | undefined> => {
+        if (ns) {
+          const r = await ns.exec(bins.kinit, kinitArgs, { env: kinitEnv, timeoutMs: 5000 });
+          return r.code === 0 ? undefined : r.stderr.trim() || `kinit exited with ${r.code}`;
+        }
+        try {
+          await execFileAsync(bins.kinit, kinitArgs, { env: kinitEnv, timeout: 5000 });
+          return undefined;
+        } catch (e) {
+          return ((e as { stderr?: string }).stderr ?? (e as Error).message).trim();
+        }
+      };
 
       // Deterministic readiness: a kinit from a keytab succeeds, within a deadline.
       const deadline = Date.now() + startTimeoutMs;
-      let lastKinitError = '';
       for (;;) {
         if (kdc.exitCode !== null || kdc.signalCode !== null) {
           throw new Error(
@@ -360,31 +398,34 @@ export async function startKdc(opts: KdcOptions = {}): Promise<Kdc> {
           );
         }
         if (spawnError) throw new Error(`cannot spawn krb5kdc: ${spawnError.message}`);
-        try {
-          await execFileAsync(bins.kinit, ['-k', '-t', probeKeytab, principal('kdcprobe')], {
-            env: { ...childEnv(), KRB5CCNAME: `FILE:${path.join(dir, 'probe.ccache')}` },
-            timeout: 5000,
-          });
-          break;
-        } catch (e) {
-          lastKinitError = ((e as { stderr?: string }).stderr ?? (e as Error).message).trim();
-        }
+        const kinitError = await kinit();
+        if (kinitError === undefined) break;
         if (Date.now() >= deadline) {
           throw new Error(
             `krb5kdc did not answer within ${startTimeoutMs} ms on 127.0.0.1:${port}; last kinit error: ` +
-              `${lastKinitError}; krb5kdc stderr: ${stderr.trim()}`,
+              `${kinitError}; krb5kdc stderr: ${stderr.trim()}`,
           );
         }
         await delay(25);
       }
-      const startupMs = performance.now() - started;
+      return { kdc, startupMs: performance.now() - started };
+    };
 
-      const problem = await checkPortOwnership(port, kdc.pid!);
+    let lastProblem = '';
+    for (let attempt = 1; attempt <= 5; attempt++) {
+      // A fresh network namespace has every port free: no probing, no sharing possible.
+      const port = ns ? (opts.port ?? 88) : (opts.port ?? (await pickPort()));
+      await writeConf(dir, 'krb5.conf', krb5Conf(realm, hostname, port));
+      await writeConf(dir, 'kdc.conf', kdcConf(realm, dir, port, maxLife));
+      let { kdc, startupMs } = await launch(port);
+
+      const problem = ns ? undefined : await checkPortOwnership(port, kdc.pid!);
       if (problem !== undefined) {
         lastProblem = problem;
         await killAndWait(kdc);
         process.off('exit', onProcessExit);
         child = undefined;
+        if (opts.port !== undefined) break;
         continue;
       }
 
@@ -431,6 +472,15 @@ export async function startKdc(opts: KdcOptions = {}): Promise<Kdc> {
           await killAndWait(kdc);
           process.off('exit', onProcessExit);
           if (!keep) await rm(dir, { recursive: true, force: true });
+        },
+        async stopServer() {
+          await killAndWait(kdc);
+          process.off('exit', onProcessExit);
+        },
+        async startServer() {
+          if (kdc.exitCode === null && kdc.signalCode === null) throw new Error('the KDC is running');
+          ({ kdc, startupMs } = await launch(port));
+          kdcHandle.pid = kdc.pid!;
         },
       };
       return kdcHandle;
