@@ -284,6 +284,24 @@ export class Agent {
           return () => this.queue.off('status', onStatus);
         }),
       },
+      actions: {
+        // The queue refuses records only at its bound: input pauses (nothing read is dropped) and
+        // overflow_action runs, as upstream's does when its queue is full.
+        reportFull: () =>
+          this.#actions.run(
+            'overflow_action',
+            this.#s.actions.overflow,
+            'queue is full: input reading paused until the server acknowledges records',
+            { depth: this.queue.depth, bytes: this.queue.bytes },
+          ),
+        reportError: ({ event }) =>
+          this.#actions.run(
+            'queue_error_action',
+            this.#s.actions.queueError,
+            `queue error: ${event.type === 'QUEUE_ERROR' ? event.reason : 'unknown'}; records already queued are kept`,
+            { depth: this.queue.depth },
+          ),
+      },
     });
   }
 

@@ -37,6 +37,8 @@ export interface AgentSettings {
     genericError: FailureAction;
     genericWarning: FailureAction;
     startupFailure: FailureAction;
+    overflow: FailureAction;
+    queueError: FailureAction;
   };
   inputName: string;
   /** Inspection observer for the actor system (--inspect). */
@@ -83,6 +85,8 @@ export function settingsFromConfig(cfg: AgentConfig, inputName = 'stdin'): Agent
       genericError: cfg.genericErrorAction,
       genericWarning: cfg.genericWarningAction,
       startupFailure: cfg.startupFailureAction,
+      overflow: cfg.overflowAction,
+      queueError: cfg.queueErrorAction,
     },
     inputName,
   };
