@@ -8,6 +8,7 @@ import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Agent } from './agent/agent.js';
+import { Krb5Client } from './agent/krb5-transport.js';
 import { settingsFromConfig } from './agent/settings.js';
 import { Collector } from './collector/collector.js';
 import { collectorSettings } from './collector/settings.js';
@@ -132,6 +133,8 @@ async function runAgent(args: string[]): Promise<number> {
       'streaming statechart events to the inspector (payloads redacted)',
     );
   }
+  // krb5 problems (addon missing, unsafe keytab) are reported before the queue is locked.
+  if (settings.transport === 'krb5') Krb5Client.preflight(settings.krb5, log);
   const queue = await openQueue(cfg, log);
   const agent = new Agent(settings, { input: process.stdin, log, ...(queue ? { queue } : {}) });
   log.info(

@@ -156,9 +156,15 @@ export class Agent {
     );
     this.#s = { ...next, inspect: prev.inspect, supervisor: prev.supervisor, inputName: prev.inputName };
     this.#connection()?.send({ type: 'CONFIGURE', policy: next.policy });
-    const relink = ['server', 'transport', 'format', 'maxInFlight', 'replyTimeoutMs', 'heartbeatMs'].some(
-      (k) => changed.includes(k),
-    );
+    const relink = [
+      'server',
+      'transport',
+      'format',
+      'maxInFlight',
+      'replyTimeoutMs',
+      'heartbeatMs',
+      'krb5',
+    ].some((k) => changed.includes(k));
     if (relink && this.#link) {
       this.#log.info({ changed }, 'configuration changed: re-opening the link to apply it');
       this.#link.close();

@@ -112,6 +112,18 @@ export function collectorMetrics(src: CollectorMetricsSource): Registry {
     'Connections closed for a protocol violation',
     () => src.stats.protocolErrors,
   );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_krb5_sessions_total',
+    'Kerberos handshakes completed and authorised',
+    () => src.stats.krb5Sessions,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_krb5_failures_total',
+    'Kerberos handshakes refused, failed or timed out',
+    () => src.stats.krb5Failures,
+  );
   gauge(r, 'auditrelay_collector_clients', 'Connected clients', () => src.stats.clients);
   return r;
 }
