@@ -71,7 +71,6 @@ export function fromConfig(cfg: CollectorConfig): CollectorSettings {
       cfg.tcpClientPorts.min === 0 && cfg.tcpClientPorts.max === 65535
         ? null
         : [cfg.tcpClientPorts.min, cfg.tcpClientPorts.max],
-    // transport = KRB5: ` krb5=<principal>` is appended to records as auditd does; no allow-list key (yet).
     krb5:
       cfg.transport === 'krb5'
         ? {
@@ -79,6 +78,8 @@ export function fromConfig(cfg: CollectorConfig): CollectorSettings {
             service: cfg.krb5Principal,
             keyFile: cfg.krb5KeyFile,
             handshakeTimeoutMs: cfg.handshakeTimeout * 1000,
+            allowedPrincipals: cfg.krb5AllowedPrincipals,
+            appendPrincipal: cfg.krb5AppendPrincipal,
           }
         : null,
   };

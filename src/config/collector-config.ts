@@ -59,6 +59,10 @@ export interface CollectorConfig {
   handshakeTimeout: number;
   /** Largest accepted record payload, bytes. */
   maxMessageSize: number;
+  /** transport = KRB5: only these client principals, on top of auditd's rule; null = auditd's rule alone. */
+  krb5AllowedPrincipals: string[] | null;
+  /** transport = KRB5: append ` krb5=<principal>` to logged records, as auditd does. */
+  krb5AppendPrincipal: boolean;
   statusListen: HostPort | null;
   logLevel: LogLevel;
 }
@@ -96,6 +100,8 @@ export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
   tcpListenAddress: '127.0.0.1',
   handshakeTimeout: 5,
   maxMessageSize: 8970,
+  krb5AllowedPrincipals: null,
+  krb5AppendPrincipal: true,
   statusListen: null,
   logLevel: 'info',
 } satisfies CollectorConfig);
@@ -148,7 +154,8 @@ export function collectorSyncPolicy(cfg: Pick<CollectorConfig, 'flush' | 'freq'>
 
 interface KeyDef {
   apply(cfg: CollectorConfig, e: ConfigEntry, file: string): void;
-  format(cfg: CollectorConfig): string;
+  /** null: unset, printed as a comment line. */
+  format(cfg: CollectorConfig): string | null;
 }
 
 type NumericField = {
@@ -232,6 +239,26 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
     format: (cfg) => cfg.tcpListenAddress,
   },
   handshake_timeout: int('handshake_timeout', 'handshakeTimeout'),
+  krb5_allowed_principals: {
+    apply: (cfg, e, file) => {
+      const allowed =
+        'a comma-separated list of principals, e.g. auditd/web1.example.com@EXAMPLE.COM,auditd/web2…';
+      const v = requireValue(e, file, allowed);
+      noOption(e, file);
+      const list = v.split(',').map((p) => p.trim());
+      const bad = list.find((p) => !/^[^\s@,/]+(\/[^\s@,]+)?@[^\s@,]+$/.test(p));
+      if (bad !== undefined)
+        fail(e, file, `"${bad}" is not a full principal name (name/instance@REALM)`, allowed);
+      cfg.krb5AllowedPrincipals = list;
+    },
+    format: (cfg) => (cfg.krb5AllowedPrincipals ? cfg.krb5AllowedPrincipals.join(',') : null),
+  },
+  krb5_append_principal: {
+    apply: (cfg, e, file) => {
+      cfg.krb5AppendPrincipal = parseYesNo(e, file);
+    },
+    format: (cfg) => (cfg.krb5AppendPrincipal ? 'yes' : 'no'),
+  },
   max_message_size: int('max_message_size', 'maxMessageSize'),
   status_listen: {
     apply: (cfg, e, file) => {
@@ -409,6 +436,9 @@ export function formatCollectorConfig(cfg: CollectorConfig): string {
   const out: string[] = ['# Effective auditrelay collector configuration (auditd.conf syntax)'];
   for (const [key, def] of Object.entries(AUDITD_KEYS)) out.push(`${key} = ${def.format(cfg)}`);
   out.push('# auditrelay extensions (not understood by auditd)');
-  for (const [key, def] of Object.entries(EXTENSION_KEYS)) out.push(`${key} = ${def.format(cfg)}`);
+  for (const [key, def] of Object.entries(EXTENSION_KEYS)) {
+    const value = def.format(cfg);
+    out.push(value === null ? `# ${key} is not set` : `${key} = ${value}`);
+  }
   return `${out.join('\n')}\n`;
 }

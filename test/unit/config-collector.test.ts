@@ -47,9 +47,22 @@ const DEFAULTS: CollectorConfig = {
   tcpListenAddress: '127.0.0.1',
   handshakeTimeout: 5,
   maxMessageSize: 8970,
+  krb5AllowedPrincipals: null,
+  krb5AppendPrincipal: true,
   statusListen: null,
   logLevel: 'info',
 };
+
+describe('krb5 extensions', () => {
+  it('krb5_allowed_principals takes full principal names, comma-separated', () => {
+    expect(parse1('krb5_allowed_principals = auditd/a@R,auditd/b@R').krb5AllowedPrincipals).toEqual([
+      'auditd/a@R',
+      'auditd/b@R',
+    ]);
+    expect(err1('krb5_allowed_principals = auditd/a')).toContain('"auditd/a" is not a full principal name');
+    expect(parse1('krb5_append_principal = no').krb5AppendPrincipal).toBe(false);
+  });
+});
 
 describe('defaults', () => {
   it('are as documented', () => {
@@ -363,6 +376,8 @@ describe('formatCollectorConfig', () => {
       'tcp_listen_address = ::',
       'handshake_timeout = 10',
       'max_message_size = 4096',
+      'krb5_allowed_principals = audit/web1@EXAMPLE.COM,audit/web2@EXAMPLE.COM',
+      'krb5_append_principal = no',
       'status_listen = [::1]:9101',
       'log_level = warn',
     ].join('\n');
