@@ -20,9 +20,12 @@ import {
 } from './config/agent-config.js';
 import { formatCollectorConfig, loadCollectorConfig } from './config/collector-config.js';
 import { AuditRelayError, ConfigError, ExitCodes, UsageError } from './errors.js';
+import { openInput } from './input/spec.js';
 import { createLogger, type Logger } from './log.js';
+import { importQueue } from './migrate/import-queue.js';
 import { PACKAGE_ROOT } from './paths.js';
 import { DurableQueue } from './queue/durable-queue.js';
+import { SdNotifier } from './service/notify.js';
 import { checkInspectUrl, createInspector } from './status/inspect.js';
 import { agentMetrics, collectorMetrics } from './status/metrics.js';
 import { StatusServer } from './status/server.js';
@@ -40,6 +43,9 @@ commands:
                               validate a config file and print the effective configuration
   status [--url URL | --config FILE] [--json]
                               show a running agent's or collector's state (needs status_listen)
+  import-queue [--config FILE] [--queue-file FILE] [--skip N] [--dry-run]
+                              move audisp-remote's forward-mode queue file into auditrelay's
+                              durable queue (queue_dir), so a host switching over keeps its backlog
   demo                        forward the bundled real audit records through an agent and a
                               collector on loopback, restarting the collector midway
   --version, --help
@@ -57,6 +63,8 @@ export async function main(argv: string[]): Promise<number> {
         return checkConfig(rest);
       case 'status':
         return await showStatus(rest);
+      case 'import-queue':
+        return await runImportQueue(rest);
       case 'demo': {
         const { runDemo } = await import('./demo.js');
         return await runDemo(rest);
@@ -136,16 +144,24 @@ async function runAgent(args: string[]): Promise<number> {
   // krb5 problems (addon missing, unsafe keytab) are reported before the queue is locked.
   if (settings.transport === 'krb5') Krb5Client.preflight(settings.krb5, log);
   const queue = await openQueue(cfg, log);
-  const agent = new Agent(settings, { input: process.stdin, log, ...(queue ? { queue } : {}) });
-  log.info(
-    {
-      config: configPath,
-      server: `${cfg.remoteServer ?? '127.0.0.1'}:${cfg.port}`,
-      transport: cfg.transport,
-    },
-    'agent starting',
-  );
-  const onStop = (signal: string) => () => agent.stop(signal);
+  const input = openInput(cfg.input, {
+    log,
+    durableQueue: queue !== null,
+    tailStateFile: cfg.tailStateFile,
+    tailStart: cfg.tailStart,
+    tailPollMs: cfg.tailPollMs,
+    tailStateFsync: cfg.fsync === 'always',
+  });
+  settings.inputName = input.name;
+  const agent = new Agent(settings, { input: input.stream, log, ...(queue ? { queue } : {}) });
+  const server = `${cfg.remoteServer ?? '127.0.0.1'}:${cfg.port}`;
+  log.info({ config: configPath, input: input.name, server, transport: cfg.transport }, 'agent starting');
+  // systemd (service mode): READY once the queue and the input are open, never waiting for the network.
+  const notifier = new SdNotifier({ log, unsetEnvironment: true });
+  const onStop = (signal: string) => () => {
+    void notifier.stopping(`draining ${agent.queue.depth} record(s)`);
+    agent.stop(signal);
+  };
   const handlers: [NodeJS.Signals, () => void][] = [
     ['SIGTERM', onStop('SIGTERM')],
     ['SIGINT', onStop('SIGINT')],
@@ -176,10 +192,14 @@ async function runAgent(args: string[]): Promise<number> {
       );
       for (const [, k] of RESTART_ONLY_KEYS) (next as unknown as Record<string, unknown>)[k] = current[k];
     }
+    void notifier.reloading();
     log.level = next.logLevel;
-    const changed = agent.reconfigure(settingsFromConfig(next));
+    const nextSettings = settingsFromConfig(next);
+    nextSettings.inputName = input.name;
+    const changed = agent.reconfigure(nextSettings);
     current = next;
     log.info({ changed }, 'SIGHUP: configuration reloaded');
+    void notifier.ready();
   };
   for (const [sig, fn] of handlers) process.on(sig, fn);
   const status = cfg.statusListen
@@ -195,10 +215,18 @@ async function runAgent(args: string[]): Promise<number> {
     : null;
   const running = agent.run();
   if (status) await startStatus(status, log);
+  void notifier.ready(`forwarding ${input.name} to ${server}`);
+  // The watchdog is fed while the supervisor is running (an escalation ends the process anyway).
+  notifier.startWatchdog();
+  const onTransition = () => void notifier.status(`${agent.connectionState()}, ${agent.queue.depth} queued`);
+  agent.observer.on('transition', onTransition);
   const code = await running;
+  agent.observer.off('transition', onTransition);
+  input.close();
   await status?.stop();
   inspector?.stop();
   await queue?.close();
+  await notifier.close();
   for (const [sig, fn] of handlers) process.off(sig, fn);
   log.info({ code, ...agent.status() }, 'agent exiting');
   log.flush?.();
@@ -237,6 +265,9 @@ async function runCollector(args: string[]): Promise<number> {
       })
     : null;
   if (status) await startStatus(status, log);
+  const notifier = new SdNotifier({ log, unsetEnvironment: true });
+  void notifier.ready(`listening on ${settings.host}:${settings.port}`);
+  notifier.startWatchdog();
   const onHup = () =>
     log.warn('SIGHUP received: configuration reload is not implemented yet; restart to apply changes');
   process.on('SIGHUP', onHup);
@@ -248,8 +279,10 @@ async function runCollector(args: string[]): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+  void notifier.stopping('sending ENDING to every client');
   await collector.stop();
   await status?.stop();
+  await notifier.close();
   process.off('SIGHUP', onHup);
   return ExitCodes.OK;
 }
@@ -337,23 +370,63 @@ function formatStatus(s: Record<string, unknown>): string {
   return `${lines.join('\n')}\n`;
 }
 
-/**
- * `mode = forward`: the durable queue in `queue_dir` (docs/queue.md); `mode = immediate`: memory only,
- * as upstream (null here: the agent makes its own memory queue bounded by `queue_depth`).
- */
-async function openQueue(cfg: AgentConfig, log: Logger): Promise<DurableQueue | null> {
-  if (cfg.mode !== 'forward') return null;
-  const { queue, findings } = await DurableQueue.open({
+/** `import-queue`: audisp-remote's queue file (reference §6.5) into our durable queue (docs/migrating.md). */
+async function runImportQueue(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: 'string' },
+      'queue-file': { type: 'string' },
+      skip: { type: 'string' },
+      'dry-run': { type: 'boolean' },
+    },
+    strict: true,
+  });
+  const skip = values.skip === undefined ? 0 : Number(values.skip);
+  if (!Number.isInteger(skip) || skip < 0)
+    throw new UsageError(`--skip must be a whole number, not '${values.skip}'`);
+  const cfg = loadAgentConfig(values.config ?? UPSTREAM_AGENT_CONFIG_PATH);
+  const log = createLogger({ level: cfg.logLevel, name: 'auditrelay-import' });
+  const file = values['queue-file'] ?? cfg.queueFile;
+  // The queue's lock refuses a running agent.
+  const queue = await openDurableQueue(cfg, log);
+  try {
+    const r = importQueue(file, queue, log, { skip, dryRun: values['dry-run'] ?? false });
+    for (const f of r.findings) process.stderr.write(`auditrelay: ${f.message}\n`);
+    process.stdout.write(
+      `${values['dry-run'] ? 'would import' : 'imported'} ${values['dry-run'] ? r.records - r.skippedByOption : r.imported} record(s) from ${file} into ${cfg.queueDir}` +
+        ` (skipped ${r.skipped} unusable slot(s)${r.skippedByOption ? `, ${r.skippedByOption} on request` : ''})\n`,
+    );
+    if (!values['dry-run'] && cfg.mode !== 'forward') {
+      process.stderr.write(
+        'auditrelay: note: set mode = forward so that the agent sends the imported records\n',
+      );
+    }
+  } finally {
+    await queue.close();
+  }
+  return ExitCodes.OK;
+}
+
+async function openDurableQueue(cfg: AgentConfig, log: Logger): Promise<DurableQueue> {
+  const { queue } = await DurableQueue.open({
     dir: cfg.queueDir,
     maxBytes: cfg.queueMaxBytes,
     fsync: cfg.fsync,
     fsyncIntervalMs: cfg.fsyncIntervalMs,
     log: log.child({ component: 'queue' }),
   });
-  log.info(
-    { dir: cfg.queueDir, backlog: queue.depth, findings: findings.length, fsync: cfg.fsync },
-    'durable queue open',
-  );
+  return queue;
+}
+
+/**
+ * `mode = forward`: the durable queue in `queue_dir` (docs/queue.md); `mode = immediate`: memory only,
+ * as upstream (null here: the agent makes its own memory queue bounded by `queue_depth`).
+ */
+async function openQueue(cfg: AgentConfig, log: Logger): Promise<DurableQueue | null> {
+  if (cfg.mode !== 'forward') return null;
+  const queue = await openDurableQueue(cfg, log);
+  log.info({ dir: cfg.queueDir, backlog: queue.depth, fsync: cfg.fsync }, 'durable queue open');
   return queue;
 }
 
@@ -368,6 +441,10 @@ const RESTART_ONLY_KEYS: [string, keyof AgentConfig][] = [
   ['status_listen', 'statusListen'],
   ['state_file', 'stateFile'],
   ['transport', 'transport'],
+  ['input', 'input'],
+  ['tail_state_file', 'tailStateFile'],
+  ['tail_start', 'tailStart'],
+  ['tail_poll_ms', 'tailPollMs'],
 ];
 
 /** SIGUSR1: the state report, like upstream's /run/audit/remote.state (written atomically). */

@@ -6,6 +6,13 @@
 import { statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { ConfigError } from '../errors.js';
+import {
+  DEFAULT_TAIL_STATE_FILE,
+  formatInputSpec,
+  INPUT_ALLOWED,
+  type InputSpec,
+  parseInputSpec,
+} from '../input/spec.js';
 import { describeErrno, formatMode, type ReadConfigOptions, readConfigFile, runningAsRoot } from './file.js';
 import { AGENT_MAX_LINE_LENGTH, type ConfigEntry, parseConfigText } from './parser.js';
 import {
@@ -134,6 +141,11 @@ export interface AgentConfig {
   /** Seconds to wait for acknowledgements at shutdown. */
   drainTimeout: number;
   forwardEoe: boolean;
+  /** Where records come from: stdin (plugin), the af_unix plugin's socket, or a tailed audit.log. */
+  input: InputSpec;
+  tailStateFile: string;
+  tailStart: 'end' | 'beginning';
+  tailPollMs: number;
   /** Where SIGUSR1 writes the state report (like upstream's /run/audit/remote.state). */
   stateFile: string;
   /** null = no status listener. */
@@ -179,6 +191,10 @@ export const AGENT_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   reconnectMaxMs: 30_000,
   drainTimeout: 5,
   forwardEoe: false,
+  input: { kind: 'stdin' },
+  tailStateFile: DEFAULT_TAIL_STATE_FILE,
+  tailStart: 'end',
+  tailPollMs: 1000,
   stateFile: '/run/auditrelay/agent.state',
   statusListen: null,
   logLevel: 'info',
@@ -199,6 +215,7 @@ export const AGENT_RANGES = {
   reconnect_initial_ms: [1, 3_600_000],
   reconnect_max_ms: [1, 3_600_000],
   drain_timeout: [0, 3600],
+  tail_poll_ms: [10, 60_000],
 } as const satisfies Record<string, readonly [number, number]>;
 
 /** A fresh copy of the defaults (remote_server unset). */
@@ -395,6 +412,27 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
     },
     format: (cfg) => (cfg.forwardEoe ? 'yes' : 'no'),
   },
+  input: {
+    apply: (cfg, e, ctx) => {
+      const spec = parseInputSpec(e.value);
+      if (typeof spec === 'string') fail(e, ctx.file, spec, INPUT_ALLOWED);
+      cfg.input = spec;
+    },
+    format: (cfg) => formatInputSpec(cfg.input),
+  },
+  tail_state_file: {
+    apply: (cfg, e, ctx) => {
+      cfg.tailStateFile = parseAbsolutePath(e, ctx.file);
+    },
+    format: (cfg) => cfg.tailStateFile,
+  },
+  tail_start: {
+    apply: (cfg, e, ctx) => {
+      cfg.tailStart = parseKeyword(e, ctx.file, ['end', 'beginning'] as const);
+    },
+    format: (cfg) => cfg.tailStart,
+  },
+  tail_poll_ms: { apply: int('tail_poll_ms', 'tailPollMs'), format: (cfg) => String(cfg.tailPollMs) },
   state_file: {
     apply: (cfg, e, ctx) => {
       cfg.stateFile = parseAbsolutePath(e, ctx.file);

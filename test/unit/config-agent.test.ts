@@ -68,6 +68,10 @@ const DEFAULTS: AgentConfig = {
   reconnectMaxMs: 30000,
   drainTimeout: 5,
   forwardEoe: false,
+  input: { kind: 'stdin' },
+  tailStateFile: '/var/lib/auditrelay/tail.state',
+  tailStart: 'end',
+  tailPollMs: 1000,
   stateFile: '/run/auditrelay/agent.state',
   statusListen: null,
   logLevel: 'info',
@@ -130,6 +134,7 @@ describe('numeric keys: range edges', () => {
     reconnect_initial_ms: 'reconnectInitialMs',
     reconnect_max_ms: 'reconnectMaxMs',
     drain_timeout: 'drainTimeout',
+    tail_poll_ms: 'tailPollMs',
   };
   const expected: Record<string, [number, number]> = {
     port: [1, 65535],
@@ -145,6 +150,7 @@ describe('numeric keys: range edges', () => {
     reconnect_initial_ms: [1, 3600000],
     reconnect_max_ms: [1, 3600000],
     drain_timeout: [0, 3600],
+    tail_poll_ms: [10, 60000],
   };
 
   it('covers every numeric key', () => {
@@ -320,6 +326,16 @@ describe('string and path keys', () => {
     expect(cfg.krb5ClientName).toBe('relay');
     expect(err1('krb5_client_name =')).toBe(
       `${F}:1: krb5_client_name: missing value after "=" (allowed: a principal name component such as auditd)`,
+    );
+  });
+
+  it('input: stdin, af_unix[:path], tail[:path]', () => {
+    expect(parse1('input = stdin').input).toEqual({ kind: 'stdin' });
+    expect(parse1('input = af_unix').input).toEqual({ kind: 'af_unix', path: '/var/run/audispd_events' });
+    expect(parse1('input = tail:/var/log/x.log').input).toEqual({ kind: 'tail', path: '/var/log/x.log' });
+    expect(err1('input = tail:relative.log')).toContain('must be absolute');
+    expect(err1('input = pipe')).toBe(
+      `${F}:1: input: unknown input "pipe" (allowed: stdin, af_unix, af_unix:/absolute/path, tail, tail:/absolute/path)`,
     );
   });
 
@@ -606,6 +622,10 @@ describe('formatEffectiveConfig', () => {
       'reconnect_max_ms = 60000',
       'drain_timeout = 0',
       'forward_eoe = yes',
+      'input = tail:/var/log/other.log',
+      'tail_state_file = /var/lib/other.state',
+      'tail_start = beginning',
+      'tail_poll_ms = 50',
       'state_file = /var/run/other.state',
       'status_listen = [::1]:9100',
       'log_level = trace',
