@@ -216,8 +216,8 @@ async function runAgent(args: string[]): Promise<number> {
   const running = agent.run();
   if (status) await startStatus(status, log);
   void notifier.ready(`forwarding ${input.name} to ${server}`);
-  // The watchdog is fed while the supervisor is running (an escalation ends the process anyway).
-  notifier.startWatchdog();
+  // The watchdog is fed while the supervisor runs and the connection actor is alive (not mid-restart).
+  notifier.startWatchdog(() => agent.healthy());
   const onTransition = () => void notifier.status(`${agent.connectionState()}, ${agent.queue.depth} queued`);
   agent.observer.on('transition', onTransition);
   const code = await running;

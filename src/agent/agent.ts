@@ -172,6 +172,11 @@ export class Agent {
     return changed;
   }
 
+  /** For the systemd watchdog: the supervisor runs (no escalation) and the connection actor exists. */
+  healthy(): boolean {
+    return this.#root?.getSnapshot().status === 'active' && this.#connection() !== undefined;
+  }
+
   /** SIGUSR2: leave `suspended` at once. */
   resume(): void {
     this.#connection()?.send({ type: 'RESUME' });
