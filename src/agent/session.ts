@@ -21,9 +21,12 @@ export interface SessionOptions {
   queue: RecordQueue;
   sequence: SequenceCounter;
   maxInFlight: number;
-  /** No reply for this long while something is in flight ⇒ the link is dead. */
+  /** No reply for this long while something is in flight ⇒ the link is dead (`max_time_per_record`). */
   replyTimeoutMs: number;
-  /** Heartbeat period; 0 = off. */
+  /**
+   * Heartbeat period; 0 = off. When on, it also bounds the reply deadline: a link that answers nothing
+   * for one heartbeat period is dead, so a dead link is declared within 2 × the period (DESIGN §1).
+   */
   heartbeatMs: number;
   /** ascii format: no replies; a record counts as delivered once written. */
   ascii: boolean;
@@ -62,11 +65,23 @@ export class Session {
   #blocked = false;
   #ended = false;
   #timers: NodeJS.Timeout[] = [];
+  /** min(replyTimeoutMs, heartbeatMs) with heartbeats on, else replyTimeoutMs. */
+  readonly #deadlineMs: number;
+  readonly #deadlineSource: string;
   readonly #decoder = new FrameDecoder({ maxPayload: MAX_AUDIT_MESSAGE_LENGTH });
 
   constructor(options: SessionOptions) {
     this.#o = options;
     this.#now = options.now ?? Date.now;
+    const heartbeats = options.heartbeatMs > 0 && !options.ascii;
+    const byHeartbeat = heartbeats && options.heartbeatMs < options.replyTimeoutMs;
+    this.#deadlineMs = byHeartbeat ? options.heartbeatMs : options.replyTimeoutMs;
+    this.#deadlineSource = byHeartbeat ? 'heartbeat_timeout' : 'max_time_per_record';
+  }
+
+  /** The reply deadline in force and the setting it comes from. */
+  get replyDeadline(): { ms: number; source: string } {
+    return { ms: this.#deadlineMs, source: this.#deadlineSource };
   }
 
   get inFlight(): number {
@@ -91,7 +106,7 @@ export class Session {
       this.#timers.push(setInterval(() => this.#sendHeartbeat(), this.#o.heartbeatMs));
     }
     if (!this.#o.ascii) {
-      const check = Math.max(10, Math.min(1000, Math.floor(this.#o.replyTimeoutMs / 4)));
+      const check = Math.max(10, Math.min(1000, Math.floor(this.#deadlineMs / 4)));
       this.#timers.push(setInterval(() => this.#checkDeadline(), check));
     }
     this.#pump();
@@ -182,10 +197,10 @@ export class Session {
   #checkDeadline(): void {
     if (this.#ended || this.inFlight === 0) return;
     const waited = this.#now() - this.#progressAt;
-    if (waited >= this.#o.replyTimeoutMs) {
+    if (waited >= this.#deadlineMs) {
       this.#finish({
         type: 'REPLY_TIMEOUT',
-        reason: `no reply for ${waited} ms with ${this.inFlight} message(s) in flight`,
+        reason: `no reply for ${waited} ms with ${this.inFlight} message(s) in flight (deadline ${this.#deadlineMs} ms, ${this.#deadlineSource})`,
       });
     }
   }
@@ -239,6 +254,8 @@ export class Session {
       });
       return;
     }
+    // Acknowledgements are recorded (crash-safe) before the next window goes out.
+    this.#o.queue.flushAcks?.();
     this.#compact();
     this.#pump();
   }

@@ -198,6 +198,10 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
   #syncError: Error | null = null;
   #readError: Error | null = null;
   #ackError: Error | null = null;
+  /** The open `ack` file (the last one renamed into place), rewritten in place after each batch of acks. */
+  #ackFd: number | null = null;
+  /** Cursor value last written to `ack` (in place or durably). */
+  #writtenAck: number;
   #dirty = false;
   #syncing: { fd: number; closeAfter: boolean; done: Promise<void> } | null = null;
   #timers: NodeJS.Timeout[] = [];
@@ -282,6 +286,7 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
     this.#segs = state.segs;
     this.#ackedThrough = state.acked;
     this.#persistedAck = state.acked;
+    this.#writtenAck = state.acked;
     this.#nextId = state.nextId;
     this.#bytes = state.unackedBytes;
     this.#diskBytes = state.segs.reduce((n, s) => n + s.size, 0);
@@ -368,6 +373,8 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
       this.#writeRecord(act, frame, pos);
     } catch (err) {
       this.#writeFailed(err);
+      const code = errCode(err);
+      if (code === 'ENOSPC' || code === 'EDQUOT') this.#releaseSpace();
       return false;
     }
     seg.size += frameLen;
@@ -460,6 +467,8 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
     this.#seal();
     this.#closeReader();
     this.#persistAck(true);
+    if (this.#ackFd !== null) this.#closeFd(this.#ackFd);
+    this.#ackFd = null;
     this.#lock.release();
   }
 
@@ -478,6 +487,24 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
     this.#seal();
     if (this.#segs[0] === seg) this.#deleteHeadSegment();
     return this.#fits(frameLen);
+  }
+
+  /**
+   * The file system is full before `capacity` is reached. The active segment is never deleted while it is
+   * appended to, so it is closed: once its records are acknowledged it is deleted like any other and its
+   * space comes back (the next append starts a new segment). Segments already fully acknowledged go now.
+   */
+  #releaseSpace(): void {
+    const act = this.#active;
+    if (act && act.seg.lastId >= act.seg.firstId) this.#seal();
+    for (
+      let s = this.#segs[0];
+      s && s !== this.#active?.seg && s.lastId <= this.#ackedThrough;
+      s = this.#segs[0]
+    ) {
+      if (this.#spilled > 0 && this.#read?.seg === s) break;
+      this.#deleteHeadSegment();
+    }
   }
 
   #createSegment(firstId: number): void {
@@ -642,6 +669,29 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
 
   // --- acknowledgements ------------------------------------------------------------------------
 
+  /**
+   * Makes the acknowledgements so far survive a crash of the process (kill -9): the cursor is rewritten in
+   * place in the current `ack` file, one 24-byte pwrite without a sync. The session calls it after each
+   * batch of replies, before it sends more, so a restart after kill -9 resends at most one window, not
+   * everything acknowledged since the last save. Durability against a power loss is unchanged: the cursor
+   * is synced every ackPersistMs, before a segment is deleted and at close.
+   */
+  flushAcks(): void {
+    const acked = this.#ackedThrough;
+    if (this.#closed || acked === this.#writtenAck) return;
+    if (this.#ackFd === null) {
+      // No cursor file open yet: create one (once; after a failure the periodic save retries).
+      if (!this.#ackError) this.#persistAck(false);
+      return;
+    }
+    try {
+      writeAll(this.#ackFd, encodeAck(acked), 0);
+      this.#writtenAck = acked;
+    } catch {
+      // The periodic save tries again and reports a failure.
+    }
+  }
+
   /** Writes the ack cursor (temp file + rename) if it moved. Failure only means resends after a restart. */
   #persistAck(syncDir: boolean): void {
     const acked = this.#ackedThrough;
@@ -652,10 +702,15 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
       try {
         writeAll(fd, encodeAck(acked), 0);
         if (this.fsync !== 'never') fdatasyncSync(fd);
-      } finally {
+        renameSync(tmp, join(this.dir, ACK_FILE));
+      } catch (err) {
         closeSync(fd);
+        throw err;
       }
-      renameSync(tmp, join(this.dir, ACK_FILE));
+      // Keep the file open for the in-place rewrites until the next save replaces it.
+      if (this.#ackFd !== null) this.#closeFd(this.#ackFd);
+      this.#ackFd = fd;
+      this.#writtenAck = acked;
       if (syncDir && this.fsync !== 'never') this.#syncDir();
       this.#persistedAck = acked;
       if (this.#ackError) {

@@ -34,6 +34,11 @@ export interface RecordQueue extends EventEmitter<QueueEvents> {
   ack(id: number): void;
   /** Every in-flight record becomes unsent again, to be sent in the same order. */
   rewind(): void;
+  /**
+   * Optional: make the acknowledgements so far survive a crash of the process (the durable queue); called
+   * by the session after each batch of replies, before it sends more.
+   */
+  flushAcks?(): void;
   /** Records not yet acknowledged (in flight + unsent). */
   readonly depth: number;
   /** Bytes of payload not yet acknowledged. */
