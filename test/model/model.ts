@@ -1,0 +1,530 @@
+/**
+ * The connection machine as a test model: the inventory of its transitions, the abstract state the path
+ * search compares, the candidate paths (`xstate/graph`: simple paths and shortest paths; joined ones for
+ * the edges those miss) and the greedy choice of the paths the model-based tests run against the real
+ * agent. Nothing here runs the agent;
+ * see `plan.ts` (what can be executed for real, and how) and `executor.ts` (running a path).
+ *
+ * Like `scripts/diagrams.ts`, everything is read from the machine itself: the event types (including
+ * XState's synthetic `xstate.after.*`, `xstate.done.actor.*`, `xstate.error.actor.*`), the transitions
+ * (including `always`, which `toJSON()` leaves out) and the failure kinds `suspendsOn` is consulted for.
+ */
+import {
+  type AnyActorScope,
+  type AnyMachineSnapshot,
+  type AnyStateMachine,
+  type AnyTransitionDefinition,
+  createEmptyActor,
+  type EventObject,
+  type InspectionEvent,
+} from 'xstate';
+import {
+  getAdjacencyMap,
+  getShortestPaths,
+  getSimplePaths,
+  getStateNodes,
+  type StatePath,
+} from 'xstate/graph';
+import { actionLabel, eventLabel, guardLabel } from '../../scripts/diagrams.js';
+
+// ---------------------------------------------------------------------------------------------------------
+// Abstract state
+
+/**
+ * What the path search tells states apart by: the state value, the `stopping` flag (read by the guards
+ * on the way out), and whether `attempt` is above zero. `attempt` itself is clamped by the machine
+ * (MAX_COUNTED_ATTEMPTS), but every retry would still be a new state; "above zero" is the coarsest view
+ * in which `after(stableLink) / resetAttempts` is an edge and not a loop, so the search can cover it.
+ */
+export interface Abstract {
+  value: string;
+  stopping: boolean;
+  attempted: boolean;
+}
+
+/** `{ online: 'connected' }` → `online.connected`. */
+export function valuePath(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (value && typeof value === 'object') {
+    const [k, v] = Object.entries(value as Record<string, unknown>)[0] ?? [];
+    if (k !== undefined) {
+      const rest = valuePath(v);
+      return rest ? `${k}.${rest}` : k;
+    }
+  }
+  return '';
+}
+
+export function abstractOf(snapshot: { value: unknown; context: unknown }): Abstract {
+  const ctx = snapshot.context as { stopping?: boolean; attempt?: number };
+  return {
+    value: valuePath(snapshot.value),
+    stopping: ctx.stopping === true,
+    attempted: (ctx.attempt ?? 0) > 0,
+  };
+}
+
+/** `backoff`, `backoff (stopping)`, `online.connected (attempt>0)`, `backoff (stopping, attempt>0)`. */
+export function keyOf(a: Abstract): string {
+  const flags = [a.stopping ? 'stopping' : null, a.attempted ? 'attempt>0' : null].filter(Boolean);
+  return flags.length ? `${a.value} (${flags.join(', ')})` : a.value;
+}
+
+export const snapshotKey = (s: AnyMachineSnapshot) => keyOf(abstractOf(s));
+
+// ---------------------------------------------------------------------------------------------------------
+// Transitions
+
+const ANY_STATE = '(any state)';
+
+function pathOf(root: string, id: string): string {
+  return id === root ? ANY_STATE : id.startsWith(`${root}.`) ? id.slice(root.length + 1) : id;
+}
+
+/**
+ * A transition's stable name, the same for the machine and for `machine.provide(...)` (whose state nodes
+ * are new objects): `backoff: STOP [nothingPending] → closed`, `online.connected: after(stableLink) →
+ * (stays) / resetAttempts`, `(any state): DEADLINE → closed`, `disconnected: always [autoConnect] → connecting`.
+ */
+export function transitionKey(t: AnyTransitionDefinition): string {
+  const root = t.source.machine.root.id;
+  const source = pathOf(root, t.source.id);
+  const event = eventLabel(t.eventType, undefined, t.source.id);
+  const guard = guardLabel(t.guard);
+  const targets = (t.target ?? []).map((n) => pathOf(root, n.id));
+  const actions = (t.actions ?? []).map(actionLabel).filter((a): a is string => a !== null);
+  const to = targets.length
+    ? targets.join(', ')
+    : `(stays)${actions.length ? ` / ${actions.join(', ')}` : ''}`;
+  return `${source}: ${event}${guard ? ` ${guard}` : ''} → ${to}`;
+}
+
+export interface TransitionInfo {
+  key: string;
+  /** `STOP`, `after(backoffDelay)`, `done(dial)`, `always`. */
+  event: string;
+  eventType: string;
+  source: string;
+  targetless: boolean;
+}
+
+/** Every transition of the machine, in definition order (state by state, `always` last). */
+export function machineTransitions(machine: AnyStateMachine): TransitionInfo[] {
+  const out: TransitionInfo[] = [];
+  for (const node of [machine.root, ...getStateNodes(machine.root)]) {
+    for (const t of [...[...node.transitions.values()].flat(), ...(node.always ?? [])]) {
+      out.push({
+        key: transitionKey(t),
+        event: eventLabel(t.eventType, undefined, t.source.id),
+        eventType: t.eventType,
+        source: pathOf(machine.root.id, node.id),
+        targetless: !t.target?.length,
+      });
+    }
+  }
+  const keys = out.map((t) => t.key);
+  const dup = keys.find((k, i) => keys.indexOf(k) !== i);
+  if (dup) throw new Error(`two transitions have the same name: ${dup}`);
+  return out;
+}
+
+/** The failure kinds a `suspendsOn` guard is consulted for (they go to `suspended` when suspended on). */
+export function suspendableKinds(machine: AnyStateMachine): string[] {
+  const kinds = new Set<string>();
+  for (const node of [machine.root, ...getStateNodes(machine.root)]) {
+    for (const t of [...node.transitions.values()].flat()) {
+      const g = t.guard as { type?: string; params?: { kind?: string } } | undefined;
+      if (g && typeof g === 'object' && g.type === 'suspendsOn' && g.params?.kind) kinds.add(g.params.kind);
+    }
+  }
+  return [...kinds].sort();
+}
+
+/**
+ * An actor scope like the one `xstate/graph` steps the machine with (inert: no actor is started, no
+ * action runs), except that it reports which transitions each microstep took.
+ */
+function recordingScope(sink: AnyTransitionDefinition[][]): AnyActorScope {
+  const empty = createEmptyActor();
+  const system = Object.create(empty.system) as typeof empty.system;
+  (system as unknown as { _sendInspectionEvent: (ev: InspectionEvent) => void })._sendInspectionEvent = (
+    ev,
+  ) => {
+    if (ev.type === '@xstate.microstep') sink.push(ev._transitions);
+  };
+  return {
+    self: empty,
+    logger: () => {},
+    id: '',
+    sessionId: 'model',
+    defer: () => {},
+    system,
+    stopChild: () => {},
+    emit: () => {},
+    actionExecutor: () => {},
+  } as unknown as AnyActorScope;
+}
+
+/** The transitions the machine takes from `snapshot` on `event` (all microsteps), by name. */
+export function transitionsTaken(machine: AnyStateMachine, snapshot: AnyMachineSnapshot, event: EventObject) {
+  const sink: AnyTransitionDefinition[][] = [];
+  const next = machine.transition(snapshot, event, recordingScope(sink)) as AnyMachineSnapshot;
+  return { next, transitions: sink.flat().map(transitionKey) };
+}
+
+export function initialTransitions(machine: AnyStateMachine, input: unknown) {
+  const sink: AnyTransitionDefinition[][] = [];
+  const initial = machine.getInitialSnapshot(recordingScope(sink), input) as AnyMachineSnapshot;
+  return { initial, transitions: sink.flat().map(transitionKey) };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Paths
+
+export interface ModelStep {
+  /** `xstate.init` for the first step. */
+  event: EventObject;
+  /** Label: `STOP(pending=1)`, `after(backoffDelay)`, `init`. */
+  label: string;
+  from: string | null;
+  to: string;
+  fromState: Abstract | null;
+  toState: Abstract;
+  /** Transitions taken, by `transitionKey`. */
+  transitions: string[];
+  /** The model's snapshot after the step (for inserting steps later). */
+  snapshot: AnyMachineSnapshot;
+}
+
+export interface Policy {
+  name: string;
+  /** The failure kinds configured as `suspend`. */
+  suspendOn: string[];
+}
+
+export interface ModelPath {
+  policy: Policy;
+  origin: 'simple' | 'shortest' | 'joined';
+  steps: ModelStep[];
+}
+
+export function eventText(event: EventObject): string {
+  const { type, ...rest } = event as EventObject & Record<string, unknown>;
+  const label = type === 'xstate.init' ? 'init' : eventLabel(type);
+  const args = Object.entries(rest)
+    .filter(([, v]) => v === null || typeof v !== 'object')
+    .map(([k, v]) => `${k}=${String(v)}`);
+  return args.length ? `${label}(${args.join(', ')})` : label;
+}
+
+export function pathText(path: ModelPath): string {
+  const [first, ...rest] = path.steps;
+  return [first!.to, ...rest.map((s) => `—${s.label}→ ${s.to}`)].join(' ');
+}
+
+export interface ModelOptions {
+  /** Payloads per event type (types not listed are sent as `{ type }`). */
+  payloads: Record<string, Record<string, unknown>[]>;
+  /** Which of the events may be sent in a state (e.g. the runtime sends STOP only once). */
+  allow: (snapshot: AnyMachineSnapshot, event: EventObject) => boolean;
+  /** The agent's input to the machine for a policy. */
+  input: (policy: Policy) => unknown;
+}
+
+export interface ConnectionModel {
+  machine: AnyStateMachine;
+  transitions: TransitionInfo[];
+  policies: Policy[];
+  events: EventObject[];
+  /** Candidates: every simple path to `closed`, and shortest paths through each edge, for each policy. */
+  candidates: ModelPath[];
+  /** Size of the explored graph per policy. */
+  graphs: { policy: string; states: number; edges: number; simple: number; shortest: number }[];
+  /** The model step for `event` in the state after `step` (for inserting a step into a path). */
+  stepFrom(policy: Policy, step: ModelStep, event: EventObject): ModelStep;
+}
+
+const isClosed = (s: AnyMachineSnapshot) => s.status === 'done';
+
+export function buildModel(machine: AnyStateMachine, options: ModelOptions): ConnectionModel {
+  const transitions = machineTransitions(machine);
+  const eventTypes = [...new Set(transitions.map((t) => t.eventType).filter((t) => t !== ''))].sort();
+  const events: EventObject[] = eventTypes.flatMap((type) =>
+    (options.payloads[type] ?? [{}]).map((payload) => ({ type, ...payload })),
+  );
+  const kinds = suspendableKinds(machine);
+  const policies: Policy[] = [
+    { name: 'suspendOn: []', suspendOn: [] },
+    { name: `suspendOn: [${kinds.join(', ')}]`, suspendOn: kinds },
+  ];
+  const serializeState = (s: AnyMachineSnapshot) => snapshotKey(s);
+  const eventsFor = (s: AnyMachineSnapshot) => events.filter((e) => options.allow(s, e));
+
+  const memo = new Map<string, { next: AnyMachineSnapshot; transitions: string[] }>();
+  const step = (policy: Policy, from: AnyMachineSnapshot, event: EventObject): ModelStep => {
+    const memoKey = `${policy.name}|${snapshotKey(from)}|${JSON.stringify(event)}`;
+    let taken = memo.get(memoKey);
+    if (!taken) {
+      taken = transitionsTaken(machine, from, event);
+      memo.set(memoKey, taken);
+    }
+    return {
+      event,
+      label: eventText(event),
+      from: snapshotKey(from),
+      to: snapshotKey(taken.next),
+      fromState: abstractOf(from),
+      toState: abstractOf(taken.next),
+      transitions: taken.transitions,
+      snapshot: taken.next,
+    };
+  };
+  const convert = (policy: Policy, init: ModelStep, path: StatePath<AnyMachineSnapshot, EventObject>) => {
+    const steps: ModelStep[] = [init];
+    for (let k = 1; k < path.steps.length; k++) {
+      const prev = path.steps[k - 1]!.state;
+      steps.push(step(policy, prev, path.steps[k]!.event));
+    }
+    return steps;
+  };
+
+  const candidates: ModelPath[] = [];
+  const graphs: ConnectionModel['graphs'] = [];
+  for (const policy of policies) {
+    const input = options.input(policy);
+    const { initial, transitions: initTransitions } = initialTransitions(machine, input);
+    const init: ModelStep = {
+      event: { type: 'xstate.init' },
+      label: 'init',
+      from: null,
+      to: snapshotKey(initial),
+      fromState: null,
+      toState: abstractOf(initial),
+      transitions: initTransitions,
+      snapshot: initial,
+    };
+    const traversal = { input, events: eventsFor, serializeState } as const;
+
+    const simple = getSimplePaths(machine, { ...traversal, toState: isClosed });
+    for (const p of simple) candidates.push({ policy, origin: 'simple', steps: convert(policy, init, p) });
+
+    // Shortest paths: to the source of each edge, the edge, then the shortest way from its target to `closed`.
+    const adjacency = getAdjacencyMap(machine, traversal);
+    const toEach = new Map<string, ModelStep[]>();
+    for (const p of getShortestPaths(machine, traversal))
+      toEach.set(snapshotKey(p.state), convert(policy, init, p));
+    const toClosed = new Map<string, ModelStep[] | null>();
+    const tailFrom = (from: AnyMachineSnapshot, first: ModelStep): ModelStep[] | null => {
+      const key = snapshotKey(from);
+      if (!toClosed.has(key)) {
+        const ends = getShortestPaths(machine, { ...traversal, fromState: from })
+          .filter((p) => isClosed(p.state))
+          .sort((a, b) => a.steps.length - b.steps.length);
+        toClosed.set(key, ends[0] ? convert(policy, first, ends[0]).slice(1) : null);
+      }
+      return toClosed.get(key) ?? null;
+    };
+    let edges = 0;
+    let shortest = 0;
+    for (const [fromKey, { state, transitions: moves }] of Object.entries(adjacency)) {
+      const head = toEach.get(fromKey);
+      for (const { event } of Object.values(moves) as { event: EventObject }[]) {
+        const edge = step(policy, state, event);
+        if (edge.to === fromKey && edge.transitions.length === 0) continue;
+        edges++;
+        if (!head || edge.to === fromKey) continue;
+        const tail = isClosed(edge.snapshot) ? [] : tailFrom(edge.snapshot, edge);
+        if (!tail) continue;
+        candidates.push({ policy, origin: 'shortest', steps: [...head, edge, ...tail] });
+        shortest++;
+      }
+    }
+    graphs.push({
+      policy: policy.name,
+      states: Object.keys(adjacency).length,
+      edges,
+      simple: simple.length,
+      shortest,
+    });
+  }
+  return {
+    machine,
+    transitions,
+    policies,
+    events,
+    candidates,
+    graphs,
+    stepFrom: (policy, at, event) => step(policy, at.snapshot, event),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Choosing paths
+
+/** Why a path cannot be executed for real, and the step at which that shows. */
+export interface Rejected {
+  rejected: string;
+  step: number;
+}
+
+export const isRejected = (x: unknown): x is Rejected =>
+  typeof x === 'object' && x !== null && typeof (x as Rejected).rejected === 'string';
+
+export interface Choice<P> {
+  path: ModelPath;
+  plan: P;
+}
+
+/** The transitions a path takes, by name. */
+export const transitionsOf = (path: ModelPath) => path.steps.flatMap((s) => s.transitions);
+
+/**
+ * The edges of the abstract graph a path takes: source state, transitions, target state
+ * (`online.draining (stopping) —[online: LINK_LOST → backoff]→ backoff (stopping, attempt>0)`).
+ */
+export const edgesOf = (path: ModelPath) =>
+  path.steps.slice(1).map((s) => `${s.from} —[${s.transitions.join(' + ')}]→ ${s.to}`);
+
+/**
+ * Greedy set cover: starting from `start`, repeatedly takes the executable candidate that adds the most
+ * items (`keysOf`) not yet covered (ties: the cheaper one, then the one whose text sorts first, so the
+ * choice is deterministic).
+ */
+export function chooseCovering<P>(
+  candidates: ModelPath[],
+  planOf: (path: ModelPath) => P | Rejected,
+  costOf: (plan: P) => number,
+  keysOf: (path: ModelPath) => string[] = transitionsOf,
+  start: Choice<P>[] = [],
+): { chosen: Choice<P>[]; covered: Set<string>; reachable: Set<string> } {
+  const feasible: (Choice<P> & { cost: number; text: string; keys: Set<string> })[] = [];
+  const seen = new Set<string>();
+  for (const path of candidates) {
+    const text = `${path.policy.name}: ${pathText(path)}`;
+    if (seen.has(text)) continue;
+    seen.add(text);
+    const plan = planOf(path);
+    if (isRejected(plan)) continue;
+    feasible.push({ path, plan, cost: costOf(plan), text, keys: new Set(keysOf(path)) });
+  }
+  const covered = new Set(start.flatMap((c) => keysOf(c.path)));
+  const chosen: Choice<P>[] = [...start];
+  for (;;) {
+    let best: (typeof feasible)[number] | null = null;
+    let bestGain = 0;
+    for (const c of feasible) {
+      let gain = 0;
+      for (const k of c.keys) if (!covered.has(k)) gain++;
+      if (
+        gain > bestGain ||
+        (gain === bestGain &&
+          gain > 0 &&
+          best &&
+          (c.cost < best.cost || (c.cost === best.cost && c.text < best.text)))
+      ) {
+        best = c;
+        bestGain = gain;
+      }
+    }
+    if (!best) break;
+    chosen.push({ path: best.path, plan: best.plan });
+    for (const k of best.keys) covered.add(k);
+  }
+  return { chosen, covered, reachable: new Set(feasible.flatMap((c) => [...c.keys])) };
+}
+
+/**
+ * Transitions that do not change the abstract state (targetless ones such as `CONFIGURE / applyPolicy`)
+ * are never on a simple or shortest path. Each one still uncovered is inserted, as a step that stays
+ * where it is, into the first chosen path with a state where it applies and where the plan accepts it.
+ */
+export function insertLoops<P>(
+  model: ConnectionModel,
+  chosen: Choice<P>[],
+  uncovered: string[],
+  planOf: (path: ModelPath) => P | Rejected,
+): { inserted: string[]; chosen: Choice<P>[] } {
+  const out = [...chosen];
+  const inserted: string[] = [];
+  for (const key of uncovered) {
+    const info = model.transitions.find((t) => t.key === key);
+    if (!info?.targetless) continue;
+    const candidates = model.events.filter((e) => e.type === info.eventType);
+    let done = false;
+    for (let c = 0; c < out.length && !done; c++) {
+      const { path } = out[c]!;
+      for (let p = 0; p < path.steps.length - 1 && !done; p++) {
+        const at = path.steps[p]!;
+        for (const event of candidates) {
+          const loop = model.stepFrom(path.policy, at, event);
+          if (loop.to !== at.to || !loop.transitions.includes(key)) continue;
+          const next = path.steps[p + 1]!;
+          // The step after the loop starts from the loop's snapshot (same abstract state).
+          const steps = [...path.steps.slice(0, p + 1), loop, { ...next }, ...path.steps.slice(p + 2)];
+          const longer: ModelPath = { ...path, steps };
+          const plan = planOf(longer);
+          if (isRejected(plan)) continue;
+          out[c] = { path: longer, plan };
+          inserted.push(key);
+          done = true;
+          break;
+        }
+      }
+    }
+  }
+  return { inserted, chosen: out };
+}
+
+/**
+ * More candidates for edges no candidate covers executably: a prefix of some candidate that ends in the
+ * edge's source state, the edge, and a suffix of some candidate that starts in its target state (paths
+ * joined as `joinPaths` does, but from any candidate, so the parts can come from different paths). Tried
+ * shortest first, at most `limit` combinations per edge; the first executable one is kept.
+ */
+export function joinedCandidates<P>(
+  model: ConnectionModel,
+  covered: Set<string>,
+  planOf: (path: ModelPath) => P | Rejected,
+  limit = 2_000,
+): ModelPath[] {
+  const out: ModelPath[] = [];
+  for (const policy of model.policies) {
+    const paths = model.candidates.filter((p) => p.policy === policy);
+    const heads = new Map<string, Map<string, ModelStep[]>>();
+    const tails = new Map<string, Map<string, ModelStep[]>>();
+    const edges = new Map<string, ModelStep>();
+    const add = (m: Map<string, Map<string, ModelStep[]>>, state: string, steps: ModelStep[]) => {
+      const text = steps.map((s) => `${s.label}>${s.to}`).join(' ');
+      const byText = m.get(state) ?? new Map<string, ModelStep[]>();
+      if (!byText.has(text)) byText.set(text, steps);
+      m.set(state, byText);
+    };
+    for (const p of paths) {
+      const edgeKeys = edgesOf(p);
+      p.steps.forEach((s, i) => {
+        add(heads, s.to, p.steps.slice(0, i + 1));
+        if (i > 0) {
+          add(tails, s.from!, p.steps.slice(i));
+          const key = edgeKeys[i - 1]!;
+          if (!covered.has(key) && !edges.has(key)) edges.set(key, s);
+        }
+      });
+    }
+    const byLength = (m: Map<string, ModelStep[]> | undefined) =>
+      [...(m?.values() ?? [])].sort((a, b) => a.length - b.length);
+    for (const [, edge] of edges) {
+      const hs = byLength(heads.get(edge.from!));
+      const ts = edge.toState.value === 'closed' ? [[]] : byLength(tails.get(edge.to));
+      const combos: [ModelStep[], ModelStep[]][] = [];
+      for (const h of hs) for (const t of ts) combos.push([h, t]);
+      combos.sort((a, b) => a[0].length + a[1].length - (b[0].length + b[1].length));
+      for (const [h, t] of combos.slice(0, limit)) {
+        const path: ModelPath = { policy, origin: 'joined', steps: [...h, edge, ...t] };
+        if (isRejected(planOf(path))) continue;
+        out.push(path);
+        break;
+      }
+    }
+  }
+  return out;
+}
