@@ -65,6 +65,10 @@ export class Session {
   #blocked = false;
   #ended = false;
   #timers: NodeJS.Timeout[] = [];
+  /** Records being gathered for one write. */
+  readonly #out: { payloads: Buffer[]; seqs: number[] } = { payloads: [], seqs: [] };
+  /** After replies, the window is refilled once no more than this many are in flight (fewer, larger writes). */
+  readonly #refillAt: number;
   /** min(replyTimeoutMs, heartbeatMs) with heartbeats on, else replyTimeoutMs. */
   readonly #deadlineMs: number;
   readonly #deadlineSource: string;
@@ -77,6 +81,7 @@ export class Session {
     const byHeartbeat = heartbeats && options.heartbeatMs < options.replyTimeoutMs;
     this.#deadlineMs = byHeartbeat ? options.heartbeatMs : options.replyTimeoutMs;
     this.#deadlineSource = byHeartbeat ? 'heartbeat_timeout' : 'max_time_per_record';
+    this.#refillAt = Math.floor(options.maxInFlight / 2);
   }
 
   /** The reply deadline in force and the setting it comes from. */
@@ -138,41 +143,52 @@ export class Session {
 
   readonly #pump = (): void => {
     if (this.#ended || this.#blocked) return;
-    const { queue, sequence, maxInFlight } = this.#o;
-    const frames: Buffer[] = [];
+    const { queue, sequence, maxInFlight, ascii } = this.#o;
+    // Acknowledgements are made crash-safe before more records go out, so what a restart after a crash
+    // sends again is at most one window.
+    if (this.inFlight < maxInFlight && queue.unsent > 0) queue.flushAcks?.();
+    const out = this.#out;
     let total = 0;
     while (this.inFlight < maxInFlight) {
       const rec = queue.takeNext();
       if (!rec) break;
       const seq = sequence.next();
-      if (this.#o.ascii) {
-        frames.push(rec.payload);
-        total += rec.payload.length;
-        this.#inflight.push({ seq, id: rec.id });
-      } else {
-        const header = Buffer.allocUnsafe(HEADER_SIZE);
-        writeHeader(header, 0, MessageType.MESSAGE, seq, rec.payload.length);
-        frames.push(header, rec.payload);
-        total += HEADER_SIZE + rec.payload.length;
-        if (this.inFlight === 0) this.#progressAt = this.#now();
-        this.#inflight.push({ seq, id: rec.id });
-      }
+      if (!ascii && this.inFlight === 0) this.#progressAt = this.#now();
+      this.#inflight.push({ seq, id: rec.id });
+      out.payloads.push(rec.payload);
+      out.seqs.push(seq);
+      total += (ascii ? 0 : HEADER_SIZE) + rec.payload.length;
       // Write in batches of about 256 KiB so a large backlog does not build one huge buffer.
       if (total >= 262_144) {
-        this.#write(frames, total);
-        frames.length = 0;
+        this.#write(total);
         total = 0;
         if (this.#blocked) break;
       }
     }
-    if (frames.length > 0) this.#write(frames, total);
-    if (this.#o.ascii) this.#ackAllWritten();
+    if (out.payloads.length > 0) this.#write(total);
+    if (ascii) this.#ackAllWritten();
     this.#checkDrained();
   };
 
-  #write(frames: Buffer[], total: number): void {
-    const ok = this.#o.transport.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames, total));
-    if (!ok) this.#blocked = true;
+  /** Writes the records collected in #out (framed, unless ascii) with one write. */
+  #write(total: number): void {
+    const { payloads, seqs } = this.#out;
+    let data: Buffer;
+    if (this.#o.ascii) {
+      data = payloads.length === 1 ? payloads[0]! : Buffer.concat(payloads, total);
+    } else {
+      data = Buffer.allocUnsafe(total);
+      let off = 0;
+      for (let i = 0; i < payloads.length; i++) {
+        const p = payloads[i]!;
+        writeHeader(data, off, MessageType.MESSAGE, seqs[i]!, p.length);
+        p.copy(data, off + HEADER_SIZE);
+        off += HEADER_SIZE + p.length;
+      }
+    }
+    payloads.length = 0;
+    seqs.length = 0;
+    if (!this.#o.transport.write(data)) this.#blocked = true;
   }
 
   /** ascii: nothing comes back, so a record handed to the socket counts as delivered. */
@@ -208,6 +224,7 @@ export class Session {
   #onFrame(chunk: Buffer): void {
     if (this.#ended) return;
     const messages = this.#decoder.push(chunk);
+    let replied = false;
     for (const m of messages) {
       if (this.#ended) return;
       if (m.type === MessageType.ENDING) {
@@ -229,6 +246,14 @@ export class Session {
         });
         return;
       }
+      // Accepted: ACK, DISKLOW (written, but the server is low on space), and, as upstream,
+      // any other reply (an unknown FATAL or WARN reply runs the generic action; the record is done).
+      if (m.type === MessageType.ACK) {
+        this.#inflightHead++;
+        replied = true;
+        if (head.id !== HEARTBEAT) this.#o.queue.ack(head.id);
+        continue;
+      }
       const text = m.payload.toString('latin1');
       if (m.type === MessageType.DISKFULL) {
         this.#finish({ type: 'DISK_FULL', reason: `server replied DISKFULL${text ? `: ${text}` : ''}` });
@@ -238,15 +263,14 @@ export class Session {
         this.#finish({ type: 'DISK_ERROR', reason: `server replied DISKERROR${text ? `: ${text}` : ''}` });
         return;
       }
-      // Accepted: ACK, DISKLOW (written, but the server is low on space), and, as upstream,
-      // any other reply (an unknown FATAL or WARN reply runs the generic action; the record is done).
       this.#inflightHead++;
-      this.#progressAt = this.#now();
+      replied = true;
       if (head.id !== HEARTBEAT) this.#o.queue.ack(head.id);
       if (m.type === MessageType.DISKLOW) this.#o.onReply?.('disk-low', text);
       else if (m.type & TypeMask.FATAL) this.#o.onReply?.('generic-error', `${typeName(m.type)} ${text}`);
       else if (m.type & TypeMask.WARN) this.#o.onReply?.('generic-warning', `${typeName(m.type)} ${text}`);
     }
+    if (replied) this.#progressAt = this.#now();
     if (this.#decoder.error) {
       this.#finish({
         type: 'PROTOCOL_ERROR',
@@ -254,10 +278,8 @@ export class Session {
       });
       return;
     }
-    // Acknowledgements are recorded (crash-safe) before the next window goes out.
-    this.#o.queue.flushAcks?.();
     this.#compact();
-    this.#pump();
+    if (this.inFlight <= this.#refillAt) this.#pump();
   }
 
   #compact(): void {

@@ -24,6 +24,10 @@ export class InputPump {
   readonly splitter: RecordSplitter;
   /** Records the queue refused (it was full); appended first when it has room again. */
   #held: Buffer[] = [];
+  /** Records of the input chunk being split, appended together once the chunk is done. */
+  #batch: Buffer[] | null = null;
+  /** Pending resume after the pause that follows each chunk. */
+  #yield: NodeJS.Immediate | null = null;
   #eof = false;
   #send: ((e: ReaderEvent) => void) | null = null;
   #detach: (() => void) | null = null;
@@ -63,7 +67,23 @@ export class InputPump {
     this.#send = send;
     const onData = (chunk: Buffer) => {
       this.bytesRead += chunk.length;
-      this.splitter.push(chunk);
+      const batch: Buffer[] = [];
+      this.#batch = batch;
+      try {
+        this.splitter.push(chunk);
+      } finally {
+        this.#batch = null;
+      }
+      this.#offerMany(batch);
+      // Let replies and sends have their turn between input chunks: a stream with a lot buffered would
+      // otherwise deliver chunk after chunk (megabytes) in one go while the server waits for records.
+      if (this.#held.length === 0 && !this.#eof) {
+        stream.pause();
+        this.#yield ??= setImmediate(() => {
+          this.#yield = null;
+          if (this.#held.length === 0 && !this.#eof && this.#detach === detach) stream.resume();
+        });
+      }
     };
     const onEnd = () => {
       this.splitter.end();
@@ -110,16 +130,34 @@ export class InputPump {
   }
 
   #offer(record: Buffer): void {
-    if (this.#held.length === 0 && this.#o.queue.append(record)) return;
-    this.#held.push(record);
-    if (this.#held.length === 1) {
+    if (this.#batch) this.#batch.push(record);
+    else this.#offerMany([record]);
+  }
+
+  /** Appends in order; what the queue refuses is held (and the input paused) until it has room. */
+  #offerMany(records: Buffer[]): void {
+    if (records.length === 0) return;
+    const accepted = this.#held.length === 0 ? this.#append(records) : 0;
+    if (accepted === records.length) return;
+    const wasEmpty = this.#held.length === 0;
+    for (let i = accepted; i < records.length; i++) this.#held.push(records[i]!);
+    if (wasEmpty) {
       this.#o.stream.pause();
       this.#send?.({ type: 'QUEUE_FULL' });
     }
   }
 
+  /** How many of `records` the queue took (from the first, in order). */
+  #append(records: readonly Buffer[]): number {
+    const { queue } = this.#o;
+    if (queue.appendMany) return queue.appendMany(records);
+    let n = 0;
+    while (n < records.length && queue.append(records[n]!)) n++;
+    return n;
+  }
+
   #flushHeld(): void {
-    while (this.#held.length > 0 && this.#o.queue.append(this.#held[0]!)) this.#held.shift();
+    if (this.#held.length > 0) this.#held.splice(0, this.#append(this.#held));
     if (this.#held.length > 0) return;
     this.#send?.({ type: 'QUEUE_DRAIN' });
     if (!this.#eof) this.#o.stream.resume();

@@ -108,7 +108,8 @@ export class FrameDecoder {
         type: buf.readUInt32LE(off + 6),
         sequence: buf.readUInt32LE(off + 12),
         // Copy: the caller may keep the payload after the chunk's memory is reused.
-        payload: Buffer.from(buf.subarray(off + HEADER_SIZE, off + HEADER_SIZE + length)),
+        payload:
+          length === 0 ? EMPTY : Buffer.from(buf.subarray(off + HEADER_SIZE, off + HEADER_SIZE + length)),
       });
       off += HEADER_SIZE + length;
     }

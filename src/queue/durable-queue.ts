@@ -36,7 +36,7 @@ import {
   decodeAck,
   decodeSegmentHeader,
   encodeAck,
-  encodeRecord,
+  encodeRecordInto,
   encodeSegmentHeader,
   MAX_PAYLOAD,
   RECORD_HEADER_SIZE,
@@ -345,44 +345,97 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
    * emitted every errorRetryMs so the caller retries).
    */
   append(payload: Buffer): boolean {
-    if (this.#closed) return false;
-    const frameLen = RECORD_HEADER_SIZE + payload.length;
-    if (payload.length > MAX_PAYLOAD || frameLen + SEGMENT_HEADER_SIZE > this.capacity) {
-      throw new RangeError(`a record of ${payload.length} bytes can never fit in this queue`);
+    return this.appendMany([payload]) === 1;
+  }
+
+  /**
+   * Appends records in order, as `append()` for each one would, stopping at the first one refused; returns
+   * how many were accepted. The records that go into one segment are written with one write (and synced
+   * once with `fsync = always`) before it returns.
+   */
+  appendMany(payloads: readonly Buffer[]): number {
+    if (this.#closed) return 0;
+    let done = 0;
+    while (done < payloads.length) {
+      const n = this.#appendRun(payloads, done);
+      if (n === 0) break;
+      done += n;
     }
-    if (!this.#makeRoom(frameLen)) {
+    return done;
+  }
+
+  /** Appends payloads[from..] that go into the current (or a new) segment with one write; returns how many. */
+  #appendRun(payloads: readonly Buffer[], from: number): number {
+    const tooBig = (p: Buffer) =>
+      p.length > MAX_PAYLOAD || RECORD_HEADER_SIZE + p.length + SEGMENT_HEADER_SIZE > this.capacity;
+    const first = payloads[from]!;
+    if (tooBig(first)) throw new RangeError(`a record of ${first.length} bytes can never fit in this queue`);
+    const firstLen = RECORD_HEADER_SIZE + first.length;
+    if (!this.#makeRoom(firstLen)) {
       if (!this.#full)
         this.#log.debug({ diskBytes: this.#diskBytes, depth: this.depth }, 'queue: disk bound reached');
       this.#full = true;
-      this.#refusedNeed = frameLen;
+      this.#refusedNeed = firstLen;
       this.#updateStatus();
-      return false;
+      return 0;
     }
-    const id = this.#nextId;
-    const frame = encodeRecord(id, payload);
-    let seg: Segment;
-    let pos: number;
+    let act: { seg: Segment; fd: number };
     try {
       if (!this.#active || this.#active.seg.size >= this.segmentBytes) {
         this.#seal();
-        this.#createSegment(id);
+        this.#createSegment(this.#nextId);
       }
-      const act = this.#active!;
-      seg = act.seg;
-      pos = seg.size;
-      this.#writeRecord(act, frame, pos);
+      act = this.#active!;
     } catch (err) {
-      this.#writeFailed(err);
-      const code = errCode(err);
-      if (code === 'ENOSPC' || code === 'EDQUOT') this.#releaseSpace();
-      return false;
+      this.#appendFailed(err);
+      return 0;
     }
-    seg.size += frameLen;
-    seg.lastId = id;
-    this.#diskBytes += frameLen;
-    this.#nextId++;
-    this.#totalAppended++;
-    this.#bytes += payload.length;
+    const seg = act.seg;
+    const pos = seg.size;
+    // The records that still start inside this segment and fit the bound.
+    let end = from + 1;
+    let bytes = firstLen;
+    while (end < payloads.length) {
+      const p = payloads[end]!;
+      const len = RECORD_HEADER_SIZE + p.length;
+      if (tooBig(p) || pos + bytes >= this.segmentBytes || this.#diskBytes + bytes + len > this.capacity)
+        break;
+      bytes += len;
+      end++;
+    }
+    const buf = Buffer.allocUnsafe(bytes);
+    for (let i = from, off = 0, id = this.#nextId; i < end; i++, id++) {
+      off += encodeRecordInto(buf, off, id, payloads[i]!);
+    }
+    try {
+      this.#writeRecord(act, buf, pos);
+    } catch (err) {
+      this.#appendFailed(err);
+      return 0;
+    }
+    const unsentBefore = this.unsent;
+    for (let i = from, off = 0; i < end; i++) {
+      const payload = payloads[i]!;
+      const len = RECORD_HEADER_SIZE + payload.length;
+      const id = this.#nextId++;
+      seg.size += len;
+      seg.lastId = id;
+      this.#diskBytes += len;
+      this.#totalAppended++;
+      this.#bytes += payload.length;
+      if (
+        this.#spilled === 0 &&
+        this.#unsentInMemory < this.#window &&
+        this.#unsentMemBytes < this.#windowBytes
+      ) {
+        this.#mem.push({ id, payload: buf.subarray(off + RECORD_HEADER_SIZE, off + len) });
+        this.#unsentMemBytes += payload.length;
+      } else {
+        if (this.#spilled === 0) this.#startReading(seg, pos + off);
+        this.#spilled++;
+      }
+      off += len;
+    }
     if (this.fsync === 'interval') this.#dirty = true;
     if (this.#writeError) {
       this.#writeError = null;
@@ -392,21 +445,16 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
     const drained = this.#full;
     this.#full = false;
     this.#refusedNeed = 0;
-    if (
-      this.#spilled === 0 &&
-      this.#unsentInMemory < this.#window &&
-      this.#unsentMemBytes < this.#windowBytes
-    ) {
-      this.#mem.push({ id, payload: frame.subarray(RECORD_HEADER_SIZE) });
-      this.#unsentMemBytes += payload.length;
-    } else {
-      if (this.#spilled === 0) this.#startReading(seg, pos);
-      this.#spilled++;
-    }
-    if (this.unsent === 1) this.emit('readable');
+    if (unsentBefore === 0) this.emit('readable');
     this.#updateStatus();
     if (drained) this.emit('drain');
-    return true;
+    return end - from;
+  }
+
+  #appendFailed(err: unknown): void {
+    this.#writeFailed(err);
+    const code = errCode(err);
+    if (code === 'ENOSPC' || code === 'EDQUOT') this.#releaseSpace();
   }
 
   takeNext(): QueuedRecord | undefined {

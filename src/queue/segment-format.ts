@@ -72,11 +72,18 @@ export function decodeSegmentHeader(h: Buffer): { firstId: number } | { reason: 
 /** One framed record; the payload is `frame.subarray(RECORD_HEADER_SIZE)`. */
 export function encodeRecord(id: number, payload: Buffer): Buffer {
   const frame = Buffer.allocUnsafe(RECORD_HEADER_SIZE + payload.length);
-  frame.writeUInt32LE(payload.length, 4);
-  writeId(frame, 8, id);
-  payload.copy(frame, RECORD_HEADER_SIZE);
-  frame.writeUInt32LE(crc32(frame.subarray(4)), 0);
+  encodeRecordInto(frame, 0, id, payload);
   return frame;
+}
+
+/** Writes one framed record into `target` at `offset`; returns its size. */
+export function encodeRecordInto(target: Buffer, offset: number, id: number, payload: Buffer): number {
+  const end = offset + RECORD_HEADER_SIZE + payload.length;
+  target.writeUInt32LE(payload.length, offset + 4);
+  writeId(target, offset + 8, id);
+  payload.copy(target, offset + RECORD_HEADER_SIZE);
+  target.writeUInt32LE(crc32(target.subarray(offset + 4, end)), offset);
+  return end - offset;
 }
 
 export function encodeAck(acked: number): Buffer {

@@ -28,6 +28,11 @@ export interface QueueEvents {
 export interface RecordQueue extends EventEmitter<QueueEvents> {
   /** Appends a record. Returns false when the queue is full (the record was NOT taken). */
   append(payload: Buffer): boolean;
+  /**
+   * Optional: appends records in order as `append()` would, stopping at the first one refused; returns how
+   * many were taken (the durable queue writes them with one write).
+   */
+  appendMany?(payloads: readonly Buffer[]): number;
   /** The next unsent record, moving it to the in-flight part; undefined when none. */
   takeNext(): QueuedRecord | undefined;
   /** Acknowledges the oldest in-flight record, which must have this id. */

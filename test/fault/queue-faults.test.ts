@@ -82,6 +82,36 @@ describe('durable queue under faults', () => {
     expect(await afterCrash(dir)).toEqual(['r1', 'r2', 'r3', 'r4']);
   });
 
+  it('appendMany is append() for each record: same ids, same segments, same refusals at the bound', async () => {
+    let seed = 42;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const payloads = Array.from({ length: 400 }, (_, i) => b(`r${i} ${'x'.repeat(rnd(300))}\n`));
+    const small = { maxBytes: 16 * 1024, segmentBytes: 1024, memoryWindow: 8 };
+    const one = await openQueue(join(tempDir(), 'one'), small);
+    const many = await openQueue(join(tempDir(), 'many'), small);
+    let accepted = 0;
+    while (accepted < payloads.length && one.append(payloads[accepted]!)) accepted++;
+    let taken = 0;
+    while (taken < payloads.length) {
+      const n = many.appendMany(payloads.slice(taken, taken + 1 + rnd(40)));
+      taken += n;
+      if (n === 0) break;
+    }
+    expect(accepted).toBeLessThan(payloads.length); // the bound was reached
+    expect(taken).toBe(accepted);
+    expect(many.status).toBe(one.status);
+    expect(many.diskBytes).toBe(one.diskBytes);
+    const drain = (q: DurableQueue) => {
+      const out: string[] = [];
+      for (let r = q.takeNext(); r; r = q.takeNext()) out.push(`${r.id}:${r.payload.toString()}`);
+      return out;
+    };
+    expect(drain(many)).toEqual(drain(one));
+  });
+
   const root = requireOrSkip({
     suite: 'durable queue on a full file system',
     root: true,
