@@ -84,11 +84,6 @@ export class Session {
     this.#refillAt = Math.floor(options.maxInFlight / 2);
   }
 
-  /** The reply deadline in force and the setting it comes from. */
-  get replyDeadline(): { ms: number; source: string } {
-    return { ms: this.#deadlineMs, source: this.#deadlineSource };
-  }
-
   get inFlight(): number {
     return this.#inflight.length - this.#inflightHead;
   }
