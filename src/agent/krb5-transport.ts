@@ -24,7 +24,7 @@ import {
 import { checkKeytabFile, enforceKeytabRule } from '../krb5/keytab.js';
 import type { Logger } from '../log.js';
 import { HEADER_SIZE } from '../protocol/constants.js';
-import type { Transport } from './transport.js';
+import { Inbox, type Transport } from './transport.js';
 
 export interface Krb5AgentSettings {
   /** Our principal without realm, `<krb5_client_name>/<host name>` (the default realm is appended). */
@@ -412,8 +412,7 @@ export class Krb5Transport implements Transport {
   readonly #decoder: TokenDecoder;
   readonly #log: Logger | undefined;
   #out: Buffer = EMPTY;
-  #pending: Buffer[] = [];
-  #onMessage: ((chunk: Buffer) => void) | null = null;
+  readonly #inbox = new Inbox();
   #closedReason: string | null = null;
   #closing = false;
   /** Messages sent whose reply has not come back. */
@@ -472,17 +471,11 @@ export class Krb5Transport implements Transport {
   }
 
   get onMessage(): ((chunk: Buffer) => void) | null {
-    return this.#onMessage;
+    return this.#inbox.listener;
   }
 
   set onMessage(fn: ((chunk: Buffer) => void) | null) {
-    this.#onMessage = fn;
-    if (fn && this.#pending.length > 0) {
-      const pending = this.#pending;
-      this.#pending = [];
-      for (const chunk of pending) fn(chunk);
-    }
-    if (fn && this.#closedReason !== null) this.onClose?.(this.#closedReason);
+    this.#inbox.listen(fn, this.#closedReason, this.onClose);
   }
 
   write(data: Buffer): boolean {
@@ -546,8 +539,7 @@ export class Krb5Transport implements Transport {
       return;
     }
     if (this.#outstanding > 0) this.#outstanding--;
-    if (this.#onMessage) this.#onMessage(data);
-    else this.#pending.push(data);
+    this.#inbox.deliver(data);
     if (this.#rotate !== null && this.#outstanding === 0 && this.#closedReason === null)
       this.#fail(this.#rotate);
   }

@@ -56,10 +56,41 @@ export function dialTcp(options: DialOptions): Promise<TcpTransport> {
   });
 }
 
+/**
+ * Bytes that arrive before anyone listens are kept and handed over, in order, when a listener is
+ * set; a close that happened meanwhile is reported then too. Shared by every transport.
+ */
+export class Inbox {
+  #pending: Buffer[] = [];
+  #listener: ((chunk: Buffer) => void) | null = null;
+
+  get listener(): ((chunk: Buffer) => void) | null {
+    return this.#listener;
+  }
+
+  deliver(chunk: Buffer): void {
+    if (this.#listener) this.#listener(chunk);
+    else this.#pending.push(chunk);
+  }
+
+  /** Sets the listener; delivers what is pending, then reports an earlier close through `onClose`. */
+  listen(
+    fn: ((chunk: Buffer) => void) | null,
+    closedReason: string | null,
+    onClose: ((reason: string) => void) | null,
+  ): void {
+    this.#listener = fn;
+    if (!fn) return;
+    const pending = this.#pending;
+    this.#pending = [];
+    for (const chunk of pending) fn(chunk);
+    if (closedReason !== null) onClose?.(closedReason);
+  }
+}
+
 export class TcpTransport implements Transport {
   readonly #socket: net.Socket;
-  #pending: Buffer[] = [];
-  #onMessage: ((chunk: Buffer) => void) | null = null;
+  readonly #inbox = new Inbox();
   #closedReason: string | null = null;
   onClose: ((reason: string) => void) | null = null;
   onDrain: (() => void) | null = null;
@@ -68,10 +99,7 @@ export class TcpTransport implements Transport {
   constructor(socket: net.Socket) {
     this.#socket = socket;
     this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
-    socket.on('data', (chunk: Buffer) => {
-      if (this.#onMessage) this.#onMessage(chunk);
-      else this.#pending.push(chunk);
-    });
+    socket.on('data', (chunk: Buffer) => this.#inbox.deliver(chunk));
     socket.on('drain', () => this.onDrain?.());
     socket.on('end', () => this.#closed('server closed the connection (EOF)'));
     socket.on('error', (err: NodeJS.ErrnoException) =>
@@ -81,18 +109,11 @@ export class TcpTransport implements Transport {
   }
 
   get onMessage(): ((chunk: Buffer) => void) | null {
-    return this.#onMessage;
+    return this.#inbox.listener;
   }
 
   set onMessage(fn: ((chunk: Buffer) => void) | null) {
-    this.#onMessage = fn;
-    if (fn && this.#pending.length > 0) {
-      const pending = this.#pending;
-      this.#pending = [];
-      for (const chunk of pending) fn(chunk);
-    }
-    // A close that happened before anyone listened is reported now.
-    if (fn && this.#closedReason !== null) this.onClose?.(this.#closedReason);
+    this.#inbox.listen(fn, this.#closedReason, this.onClose);
   }
 
   write(data: Buffer): boolean {

@@ -52,6 +52,7 @@ import {
 import { basename, dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Logger } from '../log.js';
+import { readExact } from '../util/read-exact.js';
 import {
   CHECK_BYTES,
   checksum,
@@ -166,17 +167,6 @@ function lastBytes(a: Buffer, b: Buffer): Buffer {
   if (b.length >= CHECK_BYTES) return Buffer.from(b.subarray(b.length - CHECK_BYTES));
   const keep = Math.min(a.length, CHECK_BYTES - b.length);
   return Buffer.concat([a.subarray(a.length - keep), b]);
-}
-
-function preadExact(fd: number, length: number, position: number): Buffer {
-  const buf = Buffer.alloc(length);
-  let got = 0;
-  while (got < length) {
-    const n = readSync(fd, buf, got, length - got, position + got);
-    if (n === 0) break;
-    got += n;
-  }
-  return got === length ? buf : buf.subarray(0, got);
 }
 
 function errCode(err: unknown): string {
@@ -465,7 +455,7 @@ export class TailInput extends Readable {
       const cur = this.#open(found.full, stateKey, liveKey === null);
       if (cur && this.#matches(cur.fd, state.offset, state.checkLen, state.checkSha256)) {
         cur.pos = state.offset;
-        cur.endTail = preadExact(cur.fd, state.checkLen, state.offset - state.checkLen);
+        cur.endTail = readExact(cur.fd, state.checkLen, state.offset - state.checkLen);
         const newer = this.#newer(sibs, found, state.mtimeMs, liveKey);
         this.#log.info(
           { input: 'tail', file: found.full, offset: state.offset, newer: newer.map((s) => s.full) },
@@ -492,7 +482,7 @@ export class TailInput extends Readable {
       size >= state.offset && this.#matches(cur.fd, state.offset, state.checkLen, state.checkSha256);
     if (intact) {
       cur.pos = state.offset;
-      cur.endTail = preadExact(cur.fd, state.checkLen, state.offset - state.checkLen);
+      cur.endTail = readExact(cur.fd, state.checkLen, state.offset - state.checkLen);
       this.#log.info(
         { input: 'tail', path: this.path, offset: state.offset },
         `resuming ${this.path} at offset ${state.offset}`,
@@ -615,7 +605,7 @@ export class TailInput extends Readable {
     } else {
       cur.pos = this.#liveStart;
       if (cur.pos > 0)
-        cur.endTail = preadExact(
+        cur.endTail = readExact(
           cur.fd,
           Math.min(cur.pos, CHECK_BYTES),
           cur.pos - Math.min(cur.pos, CHECK_BYTES),
@@ -630,11 +620,11 @@ export class TailInput extends Readable {
   #startAtEnd(cur: Cursor): void {
     const size = Number(fstatSync(cur.fd).size);
     const window = Math.min(size, 64 * 1024);
-    const tail = preadExact(cur.fd, window, size - window);
+    const tail = readExact(cur.fd, window, size - window);
     const nl = tail.lastIndexOf(NL);
     cur.pos = nl >= 0 ? size - window + nl + 1 : window === size ? 0 : size;
     const take = Math.min(cur.pos, CHECK_BYTES);
-    cur.endTail = preadExact(cur.fd, take, cur.pos - take);
+    cur.endTail = readExact(cur.fd, take, cur.pos - take);
   }
 
   /** Makes `c` the current file and records its start as the position once everything before is queued. */
@@ -749,7 +739,7 @@ export class TailInput extends Readable {
 
   #matches(fd: number, offset: number, len: number, sha: string): boolean {
     if (offset < len) return false;
-    const bytes = preadExact(fd, len, offset - len);
+    const bytes = readExact(fd, len, offset - len);
     return bytes.length === len && checksum(bytes) === sha;
   }
 
@@ -834,7 +824,7 @@ export class TailInput extends Readable {
       return true;
     }
     if (size <= cur.pos) return true; // nothing new (shrinking is handled at the end of the file)
-    if (len === 0 || preadExact(cur.fd, len, lineEnd - len).equals(cur.endTail)) {
+    if (len === 0 || readExact(cur.fd, len, lineEnd - len).equals(cur.endTail)) {
       cur.verify = false;
       return true;
     }
@@ -922,7 +912,7 @@ export class TailInput extends Readable {
       copyCursor = this.#open(copy.full, copy.key, false);
       if (copyCursor) {
         copyCursor.pos = offset;
-        copyCursor.endTail = preadExact(copyCursor.fd, checkLen, offset - checkLen);
+        copyCursor.endTail = readExact(copyCursor.fd, checkLen, offset - checkLen);
       }
     }
     if (copyCursor) {

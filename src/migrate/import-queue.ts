@@ -29,11 +29,12 @@
  * may have reached the server already (sent, not yet acknowledged): it is imported again (at-least-once,
  * as after any reconnect).
  */
-import { closeSync, fstatSync, openSync, readdirSync, readlinkSync, readSync, realpathSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
 import { QueueError } from '../errors.js';
 import { RecordSplitter } from '../input/record-splitter.js';
 import { MAX_SERVER_PAYLOAD } from '../protocol/constants.js';
 import type { RecordQueue } from '../queue/types.js';
+import { readExact } from '../util/read-exact.js';
 
 export const UPSTREAM_QUEUE_MAGIC = Buffer.from('\0audisp-remote', 'latin1');
 export const UPSTREAM_QUEUE_VERSION = 0;
@@ -163,17 +164,6 @@ export function processesWithFileOpen(file: string): number[] {
     }
   }
   return pids;
-}
-
-function readExact(fd: number, length: number, position: number): Buffer {
-  const buf = Buffer.alloc(length);
-  let got = 0;
-  while (got < length) {
-    const n = readSync(fd, buf, got, length - got, position + got);
-    if (n === 0) break;
-    got += n;
-  }
-  return buf.subarray(0, got);
 }
 
 function describe(buf: Buffer): string {
