@@ -108,10 +108,18 @@ export function backoffDelay(policy: ConnectionPolicy, attempt: number, random: 
   return Math.floor(random() * ceiling);
 }
 
-function describe(event: { type: string; reason?: string; error?: unknown }): string {
+/** A readable reason: the event's own, or one that says what the deadline or reply meant. */
+function describe(
+  kind: FailureKind,
+  policy: ConnectionPolicy,
+  event: { type: string; reason?: string; error?: unknown },
+): string {
   if ('reason' in event && event.reason) return event.reason;
   if (event.error instanceof Error) return event.error.message;
   if (event.error !== undefined) return String(event.error);
+  if (kind === 'dial-timeout') return `connect did not complete within ${policy.connectTimeoutMs} ms`;
+  if (kind === 'auth-timeout') return `the handshake did not complete within ${policy.authTimeoutMs} ms`;
+  if (kind === 'remote-ending') return 'the server is shutting down (ENDING)';
   return event.type;
 }
 
@@ -171,7 +179,7 @@ export const connectionMachine = setup({
     resetAttempts: assign({ attempt: 0 }),
     recordFailure: assign(({ context, event }, params: { kind: FailureKind }) => ({
       attempt: Math.min(context.attempt + 1, MAX_COUNTED_ATTEMPTS),
-      lastFailure: { kind: params.kind, reason: describe(event) },
+      lastFailure: { kind: params.kind, reason: describe(params.kind, context.policy, event) },
     })),
   },
 }).createMachine({

@@ -182,7 +182,7 @@ export const AGENT_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   krb5Principal: null,
   krb5ClientName: 'auditd',
   krb5KeyFile: '/etc/audit/audisp-remote.key',
-  maxInFlight: 256,
+  maxInFlight: 1024,
   queueDir: '/var/spool/auditrelay',
   fsync: 'interval',
   fsyncIntervalMs: 200,

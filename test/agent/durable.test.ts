@@ -50,6 +50,7 @@ describe('durable queue (mode = forward)', () => {
         'remote_server = 127.0.0.1',
         `port = ${port}`,
         'mode = forward',
+        'max_in_flight = 256',
         `queue_dir = ${path.join(dir, 'queue')}`,
         'reconnect_initial_ms = 20',
         'reconnect_max_ms = 200',

@@ -203,8 +203,14 @@ describe.skipIf(!available)('krb5 collector: clients that hang their handshake',
     expect(max(closedAfter)).toBeLessThan(DEADLINE_MS + acceptedMs + 1000);
     expect(fdsBack).toBeLessThanOrEqual(fds0);
     expect(rss1 - rss0, 'RSS after the bad clients are gone (kB)').toBeLessThan(64 * 1024);
-    const timeouts = stderr.match(/did not complete its Kerberos handshake within 2000 ms/g) ?? [];
-    expect(timeouts).toHaveLength(SILENT + HALF);
+    // The collector's log lines reach our pipe asynchronously: wait for all of them.
+    const timeouts = () => stderr.match(/did not complete its Kerberos handshake within 2000 ms/g) ?? [];
+    await pollUntil(() => timeouts().length >= SILENT + HALF, {
+      timeoutMs: 10_000,
+      what: `${SILENT + HALF} handshake-timeout log lines`,
+      diagnostics: () => `have ${timeouts().length}`,
+    });
+    expect(timeouts()).toHaveLength(SILENT + HALF);
     expect(existsSync(path.join(tmp.dir, 'audit.log'))).toBe(true);
     const logged = readFileSync(path.join(tmp.dir, 'audit.log'), 'utf8').trim().split('\n');
     expect(logged).toHaveLength(seq - 1);

@@ -59,7 +59,7 @@ const DEFAULTS: AgentConfig = {
   krb5Principal: null,
   krb5ClientName: 'auditd',
   krb5KeyFile: '/etc/audit/audisp-remote.key',
-  maxInFlight: 256,
+  maxInFlight: 1024,
   queueDir: '/var/spool/auditrelay',
   fsync: 'interval',
   fsyncIntervalMs: 200,
@@ -574,7 +574,7 @@ describe('formatEffectiveConfig', () => {
     expect(keys).toEqual(AGENT_KEYS);
     const sep = lines.indexOf('# auditrelay extensions (not understood by upstream audisp-remote)');
     expect(sep).toBeGreaterThan(0);
-    expect(lines[sep + 1]).toBe('max_in_flight = 256');
+    expect(lines[sep + 1]).toBe('max_in_flight = 1024');
     expect(lines).toContain('local_port = any');
     expect(lines).toContain('queue_max_bytes = 1G');
     expect(lines).toContain('status_listen = off');
