@@ -57,6 +57,21 @@ export function splitLines(buffer: Buffer): Buffer[] {
   return lines;
 }
 
+/**
+ * The complete lines of a log file that may still be written to (a last line without '\n' is left out),
+ * without their '\n'; an empty list while the file does not exist.
+ */
+export function readCompleteLines(file: string): Buffer[] {
+  let buffer: Buffer;
+  try {
+    buffer = readFileSync(file);
+  } catch {
+    return [];
+  }
+  const end = buffer.lastIndexOf(0x0a);
+  return end < 0 ? [] : splitLines(buffer.subarray(0, end + 1));
+}
+
 const EOE = Buffer.from('type=EOE');
 const WHITESPACE = new Set([0x20, 0x09, 0x0d, 0x0b, 0x0c]);
 

@@ -10,7 +10,13 @@ import type { ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { audispRemote309Records, expectedRecords, loadCorpus, REPO_ROOT } from '../helpers/corpus.js';
+import {
+  audispRemote309Records,
+  expectedRecords,
+  loadCorpus,
+  REPO_ROOT,
+  readCompleteLines,
+} from '../helpers/corpus.js';
 import { NetnsSandbox } from '../helpers/netns.js';
 import { requireOrSkip } from '../helpers/prereq.js';
 import { AUDISP_REMOTE_BIN, audispRemoteConf, startRealAudispRemote } from '../helpers/real-audisp-remote.js';
@@ -171,15 +177,15 @@ describe.skipIf(!available)('auditrelay with the real auditd and audisp-remote',
     // What the real plugin sends (it drops a few lines the contract keeps, e.g. a lone '#').
     const expected = corpus.flatMap((f) => audispRemote309Records(f.bytes));
     await remote.write(expected);
-    await pollUntil(() => readLines(logFile).length >= expected.length, {
+    await pollUntil(() => readCompleteLines(logFile).length >= expected.length, {
       timeoutMs: 30_000,
       what: `${expected.length} records in the collector log`,
-      diagnostics: () => `have ${readLines(logFile).length}\n${collector.stderrText().slice(-2000)}`,
+      diagnostics: () => `have ${readCompleteLines(logFile).length}\n${collector.stderrText().slice(-2000)}`,
     });
     expect(await remote.stop()).toEqual({ code: 0, signal: null });
     collector.kill('SIGTERM');
     expect(await waitForExit(collector, 15_000)).toEqual({ code: 0, signal: null });
-    expect(asBytes(readLines(logFile))).toEqual(asBytes(expected));
+    expect(asBytes(readCompleteLines(logFile))).toEqual(asBytes(expected));
   });
 
   it('real audisp-remote → our collector: ENDING on collector shutdown makes it reconnect to the next collector', async () => {
@@ -196,33 +202,23 @@ describe.skipIf(!available)('auditrelay with the real auditd and audisp-remote',
     const first = await startCollector();
     const remote = await startRealAudispRemote(sandbox, { confText: audispRemoteConf({ port: PORT }) });
     await remote.write(['type=USER_CMD msg=audit(1.000:1): one']);
-    await pollUntil(() => readLines(logFile).length >= 1, { timeoutMs: 15_000, what: 'the first record' });
+    await pollUntil(() => readCompleteLines(logFile).length >= 1, {
+      timeoutMs: 15_000,
+      what: 'the first record',
+    });
     first.kill('SIGTERM');
     expect(await waitForExit(first, 15_000)).toEqual({ code: 0, signal: null });
     // ENDING set remote_ended in the plugin: it reconnects on its next record (upstream behaviour).
     await startCollector();
     await remote.write(['type=USER_CMD msg=audit(1.000:2): two']);
-    await pollUntil(() => readLines(logFile).length >= 2, { timeoutMs: 15_000, what: 'the second record' });
-    expect(asBytes(readLines(logFile))).toEqual([
+    await pollUntil(() => readCompleteLines(logFile).length >= 2, {
+      timeoutMs: 15_000,
+      what: 'the second record',
+    });
+    expect(asBytes(readCompleteLines(logFile))).toEqual([
       'type=USER_CMD msg=audit(1.000:1): one',
       'type=USER_CMD msg=audit(1.000:2): two',
     ]);
     await remote.stop();
   });
 });
-
-function readLines(file: string): Buffer[] {
-  let buf: Buffer;
-  try {
-    buf = readFileSync(file);
-  } catch {
-    return [];
-  }
-  const out: Buffer[] = [];
-  let start = 0;
-  for (let i = buf.indexOf(0x0a); i !== -1; i = buf.indexOf(0x0a, start)) {
-    out.push(buf.subarray(start, i));
-    start = i + 1;
-  }
-  return out;
-}

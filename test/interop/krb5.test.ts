@@ -17,7 +17,13 @@ import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { KRB5_MAX_RECORD } from '../../src/krb5/auditd.js';
 import { addonPath } from '../../src/krb5/gssapi.js';
-import { audispRemote309Records, expectedRecords, loadCorpus, REPO_ROOT } from '../helpers/corpus.js';
+import {
+  audispRemote309Records,
+  expectedRecords,
+  loadCorpus,
+  REPO_ROOT,
+  readCompleteLines,
+} from '../helpers/corpus.js';
 import { KDC_BINARIES, type Kdc, startKdc } from '../helpers/kdc.js';
 import { NetnsSandbox } from '../helpers/netns.js';
 import { requireOrSkip } from '../helpers/prereq.js';
@@ -44,22 +50,6 @@ function krb5Pieces(record: Buffer): Buffer[] {
   const limit = KRB5_MAX_RECORD - 1;
   const out: Buffer[] = [];
   for (let i = 0; i < record.length; i += limit) out.push(record.subarray(i, i + limit));
-  return out;
-}
-
-function readLines(file: string): Buffer[] {
-  let buf: Buffer;
-  try {
-    buf = readFileSync(file);
-  } catch {
-    return [];
-  }
-  const out: Buffer[] = [];
-  let start = 0;
-  for (let i = buf.indexOf(0x0a); i !== -1; i = buf.indexOf(0x0a, start)) {
-    out.push(buf.subarray(start, i));
-    start = i + 1;
-  }
   return out;
 }
 
@@ -177,11 +167,11 @@ describe.skipIf(!available)('krb5 interop with the real auditd and audisp-remote
     const expected = loadCorpus({ includeShared: true }).flatMap((f) => audispRemote309Records(f.bytes));
     const t0 = performance.now();
     await remote.write(expected);
-    await pollUntil(() => readLines(logFile).length >= expected.length, {
+    await pollUntil(() => readCompleteLines(logFile).length >= expected.length, {
       timeoutMs: 30_000,
       what: `${expected.length} records in the collector log`,
       diagnostics: () =>
-        `have ${readLines(logFile).length}\n${collector.stderrText().slice(-3000)}\n${sb.syslogText().slice(-3000)}`,
+        `have ${readCompleteLines(logFile).length}\n${collector.stderrText().slice(-3000)}\n${sb.syslogText().slice(-3000)}`,
     });
     console.info(
       `[krb5 interop] audisp-remote 3.0.9 → our collector: ${expected.length} records in ${(performance.now() - t0).toFixed(0)} ms`,
@@ -190,7 +180,7 @@ describe.skipIf(!available)('krb5 interop with the real auditd and audisp-remote
     collector.kill('SIGTERM');
     expect(await waitForExit(collector, 15_000)).toEqual({ code: 0, signal: null });
     const suffix = ` krb5=${PRINCIPAL}@${k.realm}`;
-    expect(asText(readLines(logFile))).toEqual(asText(expected).map((r) => `${r}${suffix}`));
+    expect(asText(readCompleteLines(logFile))).toEqual(asText(expected).map((r) => `${r}${suffix}`));
     expect(collector.stderrText()).toContain(`authenticated as ${PRINCIPAL}@${k.realm}`);
     expect(sb.syslogText()).toMatch(new RegExp(`audisp-remote: kerberos principal: ${PRINCIPAL}@${k.realm}`));
   });
