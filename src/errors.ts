@@ -16,6 +16,8 @@ export const ErrorCodes = {
   QUEUE: 'AR_QUEUE',
   /** A supervised actor failed more often than the restart intensity allows. */
   ESCALATED: 'AR_ESCALATED',
+  /** A file or directory is not safe to use (a symlink, not a regular file, writable by others). */
+  UNSAFE_PATH: 'AR_UNSAFE_PATH',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
@@ -74,6 +76,13 @@ export class LinkError extends AuditRelayError {
 export class QueueError extends AuditRelayError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(ErrorCodes.QUEUE, message, options);
+  }
+}
+
+/** A file or directory refused by the rules of src/fs/safe-files.ts; the message says what, where and the fix. */
+export class FileSafetyError extends AuditRelayError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCodes.UNSAFE_PATH, message, options);
   }
 }
 

@@ -1,0 +1,281 @@
+/**
+ * Files are opened as auditd opens them (docs/errors.md, `AR_UNSAFE_PATH`):
+ *
+ * - nothing is written through a symbolic link (`O_NOFOLLOW` on the last component);
+ * - temporary files are created with `O_EXCL` (a planted file or link makes the create fail, it is never
+ *   truncated or followed), then renamed over the target;
+ * - a directory we write into must be a real directory owned by root or by the running user and not group- or
+ *   world-writable, so nobody else can plant, replace or remove files in it;
+ * - a file we read (config, queue input) is opened non-blocking and checked to be a regular file before any read,
+ *   so a FIFO or a device cannot hang the process.
+ *
+ * Every refusal is a `FileSafetyError` whose message says what, where and how to fix it.
+ */
+
+import { randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  constants,
+  fstatSync,
+  fsyncSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readSync,
+  renameSync,
+  type Stats,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
+import path from 'node:path';
+import { FileSafetyError } from '../errors.js';
+
+const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_APPEND, O_NOFOLLOW, O_CLOEXEC, O_NONBLOCK, O_DIRECTORY } =
+  constants as typeof constants & { O_CLOEXEC: number };
+
+/** Flags for a file we append to: created when missing, never through a symlink. */
+export const APPEND_FLAGS = O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | (O_CLOEXEC ?? 0);
+/** Flags for a file created fresh: fails if anything (file or link) is already there. */
+export const EXCLUSIVE_FLAGS = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | (O_CLOEXEC ?? 0);
+/** Flags for reading: no symlink, and no blocking open of a FIFO. */
+export const READ_FLAGS = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | (O_CLOEXEC ?? 0);
+
+export function formatMode(mode: number): string {
+  return `0${(mode & 0o7777).toString(8).padStart(3, '0')}`;
+}
+
+function euid(): number {
+  return typeof process.geteuid === 'function' ? process.geteuid() : 0;
+}
+
+function kindOf(st: Stats): string {
+  if (st.isSymbolicLink()) return 'a symbolic link';
+  if (st.isDirectory()) return 'a directory';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice() || st.isBlockDevice()) return 'a device';
+  return 'not a regular file';
+}
+
+/** The message for an errno on `what` at `where`. */
+function errnoText(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  return e?.code ?? (e instanceof Error ? e.message : String(err));
+}
+
+export interface DirectoryCheck {
+  /** What the directory is for, in the message ("queue_dir", "log directory"). */
+  what: string;
+  /** Create it (mode `mode`, parents as needed) when missing. Default false. */
+  create?: boolean;
+  /** Mode for a created directory. Default 0o750. */
+  mode?: number;
+}
+
+/**
+ * Checks that `dir` is safe to create files in: a real directory (not a symlink), owned by root or by the running
+ * user, not writable by group or others. Creates it when asked and missing. Returns its lstat.
+ */
+export function checkPrivateDirectory(dir: string, check: DirectoryCheck): Stats {
+  let st: Stats;
+  try {
+    st = lstatSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || !check.create) {
+      throw new FileSafetyError(`${check.what} ${dir}: cannot use it: ${errnoText(err)}`, {
+        cause: err,
+      });
+    }
+    try {
+      mkdirSync(dir, { recursive: true, mode: check.mode ?? 0o750 });
+      st = lstatSync(dir);
+    } catch (err2) {
+      throw new FileSafetyError(`${check.what} ${dir}: cannot create it: ${errnoText(err2)}`, {
+        cause: err2,
+      });
+    }
+  }
+  if (st.isSymbolicLink()) {
+    throw new FileSafetyError(
+      `${check.what} ${dir} is a symbolic link; point the setting at the real directory (${check.what} must not be a link others could re-point)`,
+    );
+  }
+  if (!st.isDirectory()) {
+    throw new FileSafetyError(`${check.what} ${dir} is ${kindOf(st)}, not a directory`);
+  }
+  const me = euid();
+  if (st.uid !== 0 && st.uid !== me) {
+    throw new FileSafetyError(
+      `${check.what} ${dir} is owned by uid ${st.uid}, not by root or by the running user (uid ${me}); fix with: chown ${me === 0 ? 'root' : me} ${dir}`,
+    );
+  }
+  if ((st.mode & 0o022) !== 0) {
+    throw new FileSafetyError(
+      `${check.what} ${dir} is writable by ${st.mode & 0o002 ? 'others' : 'its group'} (mode ${formatMode(st.mode)}), so another user could plant or replace files in it; fix with: chmod go-w ${dir}`,
+    );
+  }
+  return st;
+}
+
+/** Checks the directory that holds `file` (see checkPrivateDirectory). */
+export function checkParentDirectory(file: string, what: string): Stats {
+  return checkPrivateDirectory(path.dirname(path.resolve(file)), { what: `directory of ${what}` });
+}
+
+/**
+ * Opens `file` for appending without following a symlink; creates it (mode `mode`) when missing. Refuses
+ * anything that is not a regular file. Returns the descriptor and its stat.
+ */
+export function openAppendNoFollow(file: string, mode: number, what: string): { fd: number; stat: Stats } {
+  let fd: number;
+  try {
+    fd = openSync(file, APPEND_FLAGS | O_NONBLOCK, mode);
+  } catch (err) {
+    throw openError(err, file, what);
+  }
+  return { fd, stat: requireRegular(fd, file, what) };
+}
+
+/** Creates `file` exclusively (fails if anything, a file or a link, is there). */
+export function createExclusive(file: string, mode: number, what: string): number {
+  try {
+    return openSync(file, EXCLUSIVE_FLAGS, mode);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+      throw new FileSafetyError(
+        `${what} ${file} already exists (left over, or planted by someone else); it is never overwritten in place: remove it after checking what it is`,
+        { cause: err },
+      );
+    }
+    throw openError(err, file, what);
+  }
+}
+
+/**
+ * Opens an existing file for reading: no symlink, non-blocking open (a FIFO cannot hang us), and only a regular
+ * file is accepted. The caller closes the descriptor.
+ */
+export function openRegularForRead(file: string, what: string): { fd: number; stat: Stats } {
+  let fd: number;
+  try {
+    fd = openSync(file, READ_FLAGS);
+  } catch (err) {
+    throw openError(err, file, what);
+  }
+  return { fd, stat: requireRegular(fd, file, what) };
+}
+
+/**
+ * Reads a whole regular file of at most `maxBytes` (checked before it is read) without following a symlink.
+ */
+export function readRegularFile(file: string, what: string, maxBytes: number): Buffer {
+  const { fd, stat } = openRegularForRead(file, what);
+  try {
+    if (stat.size > maxBytes) {
+      throw new FileSafetyError(
+        `${what} ${file} is ${stat.size} bytes, more than the ${maxBytes} bytes a ${what} can be; is it the right file?`,
+      );
+    }
+    const buf = Buffer.allocUnsafe(stat.size);
+    let off = 0;
+    while (off < buf.length) {
+      const n = readSync(fd, buf, off, buf.length - off, off);
+      if (n === 0) break;
+      off += n;
+    }
+    return buf.subarray(0, off);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export interface AtomicWriteOptions {
+  mode: number;
+  /** fsync the file before the rename and the directory after it. Default true. */
+  fsync?: boolean;
+  /** What the file is, for messages. */
+  what: string;
+}
+
+/**
+ * Replaces `file` with `data` atomically: a temporary file beside it is created exclusively (never through a
+ * link, never reusing a planted file), written, optionally synced, and renamed over the target. The directory
+ * must already have been checked by the caller (checkPrivateDirectory) when others could write there.
+ */
+export function writeFileAtomic(file: string, data: Buffer | string, options: AtomicWriteOptions): void {
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  const fd = createExclusive(tmp, options.mode, `temporary file for ${options.what}`);
+  try {
+    const buf = typeof data === 'string' ? Buffer.from(data) : data;
+    let off = 0;
+    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
+    if (options.fsync !== false) fsyncSync(fd);
+  } catch (err) {
+    closeSync(fd);
+    unlinkQuietly(tmp);
+    throw new FileSafetyError(`cannot write ${options.what} ${file}: ${errnoText(err)}`, { cause: err });
+  }
+  closeSync(fd);
+  try {
+    renameSync(tmp, file);
+  } catch (err) {
+    unlinkQuietly(tmp);
+    throw new FileSafetyError(`cannot replace ${options.what} ${file}: ${errnoText(err)}`, { cause: err });
+  }
+  if (options.fsync !== false) syncDirectory(path.dirname(file));
+}
+
+/** fsync a directory (after a create, rename or unlink in it); errors are ignored where the fs cannot. */
+export function syncDirectory(dir: string): void {
+  let fd: number;
+  try {
+    fd = openSync(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  } catch {
+    return;
+  }
+  try {
+    fsyncSync(fd);
+  } catch {
+    // Some filesystems cannot fsync a directory; the rename itself is still atomic.
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function unlinkQuietly(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch {
+    // already gone
+  }
+}
+
+function requireRegular(fd: number, file: string, what: string): Stats {
+  let st: Stats;
+  try {
+    st = fstatSync(fd);
+  } catch (err) {
+    closeSync(fd);
+    throw new FileSafetyError(`cannot stat ${what} ${file}: ${errnoText(err)}`, { cause: err });
+  }
+  if (!st.isFile()) {
+    closeSync(fd);
+    throw new FileSafetyError(`${what} ${file} is ${kindOf(st)}; only a regular file is accepted`);
+  }
+  return st;
+}
+
+function openError(err: unknown, file: string, what: string): FileSafetyError {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ELOOP') {
+    return new FileSafetyError(
+      `${what} ${file} is a symbolic link; it is never followed (another user could point it at any file): remove the link`,
+      { cause: err },
+    );
+  }
+  if (code === 'ENXIO') {
+    // O_NONBLOCK | O_WRONLY on a FIFO without a reader.
+    return new FileSafetyError(`${what} ${file} is a FIFO; only a regular file is accepted`, { cause: err });
+  }
+  return new FileSafetyError(`cannot open ${what} ${file}: ${errnoText(err)}`, { cause: err });
+}
