@@ -72,7 +72,9 @@ describe('durable queue: the directory', () => {
     const err = await openQueue(dir).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(FileSafetyError);
     expect((err as FileSafetyError).code).toBe('AR_UNSAFE_PATH');
-    expect((err as Error).message).toMatch(/queue_dir .* is writable by others \(mode 0777\).*chmod go-w/);
+    expect((err as Error).message).toMatch(
+      /queue directory \(queue_dir\) .* is writable by others \(mode 0777\).*chmod go-w/,
+    );
     expect(readdirSync(dir)).toEqual([]);
   });
 
@@ -80,7 +82,9 @@ describe('durable queue: the directory', () => {
     const real = join(root, 'real');
     mkdirSync(real, { mode: 0o700 });
     symlinkSync(real, join(root, 'q'));
-    await expect(openQueue(join(root, 'q'))).rejects.toThrow(/queue_dir .* is a symbolic link/);
+    await expect(openQueue(join(root, 'q'))).rejects.toThrow(
+      /queue directory \(queue_dir\) .* is a symbolic link/,
+    );
   });
 
   it('never follows a link planted at ack.tmp: the cursor is saved, the target untouched', async () => {
