@@ -6,6 +6,8 @@
  * A failing write, sync or read makes the queue's status `error`; a cursor that cannot be saved is a warning only
  * (its consequence is resends after a restart, never a loss).
  */
+import { FileSafetyError } from '../errors.js';
+
 /** The part of a pino logger the queue uses. */
 export interface QueueLogger {
   debug(obj: object, msg: string): void;
@@ -26,7 +28,22 @@ const RECOVERED: Record<QueuePath, string> = {
   ack: 'queue: the acknowledgement position is saved again',
 };
 
+/**
+ * The error to keep: a plain I/O error (EIO, ENOSPC…) that safe-files wrapped while opening a file is kept as
+ * the system error itself (its `code` is the errno); a refusal for safety (a link, a FIFO, a planted file) stays
+ * a FileSafetyError.
+ */
 export function asError(err: unknown): Error {
+  if (err instanceof FileSafetyError) {
+    const cause = err.cause as NodeJS.ErrnoException | undefined;
+    if (
+      cause instanceof Error &&
+      typeof cause.code === 'string' &&
+      !['ELOOP', 'ENXIO', 'EEXIST'].includes(cause.code)
+    ) {
+      return cause;
+    }
+  }
   return err instanceof Error ? err : new Error(String(err));
 }
 
