@@ -70,19 +70,20 @@ export interface FileOps {
 }
 
 export const nodeFileOps: FileOps = {
-  openSync: (p, flags, mode) => openSync(p, flags, mode),
+  // The node:fs functions themselves (no wrapper on the record path); their overloads include these signatures.
+  openSync: openSync as FileOps['openSync'],
   closeSync,
-  readSync: (fd, buffer, offset, length, position) => readSync(fd, buffer, offset, length, position),
-  writeSync: (fd, buffer, offset, length, position) => writeSync(fd, buffer, offset, length, position),
-  fstatSync: (fd) => fstatSync(fd),
-  lstatSync: (p) => lstatSync(p),
+  readSync: readSync as FileOps['readSync'],
+  writeSync: writeSync as FileOps['writeSync'],
+  fstatSync: fstatSync as FileOps['fstatSync'],
+  lstatSync: lstatSync as FileOps['lstatSync'],
   fsyncSync,
   fdatasyncSync,
   fdatasync,
-  ftruncateSync: (fd, length) => ftruncateSync(fd, length),
+  ftruncateSync: ftruncateSync as FileOps['ftruncateSync'],
   renameSync,
   unlinkSync,
-  readdirSync: (p) => readdirSync(p),
+  readdirSync: readdirSync as FileOps['readdirSync'],
 };
 
 /** The errno code of an error, also when a FileSafetyError wraps it (`cause`); else the message. */

@@ -135,11 +135,12 @@ describe('FIFOs where a file is read: a clear error, never a hang', () => {
     expect(server.lines()).toEqual(['type=USER_CMD msg=audit(1.0:1): after the reload']);
   });
 
-  it('a FIFO as the ack cursor or as a segment of the queue is set aside at start', async () => {
+  it('a FIFO as the ack cursor, the lock or a segment of the queue is set aside at start', async () => {
     const dir = tempDir();
     const q = path.join(dir, 'q');
     mkdirSync(q, { mode: 0o700 });
     mkfifo(path.join(q, 'ack'));
+    mkfifo(path.join(q, 'lock'));
     mkfifo(path.join(q, 'seg-00000000000000000001.log'));
     server = new ScriptServer();
     const port = await server.start();
@@ -153,6 +154,7 @@ describe('FIFOs where a file is read: a clear error, never a hang', () => {
     expect(r.code, r.err).toBe(0);
     expect(r.err).toMatch(/ack cursor .*ack is unusable \(a FIFO/);
     expect(r.err).toMatch(/segment .*seg-0+1\.log .*a FIFO/);
+    expect(r.err).toMatch(/took over a lock file with unreadable content .*is a FIFO/);
   });
 });
 
