@@ -120,8 +120,11 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
     try {
       checkPrivateDirectory(dir, { what: 'queue directory (queue_dir)', create: true, mode: 0o700 });
     } catch (err) {
-      if (err instanceof FileSafetyError) throw err;
-      throw new QueueError(`cannot use queue directory ${dir}: ${errnoOf(err)}`, { cause: err });
+      // A refusal for safety stays a FileSafetyError; a system error (ENOTDIR, EACCES…) is the queue's.
+      if (err instanceof FileSafetyError && err.cause === undefined) throw err;
+      const message =
+        err instanceof FileSafetyError ? err.message : `cannot use queue directory ${dir}: ${errnoOf(err)}`;
+      throw new QueueError(message, { cause: err });
     }
     const lock = acquireLock(dir);
     try {
