@@ -3,8 +3,7 @@
  * Exit statuses: 0 ok, 1 records left undelivered or runtime failure, 2 usage, 3 supervisor
  * escalation, 6 configuration error (as audisp-remote).
  */
-import { readFileSync } from 'node:fs';
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { lstatSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Agent } from './agent/agent.js';
@@ -20,11 +19,14 @@ import {
 } from './config/agent-config.js';
 import { formatCollectorConfig, loadCollectorConfig } from './config/collector-config.js';
 import { AuditRelayError, ConfigError, ExitCodes, UsageError } from './errors.js';
+import { checkParentDirectory, writeFileAtomic } from './fs/safe-files.js';
 import { openInput } from './input/spec.js';
 import { createLogger, type Logger } from './log.js';
 import { importQueue } from './migrate/import-queue.js';
 import { PACKAGE_ROOT } from './paths.js';
 import { DurableQueue } from './queue/durable-queue.js';
+import { SpillOnStopQueue } from './queue/spill-on-stop-queue.js';
+import type { RecordQueue } from './queue/types.js';
 import { SdNotifier } from './service/notify.js';
 import { checkInspectUrl, createInspector } from './status/inspect.js';
 import { agentMetrics, collectorMetrics } from './status/metrics.js';
@@ -143,17 +145,24 @@ async function runAgent(args: string[]): Promise<number> {
   }
   // krb5 problems (addon missing, unsafe keytab) are reported before the queue is locked.
   if (settings.transport === 'krb5') Krb5Client.preflight(settings.krb5, log);
+  checkStateFileDirectory(cfg.stateFile);
   const queue = await openQueue(cfg, log);
-  const input = openInput(cfg.input, {
-    log,
-    durableQueue: queue !== null,
-    tailStateFile: cfg.tailStateFile,
-    tailStart: cfg.tailStart,
-    tailPollMs: cfg.tailPollMs,
-    tailStateFsync: cfg.fsync === 'always',
-  });
+  let input: ReturnType<typeof openInput>;
+  try {
+    input = openInput(cfg.input, {
+      log,
+      durableQueue: queue.persistence === 'crash-safe',
+      tailStateFile: cfg.tailStateFile,
+      tailStart: cfg.tailStart,
+      tailPollMs: cfg.tailPollMs,
+      tailStateFsync: cfg.fsync === 'always',
+    });
+  } catch (err) {
+    await queue.close();
+    throw err;
+  }
   settings.inputName = input.name;
-  const agent = new Agent(settings, { input: input.stream, log, ...(queue ? { queue } : {}) });
+  const agent = new Agent(settings, { input: input.stream, log, queue });
   const server = `${cfg.remoteServer ?? '127.0.0.1'}:${cfg.port}`;
   log.info({ config: configPath, input: input.name, server, transport: cfg.transport }, 'agent starting');
   // systemd (service mode): READY once the queue and the input are open, never waiting for the network.
@@ -166,7 +175,7 @@ async function runAgent(args: string[]): Promise<number> {
     ['SIGTERM', onStop('SIGTERM')],
     ['SIGINT', onStop('SIGINT')],
     ['SIGUSR2', () => agent.resume()],
-    ['SIGUSR1', () => void writeStateReport(agent, cfg.stateFile, log)],
+    ['SIGUSR1', () => writeStateReport(agent, cfg.stateFile, log)],
     ['SIGHUP', () => reload()],
   ];
   let current = cfg;
@@ -225,7 +234,14 @@ async function runAgent(args: string[]): Promise<number> {
   input.close();
   await status?.stop();
   inspector?.stop();
-  await queue?.close();
+  // A clean stop: what is not delivered stays on disk (mode = forward) or is written there now (immediate).
+  const { lost } = await queue.close(agent.heldRecords);
+  if (lost > 0 && queue.persistence === 'crash-safe') {
+    log.error(
+      { records: lost },
+      `${lost} record(s) read while the queue was full could not be queued: they are lost`,
+    );
+  }
   await notifier.close();
   for (const [sig, fn] of handlers) process.off(sig, fn);
   log.info({ code, ...agent.status() }, 'agent exiting');
@@ -420,14 +436,36 @@ async function openDurableQueue(cfg: AgentConfig, log: Logger): Promise<DurableQ
 }
 
 /**
- * `mode = forward`: the durable queue in `queue_dir` (docs/queue.md); `mode = immediate`: memory only,
- * as upstream (null here: the agent makes its own memory queue bounded by `queue_depth`).
+ * `mode = forward`: the durable queue in `queue_dir` (docs/queue.md); `mode = immediate`: a memory queue bounded
+ * by `queue_depth`, as upstream, whose records a clean stop writes to `queue_dir` (sent first at the next start).
  */
-async function openQueue(cfg: AgentConfig, log: Logger): Promise<DurableQueue | null> {
-  if (cfg.mode !== 'forward') return null;
+async function openQueue(cfg: AgentConfig, log: Logger): Promise<RecordQueue> {
+  if (cfg.mode !== 'forward') {
+    return SpillOnStopQueue.open({
+      capacity: cfg.queueDepth,
+      dir: cfg.queueDir,
+      maxBytes: cfg.queueMaxBytes,
+      fsync: cfg.fsync,
+      fsyncIntervalMs: cfg.fsyncIntervalMs,
+      log: log.child({ component: 'queue' }),
+    });
+  }
   const queue = await openDurableQueue(cfg, log);
   log.info({ dir: cfg.queueDir, backlog: queue.depth, fsync: cfg.fsync }, 'durable queue open');
   return queue;
+}
+
+/**
+ * `state_file` is written (SIGUSR1) only into a directory nobody else can write: an existing directory is checked
+ * at start (the agent refuses to start otherwise); a missing one is created, and checked, when first needed.
+ */
+function checkStateFileDirectory(file: string): void {
+  try {
+    lstatSync(path.dirname(path.resolve(file)));
+  } catch {
+    return;
+  }
+  checkParentDirectory(file, 'state_file');
 }
 
 /** Keys whose change needs a restart: the queue, the transport's credentials, the status listener. */
@@ -448,7 +486,7 @@ const RESTART_ONLY_KEYS: [string, keyof AgentConfig][] = [
 ];
 
 /** SIGUSR1: the state report, like upstream's /run/audit/remote.state (written atomically). */
-async function writeStateReport(agent: Agent, file: string, log: Logger): Promise<void> {
+function writeStateReport(agent: Agent, file: string, log: Logger): void {
   const s = agent.status();
   const lines = [
     `time = ${new Date().toISOString()}`,
@@ -461,10 +499,9 @@ async function writeStateReport(agent: Agent, file: string, log: Logger): Promis
       .map((t) => `transition = ${t.time} ${t.actor}: ${t.from} -> ${t.to} (${t.event})`),
   ];
   try {
-    await mkdir(path.dirname(file), { recursive: true, mode: 0o750 });
-    const tmp = `${file}.${process.pid}.tmp`;
-    await writeFile(tmp, `${lines.join('\n')}\n`, { mode: 0o640 });
-    await rename(tmp, file);
+    // Never through a link, the temporary file created exclusively, in a directory only we can write.
+    checkParentDirectory(file, 'state_file', { create: true, mode: 0o750 });
+    writeFileAtomic(file, `${lines.join('\n')}\n`, { mode: 0o640, fsync: false, what: 'state file' });
     log.info({ file }, 'state report written (SIGUSR1)');
   } catch (err) {
     log.error({ file, error: (err as Error).message }, 'state report could not be written');

@@ -26,7 +26,7 @@ import { InputPump } from '../input/input-pump.js';
 import type { Logger } from '../log.js';
 import { MAX_SERVER_PAYLOAD } from '../protocol/constants.js';
 import { MemoryQueue } from '../queue/memory-queue.js';
-import type { QueueStatus, RecordQueue } from '../queue/types.js';
+import type { QueuePersistence, QueueStatus, RecordQueue } from '../queue/types.js';
 import { StateObserver, statePath } from '../status/observer.js';
 import { ActionRunner } from './actions.js';
 import { Krb5Client } from './krb5-transport.js';
@@ -47,6 +47,13 @@ export interface AgentStatus {
   inFlight: number;
   held: number;
 }
+
+/** What becomes of the records left at exit, per queue (RecordQueue.persistence). */
+const UNDELIVERED: Record<QueuePersistence, string> = {
+  'crash-safe': 'they stay in the durable queue and are sent after the next start',
+  'clean-stop': 'they are written to queue_dir and sent first after the next start',
+  none: 'memory queue: they are lost',
+};
 
 export class Agent {
   #s: AgentSettings;
@@ -172,6 +179,11 @@ export class Agent {
     return changed;
   }
 
+  /** Records read from the input but refused by a full queue, oldest first (kept by the queue at a clean stop). */
+  get heldRecords(): readonly Buffer[] {
+    return this.#input.heldRecords;
+  }
+
   /** For the systemd watchdog: the supervisor runs (no escalation) and the connection actor exists. */
   healthy(): boolean {
     return this.#root?.getSnapshot().status === 'active' && this.#connection() !== undefined;
@@ -216,12 +228,9 @@ export class Agent {
   #exitCode(): number {
     const left = this.queue.depth + this.#input.held;
     if (left > 0) {
-      const durable = 'spilled' in this.queue;
       this.#log.error(
         { records: left },
-        durable
-          ? `exiting with ${left} record(s) undelivered; they stay in the durable queue and are sent after the next start`
-          : `exiting with ${left} record(s) undelivered (memory queue: they are lost)`,
+        `exiting with ${left} record(s) undelivered; ${UNDELIVERED[this.queue.persistence]}`,
       );
       return ExitCodes.FAILURE;
     }
@@ -282,7 +291,7 @@ export class Agent {
         case 'error':
           return {
             type: 'QUEUE_ERROR',
-            reason: (this.queue as { lastError?: Error | null }).lastError?.message ?? 'queue error',
+            reason: this.queue.lastError?.message ?? 'queue error',
           };
       }
     };

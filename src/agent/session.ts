@@ -141,7 +141,7 @@ export class Session {
     const { queue, sequence, maxInFlight, ascii } = this.#o;
     // Acknowledgements are made crash-safe before more records go out, so what a restart after a crash
     // sends again is at most one window.
-    if (this.inFlight < maxInFlight && queue.unsent > 0) queue.flushAcks?.();
+    if (this.inFlight < maxInFlight && queue.unsent > 0) queue.flushAcks();
     const out = this.#out;
     let total = 0;
     while (this.inFlight < maxInFlight) {

@@ -1,7 +1,16 @@
-/** Reading a config file: missing-file policy, read errors with errno, and upstream's ownership rule. */
-import { closeSync, fstatSync, openSync, readFileSync, type Stats } from 'node:fs';
+/**
+ * Reading a config file: missing-file policy, read errors with errno, and upstream's ownership rule. The file is
+ * opened as auditd opens its own (`O_NOFOLLOW`), without blocking (`O_NONBLOCK`: a FIFO put in its place cannot
+ * hang `check-config`, the start or a SIGHUP reload), and read only once it is known to be a regular file of a
+ * sane size.
+ */
+import { closeSync, fstatSync, openSync, readSync, type Stats } from 'node:fs';
 import { getSystemErrorMap } from 'node:util';
 import { ConfigError } from '../errors.js';
+import { describeFileKind, READ_FLAGS } from '../fs/safe-files.js';
+
+/** Far above any real config file (upstream's lines are at most 127 characters); a larger one is refused unread. */
+export const MAX_CONFIG_BYTES = 1024 * 1024;
 
 export interface ReadConfigOptions {
   /** A missing file yields null (caller uses defaults) instead of an error. Default false. */
@@ -33,9 +42,10 @@ export function describeErrno(err: unknown): string {
 export function readConfigFile(path: string, opts: ReadConfigOptions = {}): string | null {
   let fd: number;
   try {
-    fd = openSync(path, 'r');
+    fd = openSync(path, READ_FLAGS);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') {
       if (opts.allowMissing) return null;
       throw new ConfigError(
         'config file does not exist; create it or pass --config',
@@ -43,24 +53,47 @@ export function readConfigFile(path: string, opts: ReadConfigOptions = {}): stri
         { cause: err },
       );
     }
+    if (code === 'ELOOP') {
+      throw new ConfigError(
+        'config file is a symbolic link; it is never followed (as auditd): name the file itself',
+        { file: path },
+        { cause: err },
+      );
+    }
     throw new ConfigError(`cannot open config file: ${describeErrno(err)}`, { file: path }, { cause: err });
   }
   try {
-    if (opts.checkOwnership ?? runningAsRoot()) {
-      let st: Stats;
-      try {
-        st = fstatSync(fd);
-      } catch (err) {
-        throw new ConfigError(
-          `cannot stat config file: ${describeErrno(err)}`,
-          { file: path },
-          { cause: err },
-        );
-      }
-      checkOwnership(path, st);
+    let st: Stats;
+    try {
+      st = fstatSync(fd);
+    } catch (err) {
+      throw new ConfigError(`cannot stat config file: ${describeErrno(err)}`, { file: path }, { cause: err });
+    }
+    // A FIFO, a socket or a device is never read. (A directory fails with EISDIR, or the ownership rule.)
+    if (!st.isFile() && !st.isDirectory()) {
+      throw new ConfigError(`config file is ${describeFileKind(st)}; only a regular file is accepted`, {
+        file: path,
+      });
+    }
+    if (opts.checkOwnership ?? runningAsRoot()) checkOwnership(path, st);
+    if (st.size > MAX_CONFIG_BYTES) {
+      throw new ConfigError(
+        `config file is ${st.size} bytes, more than ${MAX_CONFIG_BYTES}: is it the right file?`,
+        {
+          file: path,
+        },
+      );
     }
     try {
-      return readFileSync(fd, 'utf8');
+      // One byte more than the size: a directory fails here with EISDIR whatever size it reports.
+      const buf = Buffer.allocUnsafe(st.size + 1);
+      let got = 0;
+      while (got < buf.length) {
+        const n = readSync(fd, buf, got, buf.length - got, got);
+        if (n === 0) break;
+        got += n;
+      }
+      return buf.subarray(0, got).toString('utf8');
     } catch (err) {
       throw new ConfigError(`cannot read config file: ${describeErrno(err)}`, { file: path }, { cause: err });
     }

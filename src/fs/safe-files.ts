@@ -16,22 +16,86 @@ import { randomBytes } from 'node:crypto';
 import {
   closeSync,
   constants,
+  fdatasync,
+  fdatasyncSync,
   fstatSync,
   fsyncSync,
+  ftruncateSync,
   lstatSync,
   mkdirSync,
   openSync,
+  readdirSync,
   readSync,
   renameSync,
   type Stats,
+  statfsSync,
   unlinkSync,
   writeSync,
 } from 'node:fs';
 import path from 'node:path';
 import { FileSafetyError } from '../errors.js';
 
-const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_APPEND, O_NOFOLLOW, O_CLOEXEC, O_NONBLOCK, O_DIRECTORY } =
-  constants as typeof constants & { O_CLOEXEC: number };
+const {
+  O_WRONLY,
+  O_RDONLY,
+  O_RDWR,
+  O_CREAT,
+  O_EXCL,
+  O_APPEND,
+  O_NOFOLLOW,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_DIRECTORY,
+} = constants as typeof constants & { O_CLOEXEC: number };
+
+/**
+ * The file operations this module (and the durable queue, which opens its files through it) performs: a seam
+ * so that tests can make any one of them fail (EIO, ENOSPC, a failed fsync) without root or a broken disk.
+ * Production code uses `nodeFileOps`, the node:fs functions themselves.
+ */
+export interface FileOps {
+  openSync(path: string, flags: number, mode?: number): number;
+  closeSync(fd: number): void;
+  readSync(fd: number, buffer: Buffer, offset: number, length: number, position: number | null): number;
+  writeSync(fd: number, buffer: Buffer, offset: number, length: number, position: number | null): number;
+  fstatSync(fd: number): Stats;
+  lstatSync(path: string): Stats;
+  fsyncSync(fd: number): void;
+  fdatasyncSync(fd: number): void;
+  fdatasync(fd: number, callback: (err: NodeJS.ErrnoException | null) => void): void;
+  ftruncateSync(fd: number, length: number): void;
+  renameSync(from: string, to: string): void;
+  unlinkSync(path: string): void;
+  readdirSync(path: string): string[];
+}
+
+export const nodeFileOps: FileOps = {
+  // The node:fs functions themselves (no wrapper on the record path); their overloads include these signatures.
+  openSync: openSync as FileOps['openSync'],
+  closeSync,
+  readSync: readSync as FileOps['readSync'],
+  writeSync: writeSync as FileOps['writeSync'],
+  fstatSync: fstatSync as FileOps['fstatSync'],
+  lstatSync: lstatSync as FileOps['lstatSync'],
+  fsyncSync,
+  fdatasyncSync,
+  fdatasync,
+  ftruncateSync: ftruncateSync as FileOps['ftruncateSync'],
+  renameSync,
+  unlinkSync,
+  readdirSync: readdirSync as FileOps['readdirSync'],
+};
+
+/** The errno code of an error, also when a FileSafetyError wraps it (`cause`); else the message. */
+export function errnoOf(err: unknown): string {
+  let e = err as (NodeJS.ErrnoException & { cause?: unknown }) | undefined;
+  for (let depth = 0; e && depth < 3; depth++) {
+    if (typeof e.code === 'string' && /^E[A-Z0-9]+$/.test(e.code)) return e.code;
+    e = e.cause as typeof e;
+  }
+  const top = err as Error | undefined;
+  return top instanceof Error ? top.message : String(err);
+}
 
 /** Flags for a file we append to: created when missing, never through a symlink. */
 export const APPEND_FLAGS = O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | (O_CLOEXEC ?? 0);
@@ -39,6 +103,8 @@ export const APPEND_FLAGS = O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | (O_CLOE
 export const EXCLUSIVE_FLAGS = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | (O_CLOEXEC ?? 0);
 /** Flags for reading: no symlink, and no blocking open of a FIFO. */
 export const READ_FLAGS = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | (O_CLOEXEC ?? 0);
+/** Flags for repairing an existing file in place (truncate a torn tail, rewrite a header): as READ_FLAGS. */
+export const UPDATE_FLAGS = O_RDWR | O_NOFOLLOW | O_NONBLOCK | (O_CLOEXEC ?? 0);
 
 export function formatMode(mode: number): string {
   return `0${(mode & 0o7777).toString(8).padStart(3, '0')}`;
@@ -48,7 +114,8 @@ function euid(): number {
   return typeof process.geteuid === 'function' ? process.geteuid() : 0;
 }
 
-function kindOf(st: Stats): string {
+/** What a non-regular file is, for messages ("a FIFO", "a symbolic link", …). */
+export function describeFileKind(st: Stats): string {
   if (st.isSymbolicLink()) return 'a symbolic link';
   if (st.isDirectory()) return 'a directory';
   if (st.isFIFO()) return 'a FIFO';
@@ -82,26 +149,20 @@ export function checkPrivateDirectory(dir: string, check: DirectoryCheck): Stats
     st = lstatSync(dir);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || !check.create) {
-      throw new FileSafetyError(`${check.what} ${dir}: cannot use it: ${errnoText(err)}`, {
+      throw new FileSafetyError(`cannot use ${check.what} ${dir}: ${errnoText(err)}`, {
         cause: err,
       });
     }
-    try {
-      mkdirSync(dir, { recursive: true, mode: check.mode ?? 0o750 });
-      st = lstatSync(dir);
-    } catch (err2) {
-      throw new FileSafetyError(`${check.what} ${dir}: cannot create it: ${errnoText(err2)}`, {
-        cause: err2,
-      });
-    }
+    st = makeDirectory(dir, check);
   }
+  if (st.isDirectory()) refuseKernelFileSystem(dir, dir, check.what);
   if (st.isSymbolicLink()) {
     throw new FileSafetyError(
       `${check.what} ${dir} is a symbolic link; point the setting at the real directory (${check.what} must not be a link others could re-point)`,
     );
   }
   if (!st.isDirectory()) {
-    throw new FileSafetyError(`${check.what} ${dir} is ${kindOf(st)}, not a directory`);
+    throw new FileSafetyError(`${check.what} ${dir} is ${describeFileKind(st)}, not a directory`);
   }
   const me = euid();
   if (st.uid !== 0 && st.uid !== me) {
@@ -117,29 +178,116 @@ export function checkPrivateDirectory(dir: string, check: DirectoryCheck): Stats
   return st;
 }
 
+/**
+ * Creates `dir` and its missing parents one at a time (mode `check.mode`). Node's own recursive mkdir loops
+ * forever where a parent exists but refuses new entries with ENOENT (/proc), so it is not used.
+ */
+function makeDirectory(dir: string, check: DirectoryCheck): Stats {
+  const missing: string[] = [];
+  let existing = path.resolve(dir);
+  for (;;) {
+    try {
+      lstatSync(existing);
+      break;
+    } catch (err) {
+      const up = path.dirname(existing);
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || up === existing) {
+        throw new FileSafetyError(`cannot use ${check.what} ${dir}: ${errnoText(err)}`, { cause: err });
+      }
+      missing.push(existing);
+      existing = up;
+    }
+  }
+  refuseKernelFileSystem(existing, dir, check.what);
+  for (const d of missing.reverse()) {
+    try {
+      mkdirSync(d, { mode: check.mode ?? 0o750 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') continue;
+      throw new FileSafetyError(`cannot create ${check.what} ${dir}: ${errnoText(err)} (at ${d})`, {
+        cause: err,
+      });
+    }
+  }
+  try {
+    return lstatSync(dir);
+  } catch (err) {
+    throw new FileSafetyError(`cannot use ${check.what} ${dir}: ${errnoText(err)}`, { cause: err });
+  }
+}
+
+/** statfs(2) magic numbers of the kernel's own file systems: nothing of ours can be kept there. */
+const KERNEL_FILE_SYSTEMS = new Map<number, string>([
+  [0x9fa0, 'proc'],
+  [0x62656572, 'sysfs'],
+  [0x1cd1, 'devpts'],
+  [0x27e0eb, 'cgroup'],
+  [0x63677270, 'cgroup2'],
+  [0x64626720, 'debugfs'],
+  [0x73636673, 'securityfs'],
+  [0x74726163, 'tracefs'],
+  [0xcafe4a11, 'bpf'],
+  [0x6e736673, 'nsfs'],
+  [0x42494e4d, 'binfmt_misc'],
+  [0xde5e81e4, 'efivarfs'],
+  [0x19800202, 'mqueue'],
+]);
+
+function refuseKernelFileSystem(existing: string, dir: string, what: string): void {
+  let type: number;
+  try {
+    type = Number(statfsSync(existing).type);
+  } catch {
+    return; // the next operation reports the problem
+  }
+  const name = KERNEL_FILE_SYSTEMS.get(type >>> 0);
+  if (name) {
+    throw new FileSafetyError(
+      `${what} ${dir} is under ${existing}, on a kernel file system (${name}) that cannot hold files; choose a directory on a disk`,
+    );
+  }
+}
+
 /** Checks the directory that holds `file` (see checkPrivateDirectory). */
-export function checkParentDirectory(file: string, what: string): Stats {
-  return checkPrivateDirectory(path.dirname(path.resolve(file)), { what: `directory of ${what}` });
+export function checkParentDirectory(
+  file: string,
+  what: string,
+  options: Omit<DirectoryCheck, 'what'> = {},
+): Stats {
+  return checkPrivateDirectory(path.dirname(path.resolve(file)), {
+    ...options,
+    what: `directory of ${what}`,
+  });
 }
 
 /**
  * Opens `file` for appending without following a symlink; creates it (mode `mode`) when missing. Refuses
  * anything that is not a regular file. Returns the descriptor and its stat.
  */
-export function openAppendNoFollow(file: string, mode: number, what: string): { fd: number; stat: Stats } {
+export function openAppendNoFollow(
+  file: string,
+  mode: number,
+  what: string,
+  ops: FileOps = nodeFileOps,
+): { fd: number; stat: Stats } {
   let fd: number;
   try {
-    fd = openSync(file, APPEND_FLAGS | O_NONBLOCK, mode);
+    fd = ops.openSync(file, APPEND_FLAGS | O_NONBLOCK, mode);
   } catch (err) {
     throw openError(err, file, what);
   }
-  return { fd, stat: requireRegular(fd, file, what) };
+  return { fd, stat: requireRegular(fd, file, what, ops) };
 }
 
 /** Creates `file` exclusively (fails if anything, a file or a link, is there). */
-export function createExclusive(file: string, mode: number, what: string): number {
+export function createExclusive(
+  file: string,
+  mode: number,
+  what: string,
+  ops: FileOps = nodeFileOps,
+): number {
   try {
-    return openSync(file, EXCLUSIVE_FLAGS, mode);
+    return ops.openSync(file, EXCLUSIVE_FLAGS, mode);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
       throw new FileSafetyError(
@@ -152,24 +300,76 @@ export function createExclusive(file: string, mode: number, what: string): numbe
 }
 
 /**
+ * Creates a temporary file with a fixed name (`ack.tmp`) exclusively. Whatever is already at that name (left by
+ * a crash, or a link someone planted) is removed first — unlinking a link removes the link, never its target —
+ * and never opened. Only for a directory checked with checkPrivateDirectory: there nobody else can put it back.
+ */
+export function createTemporary(
+  file: string,
+  mode: number,
+  what: string,
+  ops: FileOps = nodeFileOps,
+): number {
+  try {
+    return ops.openSync(file, EXCLUSIVE_FLAGS, mode);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw openError(err, file, what);
+  }
+  try {
+    if (ops.lstatSync(file).isDirectory()) {
+      throw new FileSafetyError(`${what} ${file} is a directory; remove it`);
+    }
+    ops.unlinkSync(file);
+  } catch (err) {
+    if (err instanceof FileSafetyError) throw err;
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw openError(err, file, what);
+  }
+  return createExclusive(file, mode, what, ops);
+}
+
+/**
  * Opens an existing file for reading: no symlink, non-blocking open (a FIFO cannot hang us), and only a regular
  * file is accepted. The caller closes the descriptor.
  */
-export function openRegularForRead(file: string, what: string): { fd: number; stat: Stats } {
+export function openRegularForRead(
+  file: string,
+  what: string,
+  ops: FileOps = nodeFileOps,
+): { fd: number; stat: Stats } {
   let fd: number;
   try {
-    fd = openSync(file, READ_FLAGS);
+    fd = ops.openSync(file, READ_FLAGS);
   } catch (err) {
     throw openError(err, file, what);
   }
-  return { fd, stat: requireRegular(fd, file, what) };
+  return { fd, stat: requireRegular(fd, file, what, ops) };
+}
+
+/** As openRegularForRead, for reading and repairing in place (truncating a torn tail, rewriting a header). */
+export function openRegularForUpdate(
+  file: string,
+  what: string,
+  ops: FileOps = nodeFileOps,
+): { fd: number; stat: Stats } {
+  let fd: number;
+  try {
+    fd = ops.openSync(file, UPDATE_FLAGS);
+  } catch (err) {
+    throw openError(err, file, what);
+  }
+  return { fd, stat: requireRegular(fd, file, what, ops) };
 }
 
 /**
  * Reads a whole regular file of at most `maxBytes` (checked before it is read) without following a symlink.
  */
-export function readRegularFile(file: string, what: string, maxBytes: number): Buffer {
-  const { fd, stat } = openRegularForRead(file, what);
+export function readRegularFile(
+  file: string,
+  what: string,
+  maxBytes: number,
+  ops: FileOps = nodeFileOps,
+): Buffer {
+  const { fd, stat } = openRegularForRead(file, what, ops);
   try {
     if (stat.size > maxBytes) {
       throw new FileSafetyError(
@@ -179,13 +379,13 @@ export function readRegularFile(file: string, what: string, maxBytes: number): B
     const buf = Buffer.allocUnsafe(stat.size);
     let off = 0;
     while (off < buf.length) {
-      const n = readSync(fd, buf, off, buf.length - off, off);
+      const n = ops.readSync(fd, buf, off, buf.length - off, off);
       if (n === 0) break;
       off += n;
     }
     return buf.subarray(0, off);
   } finally {
-    closeSync(fd);
+    ops.closeSync(fd);
   }
 }
 
@@ -195,6 +395,12 @@ export interface AtomicWriteOptions {
   fsync?: boolean;
   /** What the file is, for messages. */
   what: string;
+  /**
+   * A fixed name for the temporary file (see createTemporary). Default: a fresh random name beside the file
+   * (`<file>.<pid>.<random>.tmp`).
+   */
+  temp?: string;
+  ops?: FileOps;
 }
 
 /**
@@ -203,64 +409,81 @@ export interface AtomicWriteOptions {
  * must already have been checked by the caller (checkPrivateDirectory) when others could write there.
  */
 export function writeFileAtomic(file: string, data: Buffer | string, options: AtomicWriteOptions): void {
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-  const fd = createExclusive(tmp, options.mode, `temporary file for ${options.what}`);
+  const ops = options.ops ?? nodeFileOps;
+  const what = `temporary file for ${options.what}`;
+  const tmp = options.temp ?? `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  const fd = options.temp
+    ? createTemporary(tmp, options.mode, what, ops)
+    : createExclusive(tmp, options.mode, what, ops);
   try {
     const buf = typeof data === 'string' ? Buffer.from(data) : data;
-    let off = 0;
-    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
-    if (options.fsync !== false) fsyncSync(fd);
+    writeFully(fd, buf, 0, ops);
+    if (options.fsync !== false) ops.fsyncSync(fd);
   } catch (err) {
-    closeSync(fd);
-    unlinkQuietly(tmp);
+    ops.closeSync(fd);
+    unlinkQuietly(tmp, ops);
     throw new FileSafetyError(`cannot write ${options.what} ${file}: ${errnoText(err)}`, { cause: err });
   }
-  closeSync(fd);
+  ops.closeSync(fd);
   try {
-    renameSync(tmp, file);
+    ops.renameSync(tmp, file);
   } catch (err) {
-    unlinkQuietly(tmp);
+    unlinkQuietly(tmp, ops);
     throw new FileSafetyError(`cannot replace ${options.what} ${file}: ${errnoText(err)}`, { cause: err });
   }
-  if (options.fsync !== false) syncDirectory(path.dirname(file));
+  if (options.fsync !== false) syncDirectory(path.dirname(file), ops);
 }
 
-/** fsync a directory (after a create, rename or unlink in it); errors are ignored where the fs cannot. */
-export function syncDirectory(dir: string): void {
+/** Writes all of `buf` at `position` (pwrite, repeated after a short write). */
+export function writeFully(fd: number, buf: Buffer, position: number, ops: FileOps = nodeFileOps): void {
+  let off = 0;
+  while (off < buf.length) {
+    const n = ops.writeSync(fd, buf, off, buf.length - off, position + off);
+    if (n <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+    off += n;
+  }
+}
+
+/**
+ * fsync a directory (after a create, rename or unlink in it). With `strict`, a failure is thrown (the caller
+ * reports it); otherwise it is ignored (some file systems cannot sync a directory; the rename is still atomic).
+ */
+export function syncDirectory(dir: string, ops: FileOps = nodeFileOps, strict = false): void {
   let fd: number;
   try {
-    fd = openSync(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
-  } catch {
+    fd = ops.openSync(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  } catch (err) {
+    if (strict) throw err;
     return;
   }
   try {
-    fsyncSync(fd);
-  } catch {
-    // Some filesystems cannot fsync a directory; the rename itself is still atomic.
+    ops.fsyncSync(fd);
+  } catch (err) {
+    if (strict) throw err;
   } finally {
-    closeSync(fd);
+    ops.closeSync(fd);
   }
 }
 
-function unlinkQuietly(file: string): void {
+function unlinkQuietly(file: string, ops: FileOps): void {
   try {
-    unlinkSync(file);
+    ops.unlinkSync(file);
   } catch {
     // already gone
   }
 }
 
-function requireRegular(fd: number, file: string, what: string): Stats {
+function requireRegular(fd: number, file: string, what: string, ops: FileOps): Stats {
   let st: Stats;
   try {
-    st = fstatSync(fd);
+    st = ops.fstatSync(fd);
   } catch (err) {
-    closeSync(fd);
+    ops.closeSync(fd);
     throw new FileSafetyError(`cannot stat ${what} ${file}: ${errnoText(err)}`, { cause: err });
   }
   if (!st.isFile()) {
-    closeSync(fd);
-    throw new FileSafetyError(`${what} ${file} is ${kindOf(st)}; only a regular file is accepted`);
+    ops.closeSync(fd);
+    throw new FileSafetyError(`${what} ${file} is ${describeFileKind(st)}; only a regular file is accepted`);
   }
   return st;
 }

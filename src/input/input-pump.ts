@@ -55,6 +55,11 @@ export class InputPump {
     return this.#held.length;
   }
 
+  /** The records held (read, refused by a full queue), oldest first: for the queue to keep at a clean stop. */
+  get heldRecords(): readonly Buffer[] {
+    return this.#held;
+  }
+
   get ended(): boolean {
     return this.#eof && this.#held.length === 0;
   }
@@ -149,11 +154,7 @@ export class InputPump {
 
   /** How many of `records` the queue took (from the first, in order). */
   #append(records: readonly Buffer[]): number {
-    const { queue } = this.#o;
-    if (queue.appendMany) return queue.appendMany(records);
-    let n = 0;
-    while (n < records.length && queue.append(records[n]!)) n++;
-    return n;
+    return this.#o.queue.appendMany(records);
   }
 
   #flushHeld(): void {

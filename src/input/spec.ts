@@ -77,7 +77,7 @@ export function openInput(spec: InputSpec, o: OpenInputOptions): OpenedInput {
       if (!o.durableQueue) {
         o.log.warn(
           { input: name },
-          'input = tail with mode = immediate: the tail position moves on as soon as records are in the memory queue, so records read but not yet delivered are lost if auditrelay stops or crashes; use mode = forward',
+          'input = tail with mode = immediate: the tail position moves on as soon as records are in the memory queue, so records read but not yet delivered are lost if auditrelay is killed (a clean stop writes them to queue_dir); use mode = forward',
         );
       }
       const stream = new TailInput({

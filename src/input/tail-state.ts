@@ -4,7 +4,10 @@
  * file that was replaced or truncated and rewritten is recognised even when its inode number is reused.
  *
  * Written atomically: a temporary file in the same directory, optionally fsync'd, renamed over the state
- * file (and the directory fsync'd), so the file is always the old or the new state, never a mix.
+ * file (and the directory fsync'd), so the file is always the old or the new state, never a mix. Written as
+ * auditd writes its files (src/fs/safe-files.ts): the directory is checked (owned by root or the running user, not
+ * writable by group or others; created 0700 when missing), the temporary file is created exclusively (whatever
+ * was left at its name is removed, never followed), and the state is read only from a regular file.
  *
  * Format: one JSON object (version 1):
  *   {"version":1,"path":"/var/log/audit/audit.log","dev":"2049","ino":"1234567","offset":8192,
@@ -14,21 +17,14 @@
  * (checkLen = min(offset, 64)).
  */
 import { createHash } from 'node:crypto';
-import {
-  closeSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  unlinkSync,
-  writeSync,
-} from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { checkParentDirectory, errnoOf, readRegularFile, writeFileAtomic } from '../fs/safe-files.js';
 
 export const TAIL_STATE_VERSION = 1;
 /** Bytes before the offset covered by the checksum. */
 export const CHECK_BYTES = 64;
+/** Far above any state (about 300 bytes): a larger file is not read. */
+const MAX_STATE_BYTES = 64 * 1024;
 
 export interface TailState {
   version: typeof TAIL_STATE_VERSION;
@@ -57,11 +53,10 @@ export type LoadedTailState =
 export function loadTailState(file: string): LoadedTailState {
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = readRegularFile(file, 'tail state file', MAX_STATE_BYTES).toString('utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return { state: null, problem: null };
-    return { state: null, problem: `cannot read tail state file ${file}: ${code ?? (err as Error).message}` };
+    if (errnoOf(err) === 'ENOENT') return { state: null, problem: null };
+    return { state: null, problem: (err as Error).message };
   }
   let v: Partial<TailState>;
   try {
@@ -91,33 +86,22 @@ export function loadTailState(file: string): LoadedTailState {
   return { state: v as TailState, problem: null };
 }
 
+/**
+ * Checks (and creates, mode 0700) the state file's directory: refused when it is a link, owned by another user, or
+ * writable by group or others (a FileSafetyError saying how to fix it). Called at start and before each write.
+ */
+export function prepareTailStateDirectory(file: string): void {
+  checkParentDirectory(file, 'tail_state_file', { create: true, mode: 0o700 });
+}
+
 /** Replaces the state file atomically (temp file + rename); with `fsync`, the data and the rename are durable. */
 export function saveTailState(file: string, state: TailState, fsync: boolean): void {
-  const dir = dirname(file);
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const tmp = join(dir, `.${basename(file)}.tmp`);
+  prepareTailStateDirectory(file);
   const body = `${JSON.stringify({ ...state, written: new Date().toISOString() })}\n`;
-  const fd = openSync(tmp, 'w', 0o600);
-  try {
-    writeSync(fd, body);
-    if (fsync) fsyncSync(fd);
-  } catch (err) {
-    closeSync(fd);
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // best effort
-    }
-    throw err;
-  }
-  closeSync(fd);
-  renameSync(tmp, file);
-  if (fsync) {
-    const dfd = openSync(dir, 'r');
-    try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
-    }
-  }
+  writeFileAtomic(file, body, {
+    mode: 0o600,
+    fsync,
+    what: 'tail state file',
+    temp: join(dirname(file), `.${basename(file)}.tmp`),
+  });
 }

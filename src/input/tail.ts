@@ -51,12 +51,14 @@ import {
 } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
+import { FileSafetyError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { readExact } from '../util/read-exact.js';
 import {
   CHECK_BYTES,
   checksum,
   loadTailState,
+  prepareTailStateDirectory,
   saveTailState,
   TAIL_STATE_VERSION,
   type TailState,
@@ -224,6 +226,8 @@ export class TailInput extends Readable {
     super({ highWaterMark: chunkBytes });
     this.path = resolve(options.path ?? DEFAULT_AUDIT_LOG);
     this.stateFile = resolve(options.stateFile);
+    // Refused at start (FileSafetyError) when others could plant or replace files beside the state.
+    prepareTailStateDirectory(this.stateFile);
     this.#log = options.log;
     this.#dir = dirname(this.path);
     this.#base = basename(this.path);
@@ -998,7 +1002,7 @@ export class TailInput extends Readable {
       this.stats.stateErrors++;
       this.#problem(
         'state',
-        `tail: cannot write the state file ${this.stateFile}: ${errCode(err)}; forwarding goes on, but after a restart records since the last saved position are sent again`,
+        `tail: cannot write the state file ${this.stateFile}: ${err instanceof FileSafetyError ? err.message : errCode(err)}; forwarding goes on, but after a restart records since the last saved position are sent again`,
       );
     }
   }

@@ -13,9 +13,12 @@
  *
  * Rules:
  * - everything is read and checked before the first record is appended: a bad file imports nothing;
+ * - the file is opened without following a link and without blocking, and read only when it is a regular file
+ *   (a FIFO or a device in its place is an error, never a hang);
  * - wrong magic, an unknown version, a header that contradicts itself (head ≥ num_entries, length >
- *   num_entries, num_entries = 0, entry_size < 32) or a file shorter than the header says (truncated) are
- *   errors (`ImportQueueError`, with `reason`);
+ *   num_entries, num_entries = 0, entry_size < 32 or > 1 MiB) or a file shorter than the header says (truncated)
+ *   are errors (`ImportQueueError`, with `reason`); every count and length of the header is checked against the
+ *   file's size before anything is allocated from it;
  * - a queued slot without a NUL terminator is skipped and reported with its slot number (as audisp-remote
  *   4.x does; 3.0.9 fails with EBADMSG on it); an empty/blank slot is skipped and reported;
  * - records go through the same framing as the agent's input (RecordSplitter: a missing '\n' is added, a
@@ -29,8 +32,9 @@
  * may have reached the server already (sent, not yet acknowledged): it is imported again (at-least-once,
  * as after any reconnect).
  */
-import { closeSync, fstatSync, openSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
-import { QueueError } from '../errors.js';
+import { closeSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
+import { FileSafetyError, QueueError } from '../errors.js';
+import { errnoOf, openRegularForRead } from '../fs/safe-files.js';
 import { RecordSplitter } from '../input/record-splitter.js';
 import { MAX_SERVER_PAYLOAD } from '../protocol/constants.js';
 import type { RecordQueue } from '../queue/types.js';
@@ -40,6 +44,8 @@ export const UPSTREAM_QUEUE_MAGIC = Buffer.from('\0audisp-remote', 'latin1');
 export const UPSTREAM_QUEUE_VERSION = 0;
 export const UPSTREAM_ENTRY_SIZE = 12288;
 export const UPSTREAM_HEADER_SIZE = 32;
+/** Largest entry_size accepted (audisp-remote's is 12288; a record is at most 8970 bytes). */
+export const MAX_ENTRY_SIZE = 1024 * 1024;
 /** audisp-remote's default queue_file. */
 export const UPSTREAM_QUEUE_FILE = '/var/spool/audit/remote.log';
 
@@ -55,6 +61,7 @@ export interface UpstreamQueueHeader {
 export type ImportFailure =
   | 'missing'
   | 'io'
+  | 'unsafe'
   | 'bad-magic'
   | 'bad-version'
   | 'bad-header'
@@ -166,6 +173,32 @@ export function processesWithFileOpen(file: string): number[] {
   return pids;
 }
 
+/**
+ * The queued slots that lie (even partly) beyond the end of a file of `size` bytes: how many, and the first ten
+ * in queue order. Computed from the ranges the queue covers, never by listing up to 2^32 slots.
+ */
+export function missingSlots(h: UpstreamQueueHeader, size: number): { count: number; first: number[] } {
+  // Slot s is complete when (s + 2) × entry_size ≤ size.
+  const present = Math.max(0, Math.floor(size / h.entrySize) - 1);
+  const end = h.queueHead + h.queueLength;
+  const ranges: [number, number][] =
+    end <= h.numEntries
+      ? [[h.queueHead, end]]
+      : [
+          [h.queueHead, h.numEntries],
+          [0, end - h.numEntries],
+        ];
+  let count = 0;
+  const first: number[] = [];
+  for (const [from, to] of ranges) {
+    const start = Math.max(from, present);
+    if (start >= to) continue;
+    count += to - start;
+    for (let s = start; s < to && first.length < 10; s++) first.push(s);
+  }
+  return { count, first };
+}
+
 function describe(buf: Buffer): string {
   return JSON.stringify(buf.toString('latin1'));
 }
@@ -192,26 +225,30 @@ export function importQueue(
     }
   }
   let fd: number;
+  let size: number;
   try {
-    fd = openSync(file, 'r');
+    ({
+      fd,
+      stat: { size },
+    } = openRegularForRead(file, 'queue file'));
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
+    const code = errnoOf(err);
     if (code === 'ENOENT')
       throw new ImportQueueError(
         'missing',
         `${file} does not exist: nothing to import (audisp-remote keeps a queue file only with mode = forward)`,
         { cause: err },
       );
-    throw new ImportQueueError('io', `cannot open ${file}: ${code ?? (err as Error).message}`, {
-      cause: err,
-    });
+    if (err instanceof FileSafetyError && (err.cause === undefined || code === 'ELOOP' || code === 'ENXIO')) {
+      throw new ImportQueueError('unsafe', err.message, { cause: err });
+    }
+    throw new ImportQueueError('io', `cannot open ${file}: ${code}`, { cause: err });
   }
   const findings: ImportFinding[] = [];
   const records: Buffer[] = [];
   let skipped = 0;
   let header: UpstreamQueueHeader;
   try {
-    const size = fstatSync(fd).size;
     const head = readExact(fd, UPSTREAM_HEADER_SIZE, 0);
     if (head.length < UPSTREAM_HEADER_SIZE) {
       throw new ImportQueueError(
@@ -240,6 +277,10 @@ export function importQueue(
     if (h.numEntries === 0) bad.push('num_entries is 0');
     if (h.entrySize < UPSTREAM_HEADER_SIZE)
       bad.push(`entry_size ${h.entrySize} is below ${UPSTREAM_HEADER_SIZE}`);
+    if (h.entrySize > MAX_ENTRY_SIZE)
+      bad.push(
+        `entry_size ${h.entrySize} is above ${MAX_ENTRY_SIZE} (audisp-remote uses ${UPSTREAM_ENTRY_SIZE})`,
+      );
     if (h.numEntries > 0 && h.queueHead >= h.numEntries)
       bad.push(`queue_head ${h.queueHead} is not below num_entries ${h.numEntries}`);
     if (h.queueLength > h.numEntries)
@@ -253,16 +294,17 @@ export function importQueue(
       });
     }
     const expected = (h.numEntries + 1) * h.entrySize;
-    const slots: number[] = [];
-    for (let k = 0; k < h.queueLength; k++) slots.push((h.queueHead + k) % h.numEntries);
-    const missing = slots.filter((s) => (s + 2) * h.entrySize > size);
-    if (missing.length > 0) {
+    // Every queued slot must lie inside the file: checked from the header's numbers, before any allocation.
+    const missing = missingSlots(h, size);
+    if (missing.count > 0) {
       throw new ImportQueueError(
         'truncated',
         `${file} is truncated: ${size} bytes, the header says ${expected} (${h.numEntries} slots of ${h.entrySize} bytes + header); ` +
-          `queued slot(s) ${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', …' : ''} lie beyond the end, nothing was imported`,
+          `queued slot(s) ${missing.first.join(', ')}${missing.count > missing.first.length ? `, … (${missing.count} in all)` : ''} lie beyond the end, nothing was imported`,
       );
     }
+    const slots: number[] = [];
+    for (let k = 0; k < h.queueLength; k++) slots.push((h.queueHead + k) % h.numEntries);
     if (size < expected) {
       findings.push({
         kind: 'file-size',

@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { QueueError } from '../errors.js';
-import type { QueuedRecord, QueueEvents, QueueStatus, RecordQueue } from './types.js';
+import type { QueuedRecord, QueueEvents, QueuePersistence, QueueStatus, RecordQueue } from './types.js';
 
 export class MemoryQueue extends EventEmitter<QueueEvents> implements RecordQueue {
   #ring: (QueuedRecord | undefined)[] = new Array(64);
@@ -16,6 +16,10 @@ export class MemoryQueue extends EventEmitter<QueueEvents> implements RecordQueu
   #nextId = 1;
   #status: QueueStatus = 'empty';
   readonly capacity: number;
+  /** Records live in memory only: lost when the process ends (see SpillOnStopQueue for `mode = immediate`). */
+  readonly persistence: QueuePersistence = 'none';
+  /** A memory queue has no I/O to fail. */
+  readonly lastError: Error | null = null;
   totalAppended = 0;
   totalAcked = 0;
 
@@ -55,6 +59,12 @@ export class MemoryQueue extends EventEmitter<QueueEvents> implements RecordQueu
     return true;
   }
 
+  appendMany(payloads: readonly Buffer[]): number {
+    let n = 0;
+    while (n < payloads.length && this.append(payloads[n]!)) n++;
+    return n;
+  }
+
   takeNext(): QueuedRecord | undefined {
     if (this.#inFlight === this.#count) return undefined;
     const rec = this.#ring[(this.#head + this.#inFlight) % this.#ring.length];
@@ -84,7 +94,18 @@ export class MemoryQueue extends EventEmitter<QueueEvents> implements RecordQueu
     if (had > 0 && this.#count === had) this.emit('readable');
   }
 
-  async close(): Promise<void> {}
+  /** Nothing to make durable: the records are in memory. */
+  flushAcks(): void {}
+
+  /** The records not yet acknowledged, oldest first (in flight, then unsent). */
+  *undelivered(): Generator<Buffer> {
+    for (let i = 0; i < this.#count; i++) yield this.#ring[(this.#head + i) % this.#ring.length]!.payload;
+  }
+
+  /** Nothing is kept: what was not acknowledged, and what was held, is lost. */
+  async close(held: readonly Buffer[] = []): Promise<{ lost: number }> {
+    return { lost: this.#count + held.length };
+  }
 
   #grow(): void {
     const bigger: (QueuedRecord | undefined)[] = new Array(Math.min(this.#ring.length * 2, this.capacity));

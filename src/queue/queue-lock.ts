@@ -8,10 +8,14 @@
  * belongs to a process that started at another time (pid reuse; start time from /proc/<pid>/stat).
  * A stale lock is taken over. Two processes taking over the same stale lock at the same instant is
  * not excluded; service managers start one agent at a time.
+ *
+ * The temporary file is created exclusively and the lock is read only when it is a regular file of a few bytes
+ * (no link followed, no FIFO read): anything else at `lock` counts as unreadable, i.e. stale.
  */
-import { linkSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, linkSync, readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { QueueError } from '../errors.js';
+import { createExclusive, errnoOf, readRegularFile, writeFully } from '../fs/safe-files.js';
 
 export const LOCK_FILE = 'lock';
 
@@ -54,15 +58,25 @@ function isAlive(pid: number, start: string | null): boolean {
   return now === null || now === start;
 }
 
+function readLock(path: string): string {
+  return readRegularFile(path, 'lock file', 4096).toString('latin1');
+}
+
 export function acquireLock(dir: string): QueueLock {
   const path = join(dir, LOCK_FILE);
   const content = `${process.pid} ${processStartTime(process.pid) ?? ''}`.trimEnd() + '\n';
   const tmp = join(dir, `${LOCK_FILE}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`);
   try {
-    writeFileSync(tmp, content, { flag: 'wx', mode: 0o644 });
+    const fd = createExclusive(tmp, 0o644, 'lock file');
+    try {
+      writeFully(fd, Buffer.from(content, 'latin1'), 0);
+    } finally {
+      closeSync(fd);
+    }
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? String(err);
-    throw new QueueError(`cannot create the lock file in queue directory ${dir}: ${code}`, { cause: err });
+    throw new QueueError(`cannot create the lock file in queue directory ${dir}: ${errnoOf(err)}`, {
+      cause: err,
+    });
   }
   let staleOwner: QueueLock['staleOwner'] = null;
   try {
@@ -74,7 +88,7 @@ export function acquireLock(dir: string): QueueLock {
           staleOwner,
           release() {
             try {
-              if (readFileSync(path, 'latin1') === content) unlinkSync(path);
+              if (readLock(path) === content) unlinkSync(path);
             } catch {
               // already gone
             }
@@ -88,9 +102,10 @@ export function acquireLock(dir: string): QueueLock {
       }
       let held: string;
       try {
-        held = readFileSync(path, 'latin1');
-      } catch {
-        continue; // released between link() and read: try again
+        held = readLock(path);
+      } catch (err) {
+        if (errnoOf(err) === 'ENOENT') continue; // released between link() and read: try again
+        held = `<${(err as Error).message}>`; // not a regular file: unreadable, hence stale
       }
       const owner = parseLock(held);
       if (owner && isAlive(owner.pid, owner.start)) {

@@ -11,8 +11,8 @@
  *   ack cursor (24 bytes)      magic "AUDRQACK" | u32 version = 1 | u64 last acknowledged id |
  *                              u32 crc32 of bytes 0..19
  */
-import { readSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
+import { type FileOps, nodeFileOps } from '../fs/safe-files.js';
 
 export const SEGMENT_MAGIC = Buffer.from('AUDRQSEG', 'latin1');
 export const ACK_MAGIC = Buffer.from('AUDRQACK', 'latin1');
@@ -25,6 +25,14 @@ export const MAX_PAYLOAD = 16 * 1024 * 1024;
 
 const U32 = 0x1_0000_0000;
 const MAX_HIGH = Math.floor(Number.MAX_SAFE_INTEGER / U32);
+/** The highest record id (2^53 - 1): an id above it is corruption on disk and is never given out. */
+export const MAX_ID = Number.MAX_SAFE_INTEGER;
+/**
+ * A segment name only raises the next id while it claims less than this (2^52: 142 years at a million records a
+ * second). A stray file named near 2^53 would otherwise leave too few ids to use (records beyond 2^53 - 1 cannot
+ * be stored); it is set aside like any unusable file and its name ignored.
+ */
+export const MAX_NAMED_ID = 2 ** 52;
 
 export const SEGMENT_NAME_RE = /^seg-(\d{20})\.log$/;
 
@@ -117,13 +125,15 @@ export class ChunkReader {
   readonly #fd: number;
   readonly #chunk: number;
   readonly #retain: boolean;
+  readonly #ops: FileOps;
   size: number;
 
-  constructor(fd: number, size: number, chunk: number, retain: boolean) {
+  constructor(fd: number, size: number, chunk: number, retain: boolean, ops: FileOps = nodeFileOps) {
     this.#fd = fd;
     this.size = size;
     this.#chunk = chunk;
     this.#retain = retain;
+    this.#ops = ops;
   }
 
   at(pos: number, len: number): number {
@@ -135,7 +145,7 @@ export class ChunkReader {
     }
     let got = 0;
     while (got < want) {
-      const n = readSync(this.#fd, this.buf, got, want - got, pos + got);
+      const n = this.#ops.readSync(this.#fd, this.buf, got, want - got, pos + got);
       if (n === 0) {
         // The file is shorter than we were told: treat as unreadable from here.
         this.#start = this.#end = 0;
@@ -210,6 +220,18 @@ export interface Skip {
   to: number;
   /** Records lost, from the gap in ids (ids are consecutive inside a segment). */
   records: number;
+}
+
+/** A segment file as the queue knows it (recovery builds them, the writer appends to the newest). */
+export interface Segment {
+  firstId: number;
+  path: string;
+  /** End of the intact records: where the next record goes (active segment) or where reading stops. */
+  size: number;
+  /** Id of the last intact record (firstId - 1 while there is none). */
+  lastId: number;
+  /** Corrupt byte ranges to step over when reading. */
+  skips: Skip[];
 }
 
 export interface SegmentScan {

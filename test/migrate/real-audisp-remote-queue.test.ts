@@ -42,7 +42,7 @@ const silent = pino({ level: 'silent' });
 describe.skipIf(!available)('import of a real audisp-remote queue file', () => {
   let sandbox: NetnsSandbox | undefined;
   const started: ChildProcess[] = [];
-  const closers: (() => Promise<void>)[] = [];
+  const closers: (() => Promise<unknown>)[] = [];
 
   afterEach(async () => {
     for (const c of closers.splice(0).reverse()) await c();

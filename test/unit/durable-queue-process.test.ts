@@ -22,9 +22,11 @@ beforeAll(() => {
   const repo = fileURLToPath(new URL('../../', import.meta.url));
   const sources = [
     'src/errors.ts',
-    ...readdirSync(join(repo, 'src/queue'))
-      .filter((f) => f.endsWith('.ts'))
-      .map((f) => `src/queue/${f}`),
+    ...['src/queue', 'src/fs'].flatMap((d) =>
+      readdirSync(join(repo, d))
+        .filter((f) => f.endsWith('.ts'))
+        .map((f) => `${d}/${f}`),
+    ),
   ];
   for (const src of sources) {
     const js = ts.transpileModule(readFileSync(join(repo, src), 'utf8'), {

@@ -16,7 +16,6 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DurableQueue, type DurableQueueOptions, type QueueFinding } from '../../src/queue/durable-queue.js';
-import { MemoryQueue } from '../../src/queue/memory-queue.js';
 import { RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_NAME_RE } from '../../src/queue/segment-format.js';
 import type { RecordQueue } from '../../src/queue/types.js';
 
@@ -81,101 +80,8 @@ function takeAndAck(q: RecordQueue, n: number): string[] {
   return out;
 }
 
-// ---------------------------------------------------------------------------------------------
-// One behaviour suite, run against the memory queue and against the durable queue (with a tiny
-// memory window and tiny segments so that records spill to disk and are read back).
-
-type Factory = () => Promise<RecordQueue>;
-const factories: [string, Factory][] = [
-  ['memory queue', async () => new MemoryQueue(1_000_000)],
-  [
-    'durable queue',
-    async () => (await openQueue(join(root, 'q'), { memoryWindow: 3, segmentBytes: 1024 })).queue,
-  ],
-];
-
-describe.each(factories)('RecordQueue behaviour: %s', (_name, make) => {
-  it('keeps order, acks the head, rewinds in-flight records', async () => {
-    const q = await make();
-    for (let i = 1; i <= 5; i++) expect(q.append(b(`r${i}`))).toBe(true);
-    const a = q.takeNext()!;
-    const c = q.takeNext()!;
-    expect([a.payload.toString(), c.payload.toString()]).toEqual(['r1', 'r2']);
-    expect(q.inFlight).toBe(2);
-    q.ack(a.id);
-    expect(q.depth).toBe(4);
-    expect(q.bytes).toBe(8);
-    q.rewind();
-    expect(q.inFlight).toBe(0);
-    expect(q.unsent).toBe(4);
-    expect(text(q)).toBe('r2');
-    expect(() => q.ack(999)).toThrow(/not the oldest in flight/);
-  });
-
-  it('emits readable when unsent records appear after being empty, and status changes', async () => {
-    const q = await make();
-    const seen: string[] = [];
-    q.on('readable', () => seen.push('readable'));
-    q.on('status', (s) => seen.push(s));
-    q.append(b('a'));
-    q.append(b('b'));
-    const x = q.takeNext()!;
-    const y = q.takeNext()!;
-    q.rewind();
-    q.takeNext();
-    q.takeNext();
-    q.ack(x.id);
-    q.ack(y.id);
-    expect(seen).toEqual(['readable', 'holding', 'readable', 'empty']);
-    expect(q.totalAppended).toBe(2);
-    expect(q.totalAcked).toBe(2);
-  });
-
-  it('matches the memory queue on a long random sequence of operations', async () => {
-    const q = await make();
-    const model = new MemoryQueue(1_000_000);
-    let seed = 12345;
-    const rand = (n: number) => {
-      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-      return seed % n;
-    };
-    let n = 0;
-    for (let step = 0; step < 5000; step++) {
-      const op = rand(10);
-      if (op < 4) {
-        const p = b(`rec-${n++}-${'x'.repeat(rand(40))}`);
-        expect(q.append(p)).toBe(model.append(p));
-      } else if (op < 8) {
-        const got = q.takeNext();
-        const want = model.takeNext();
-        expect(got?.payload.toString()).toBe(want?.payload.toString());
-        expect(got?.id).toBe(want?.id);
-      } else if (op < 9) {
-        const k = rand(5);
-        for (let i = 0; i < k && model.inFlight > 0; i++) {
-          const id = oldestInFlightId(model);
-          model.ack(id);
-          q.ack(id);
-        }
-      } else {
-        q.rewind();
-        model.rewind();
-      }
-      expect([q.depth, q.inFlight, q.unsent, q.bytes, q.status]).toEqual([
-        model.depth,
-        model.inFlight,
-        model.unsent,
-        model.bytes,
-        model.status,
-      ]);
-    }
-  });
-});
-
-/** The id of the oldest in-flight record of a memory queue (its ids start at 1 and are consecutive). */
-function oldestInFlightId(m: MemoryQueue): number {
-  return m.totalAcked + 1;
-}
+// The behaviour shared with the other queues (order, acks, rewind, events, a random sequence against the memory
+// queue, bounds, close) is the contract suite: test/unit/queue-contract.test.ts.
 
 // ---------------------------------------------------------------------------------------------
 

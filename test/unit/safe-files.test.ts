@@ -18,7 +18,10 @@ import { FileSafetyError } from '../../src/errors.js';
 import {
   checkPrivateDirectory,
   createExclusive,
+  createTemporary,
+  errnoOf,
   openAppendNoFollow,
+  openRegularForUpdate,
   readRegularFile,
   writeFileAtomic,
 } from '../../src/fs/safe-files.js';
@@ -109,6 +112,46 @@ describe('safe files', () => {
     expect(checkPrivateDirectory(made, { what: 'queue_dir', create: true, mode: 0o700 }).isDirectory()).toBe(
       true,
     );
+  });
+
+  it('a temporary file with a fixed name: a planted link or file there is removed, never opened or followed', () => {
+    const victim = path.join(dir, 'victim');
+    writeFileSync(victim, 'precious\n');
+    const tmp = path.join(dir, 'ack.tmp');
+    symlinkSync(victim, tmp);
+    closeSync(createTemporary(tmp, 0o600, 'ack cursor'));
+    expect(readFileSync(victim, 'utf8')).toBe('precious\n');
+    expect(readFileSync(tmp, 'utf8')).toBe('');
+    writeFileAtomic(path.join(dir, 'tail.state'), 'state\n', {
+      mode: 0o600,
+      what: 'tail state',
+      temp: path.join(dir, '.tail.state.tmp'),
+    });
+    expect(readdirSync(dir).sort()).toEqual(['ack.tmp', 'tail.state', 'victim']);
+  });
+
+  it('files repaired in place are regular files only, never links or FIFOs', () => {
+    const fifo = path.join(dir, 'seg');
+    execFileSync('mkfifo', [fifo]);
+    expect(() => openRegularForUpdate(fifo, 'segment')).toThrow(/segment .* is a FIFO; only a regular file/);
+    symlinkSync(path.join(dir, 'x'), path.join(dir, 'link'));
+    expect(() => openRegularForUpdate(path.join(dir, 'link'), 'segment')).toThrow(/is a symbolic link/);
+  });
+
+  it("a directory under /proc is refused at once (Node's recursive mkdir would spin there forever)", () => {
+    expect(() =>
+      checkPrivateDirectory(`/proc/auditrelay-${process.pid}/q`, { what: 'queue_dir', create: true }),
+    ).toThrow(/queue_dir \/proc\/auditrelay-\d+\/q is under \/proc, on a kernel file system \(proc\)/);
+    expect(() => checkPrivateDirectory('/proc/self/fd', { what: 'queue_dir' })).toThrow(
+      /kernel file system \(proc\)/,
+    );
+  });
+
+  it('errnoOf finds the system error inside a FileSafetyError', () => {
+    expect(errnoOf(new FileSafetyError('x', { cause: Object.assign(new Error('e'), { code: 'EIO' }) }))).toBe(
+      'EIO',
+    );
+    expect(errnoOf(new FileSafetyError('not a regular file'))).toBe('not a regular file');
   });
 
   const root = requireOrSkip({ suite: 'safe files: directory owned by another user', root: true });
