@@ -171,6 +171,41 @@ function describe(buf: Buffer): string {
 }
 
 /**
+ * Opens audisp-remote's queue file for reading; an ImportQueueError says why it cannot be (missing, not a
+ * regular file, unreadable). The CLI calls checkUpstreamQueueFile first, so that a wrong path creates nothing.
+ */
+function openUpstreamQueueFile(file: string): number {
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT')
+      throw new ImportQueueError(
+        'missing',
+        `${file} does not exist: nothing to import (audisp-remote keeps a queue file only with mode = forward)`,
+        { cause: err },
+      );
+    throw new ImportQueueError('io', `cannot open ${file}: ${code ?? (err as Error).message}`, {
+      cause: err,
+    });
+  }
+  if (!fstatSync(fd).isFile()) {
+    closeSync(fd);
+    throw new ImportQueueError(
+      'io',
+      `${file} is not a regular file: give audisp-remote's queue file (its queue_file, e.g. /var/spool/audit/remote.log)`,
+    );
+  }
+  return fd;
+}
+
+/** Throws the ImportQueueError importQueue would throw for a file it cannot open; nothing is read. */
+export function checkUpstreamQueueFile(file: string): void {
+  closeSync(openUpstreamQueueFile(file));
+}
+
+/**
  * Reads audisp-remote's queue file `file` and appends its queued records, oldest first, to `queue`.
  * Throws ImportQueueError (see the module comment); returns what was imported and what was found.
  */
@@ -191,21 +226,7 @@ export function importQueue(
       );
     }
   }
-  let fd: number;
-  try {
-    fd = openSync(file, 'r');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT')
-      throw new ImportQueueError(
-        'missing',
-        `${file} does not exist: nothing to import (audisp-remote keeps a queue file only with mode = forward)`,
-        { cause: err },
-      );
-    throw new ImportQueueError('io', `cannot open ${file}: ${code ?? (err as Error).message}`, {
-      cause: err,
-    });
-  }
+  const fd = openUpstreamQueueFile(file);
   const findings: ImportFinding[] = [];
   const records: Buffer[] = [];
   let skipped = 0;
