@@ -48,6 +48,15 @@ const PACKAGE_OF: Record<string, string> = {
   bash: 'bash',
   mkfifo: 'coreutils',
   env: 'coreutils',
+  krb5kdc: 'krb5-kdc',
+  kdb5_util: 'krb5-kdc',
+  'kadmin.local': 'krb5-admin-server',
+  kinit: 'krb5-user',
+  chromium: 'chromium',
+  cc: 'gcc',
+  python3: 'python3',
+  'systemd-analyze': 'systemd',
+  'systemd-notify': 'systemd',
 };
 
 /** Absolute path of an executable: `name` itself if absolute and executable, else the first hit in SEARCH_DIRS. */
