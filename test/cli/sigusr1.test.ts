@@ -166,6 +166,29 @@ describe('SIGUSR1 during start-up, before any handler of ours', () => {
     expect(await waitForExit(p.child, 1000)).toEqual({ code: null, signal: 'SIGKILL' });
   });
 
+  it('an inspector opened anyway is closed by closeUnrequestedInspector, unless --inspect asked for it', async () => {
+    const guard = path.join(REPO_ROOT, 'dist/src/debug-guard.js');
+    const script = `
+      const inspector = await import('node:inspector');
+      if (!inspector.url()) inspector.open(0, '127.0.0.1');
+      const opened = inspector.url() !== undefined;
+      const { closeUnrequestedInspector } = await import(${JSON.stringify(guard)});
+      console.log(JSON.stringify({ opened, closed: closeUnrequestedInspector(), open: inspector.url() !== undefined }));`;
+    const run = async (flags: string[]) => {
+      const child = spawn(process.execPath, [...flags, '--input-type=module', '-e', script], {
+        stdio: ['ignore', 'pipe', 'ignore'],
+      });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+      });
+      expect(await waitForExit(child, 20_000)).toEqual({ code: 0, signal: null });
+      return JSON.parse(out) as { opened: boolean; closed: boolean; open: boolean };
+    };
+    expect(await run([])).toEqual({ opened: true, closed: true, open: false });
+    expect(await run(['--inspect=127.0.0.1:0'])).toEqual({ opened: true, closed: false, open: true });
+  });
+
   it('every entry point starts Node with it: the command, the plugin wrapper, the systemd units', () => {
     expect(readFileSync(BIN, 'utf8').split('\n')[0]).toBe(`#!/usr/bin/env -S node ${INSPECT_PORT_GUARD}`);
     const wrapper = readFileSync(path.join(REPO_ROOT, 'packaging/auditrelay-plugin'), 'utf8');
