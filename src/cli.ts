@@ -1,9 +1,13 @@
 /**
- * Command line: `auditrelay agent | collector | check-config | demo`.
- * Exit statuses: 0 ok, 1 records left undelivered or runtime failure, 2 usage, 3 supervisor
- * escalation, 6 configuration error (as audisp-remote).
+ * Command line: `auditrelay agent | collector | check-config | status | import-queue | demo`.
+ * `auditrelay <command> --help` prints that command's usage (src/usage.ts). An expected failure is one line
+ * saying what, where and what to do, with the exit status of docs/errors.md: 0 ok, 1 records left undelivered or
+ * a failure (e.g. an address in use), 2 usage, 3 supervisor escalation, 6 configuration error (as
+ * audisp-remote). Only a bug prints a stack trace (exit 70, bin/auditrelay.js).
  */
 import { lstatSync, readFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Agent } from './agent/agent.js';
@@ -12,17 +16,31 @@ import { settingsFromConfig } from './agent/settings.js';
 import { Collector } from './collector/collector.js';
 import { collectorSettings } from './collector/settings.js';
 import {
+  AGENT_KEYS,
   type AgentConfig,
   formatEffectiveConfig,
   loadAgentConfig,
   UPSTREAM_AGENT_CONFIG_PATH,
 } from './config/agent-config.js';
-import { formatCollectorConfig, loadCollectorConfig } from './config/collector-config.js';
-import { AuditRelayError, ConfigError, ExitCodes, UsageError } from './errors.js';
+import {
+  COLLECTOR_IGNORED_KEYS,
+  COLLECTOR_KEYS,
+  formatCollectorConfig,
+  loadCollectorConfig,
+} from './config/collector-config.js';
+import { describeErrno } from './config/file.js';
+import {
+  AuditRelayError,
+  ConfigError,
+  EscalationError,
+  ExitCodes,
+  UnavailableError,
+  UsageError,
+} from './errors.js';
 import { checkParentDirectory, writeFileAtomic } from './fs/safe-files.js';
 import { openInput } from './input/spec.js';
 import { createLogger, type Logger } from './log.js';
-import { importQueue } from './migrate/import-queue.js';
+import { checkUpstreamQueueFile, importQueue } from './migrate/import-queue.js';
 import { PACKAGE_ROOT } from './paths.js';
 import { DurableQueue } from './queue/durable-queue.js';
 import { SpillOnStopQueue } from './queue/spill-on-stop-queue.js';
@@ -31,84 +49,116 @@ import { SdNotifier } from './service/notify.js';
 import { checkInspectUrl, createInspector } from './status/inspect.js';
 import { agentMetrics, collectorMetrics } from './status/metrics.js';
 import { StatusServer } from './status/server.js';
+import { explainSystemError } from './system-errors.js';
+import { COMMAND_USAGE, commandUsage, overallUsage } from './usage.js';
 
-const USAGE = `usage: auditrelay <command> [options]
+const COMMANDS: Readonly<Record<string, (args: string[]) => Promise<number> | number>> = {
+  agent: (args) => runAgent(args),
+  collector: (args) => runCollector(args),
+  'check-config': (args) => checkConfig(args),
+  status: (args) => showStatus(args),
+  'import-queue': (args) => runImportQueue(args),
+  demo: async (args) => {
+    const { runDemo } = await import('./demo.js');
+    return runDemo(args);
+  },
+};
 
-commands:
-  agent [--config FILE] [--inspect ws://127.0.0.1:PORT [--inspect-remote]]
-                              forward plugin string-format records from stdin to the server
-                              (FILE defaults to ${UPSTREAM_AGENT_CONFIG_PATH}); --inspect streams
-                              the statecharts to the Stately inspector (payloads redacted)
-  collector --listen HOST:PORT --log FILE [--config FILE] [--status-listen HOST:PORT]
-                              receive records from audisp-remote-compatible clients
-  check-config [--collector] FILE
-                              validate a config file and print the effective configuration
-  status [--url URL | --config FILE] [--json]
-                              show a running agent's or collector's state (needs status_listen)
-  import-queue [--config FILE] [--queue-file FILE] [--skip N] [--dry-run]
-                              move audisp-remote's forward-mode queue file into auditrelay's
-                              durable queue (queue_dir), so a host switching over keeps its backlog
-  demo                        forward the bundled real audit records through an agent and a
-                              collector on loopback, restarting the collector midway
-  --version, --help
-`;
+/** `--help` or `-h` among a command's arguments (before a `--`). */
+function wantsHelp(args: string[]): boolean {
+  const end = args.indexOf('--');
+  return (end < 0 ? args : args.slice(0, end)).some((a) => a === '--help' || a === '-h');
+}
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  const known = command !== undefined && Object.hasOwn(COMMANDS, command) ? command : undefined;
   try {
     switch (command) {
-      case 'agent':
-        return await runAgent(rest);
-      case 'collector':
-        return await runCollector(rest);
-      case 'check-config':
-        return checkConfig(rest);
-      case 'status':
-        return await showStatus(rest);
-      case 'import-queue':
-        return await runImportQueue(rest);
-      case 'demo': {
-        const { runDemo } = await import('./demo.js');
-        return await runDemo(rest);
-      }
+      case undefined:
+        process.stdout.write(overallUsage());
+        return ExitCodes.USAGE;
       case '--version':
       case '-V':
         process.stdout.write(`${version()}\n`);
         return ExitCodes.OK;
-      case undefined:
       case '--help':
       case '-h':
-      case 'help':
-        process.stdout.write(USAGE);
-        return command === undefined ? ExitCodes.USAGE : ExitCodes.OK;
-      default:
-        throw new UsageError(`unknown command '${command}'`);
+      case 'help': {
+        const topic = rest[0];
+        if (topic === undefined) process.stdout.write(overallUsage());
+        else if (Object.hasOwn(COMMAND_USAGE, topic)) process.stdout.write(commandUsage(topic));
+        else throw new UsageError(`help: unknown command '${topic}'`);
+        return ExitCodes.OK;
+      }
     }
+    if (known === undefined) throw new UsageError(`unknown command '${command}'`);
+    if (wantsHelp(rest)) {
+      process.stdout.write(commandUsage(known));
+      return ExitCodes.OK;
+    }
+    return await COMMANDS[known]!(rest);
   } catch (err) {
-    return reportError(err);
+    return reportError(err, known);
   }
 }
 
-function reportError(err: unknown): number {
+/**
+ * One line on stderr for every failure a user can meet, and its exit status (docs/errors.md). A usage error is
+ * followed by the usage of the command. Anything else is a bug: rethrown for bin/auditrelay.js (exit 70).
+ */
+function reportError(err: unknown, command: string | undefined): number {
+  const usage = () => (command ? commandUsage(command) : overallUsage());
   if (err instanceof ConfigError) {
     process.stderr.write(`auditrelay: config error: ${err.message}\n`);
     return ExitCodes.CONFIG;
   }
   if (err instanceof UsageError) {
-    process.stderr.write(`auditrelay: ${err.message}\n\n${USAGE}`);
+    process.stderr.write(`auditrelay: ${err.message}\n\n${usage()}`);
     return ExitCodes.USAGE;
+  }
+  if (err instanceof EscalationError) {
+    process.stderr.write(`auditrelay: ${err.message}\n`);
+    return ExitCodes.ESCALATED;
   }
   if (err instanceof AuditRelayError) {
     process.stderr.write(`auditrelay: ${err.message}\n`);
     return ExitCodes.FAILURE;
   }
-  // A parseArgs error has a code and a useful message.
+  // A parseArgs error: reworded as one line naming the option.
   const e = err as { code?: string; message?: string };
   if (typeof e?.code === 'string' && e.code.startsWith('ERR_PARSE_ARGS')) {
-    process.stderr.write(`auditrelay: ${e.message}\n\n${USAGE}`);
+    process.stderr.write(`auditrelay: ${parseArgsMessage(e.code, e.message ?? '', command)}\n\n${usage()}`);
     return ExitCodes.USAGE;
   }
+  // A system error (a port in use, a missing directory, ...): what, where and what to do.
+  const unavailable = explainSystemError(err, command);
+  if (unavailable) {
+    process.stderr.write(`auditrelay: ${unavailable.message}\n`);
+    return ExitCodes.FAILURE;
+  }
   throw err;
+}
+
+/** node:util parseArgs messages are several sentences long; one line that names the option instead. */
+function parseArgsMessage(code: string, message: string, command: string | undefined): string {
+  const prefix = command ? `${command}: ` : '';
+  const quoted = /'([^']+)'/.exec(message)?.[1] ?? '';
+  const option = quoted.split(' ')[0] ?? quoted;
+  switch (code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `${prefix}unknown option '${option}'`;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      return /ambiguous/.test(message)
+        ? `${prefix}${option} needs a value; to give one that starts with '-', write ${option}=VALUE`
+        : /does not take an argument/.test(message)
+          ? `${prefix}${option} takes no value`
+          : `${prefix}${option} needs a value`;
+    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
+      return `${prefix}unexpected argument '${option}'`;
+    default:
+      return `${prefix}${message.split('\n')[0]}`;
+  }
 }
 
 function version(): string {
@@ -267,39 +317,56 @@ async function runCollector(args: string[]): Promise<number> {
     statusListen: values['status-listen'],
   });
   const log = createLogger({ level: settings.logLevel, name: 'auditrelay-collector' });
-  for (const warning of settings.warnings) log.warn(warning);
   const collector = new Collector(settings, log);
-  await collector.start();
-  const status = settings.statusListen
-    ? new StatusServer({
-        host: settings.statusListen.host,
-        port: settings.statusListen.port,
-        role: 'collector',
-        status: () => ({ ...collector.stats }),
-        registry: collectorMetrics(collector),
-        log,
-      })
-    : null;
-  if (status) await startStatus(status, log);
-  const notifier = new SdNotifier({ log, unsetEnvironment: true });
-  void notifier.ready(`listening on ${settings.host}:${settings.port}`);
-  notifier.startWatchdog();
+  // Every signal is taken before anything listens: a SIGTERM right after "collector listening" (from a service
+  // manager, a test) stops it cleanly instead of killing it with Node's default action.
+  let stopSignal: string | null = null;
+  let wake = () => {};
+  const onStop = (signal: string) => () => {
+    if (stopSignal !== null) return;
+    stopSignal = signal;
+    wake();
+  };
   const onHup = () =>
     log.warn('SIGHUP received: configuration reload is not implemented yet; restart to apply changes');
-  process.on('SIGHUP', onHup);
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      log.info({ signal }, 'stopping: sending ENDING to every client');
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
-  void notifier.stopping('sending ENDING to every client');
-  await collector.stop();
-  await status?.stop();
-  await notifier.close();
-  process.off('SIGHUP', onHup);
+  // bin/auditrelay.js keeps Node's debugger off SIGUSR1; here it logs the counters.
+  const onUsr1 = () => log.info({ ...collector.stats }, 'SIGUSR1: counters');
+  const handlers: [NodeJS.Signals, () => void][] = [
+    ['SIGTERM', onStop('SIGTERM')],
+    ['SIGINT', onStop('SIGINT')],
+    ['SIGHUP', onHup],
+    ['SIGUSR1', onUsr1],
+  ];
+  for (const [sig, fn] of handlers) process.on(sig, fn);
+  try {
+    for (const warning of settings.warnings) log.warn(warning);
+    await collector.start();
+    const status = settings.statusListen
+      ? new StatusServer({
+          host: settings.statusListen.host,
+          port: settings.statusListen.port,
+          role: 'collector',
+          status: () => ({ ...collector.stats }),
+          registry: collectorMetrics(collector),
+          log,
+        })
+      : null;
+    if (status) await startStatus(status, log);
+    const notifier = new SdNotifier({ log, unsetEnvironment: true });
+    void notifier.ready(`listening on ${settings.host}:${settings.port}`);
+    notifier.startWatchdog();
+    if (stopSignal === null)
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+      });
+    log.info({ signal: stopSignal }, 'stopping: sending ENDING to every client');
+    void notifier.stopping('sending ENDING to every client');
+    await collector.stop();
+    await status?.stop();
+    await notifier.close();
+  } finally {
+    for (const [sig, fn] of handlers) process.off(sig, fn);
+  }
   return ExitCodes.OK;
 }
 
@@ -338,32 +405,137 @@ async function showStatus(args: string[]): Promise<number> {
     options: { url: { type: 'string' }, config: { type: 'string' }, json: { type: 'boolean' } },
     strict: true,
   });
-  let url = values.url;
-  if (!url) {
-    const cfg = loadAgentConfig(values.config ?? UPSTREAM_AGENT_CONFIG_PATH);
-    if (!cfg.statusListen) {
-      throw new UsageError('status_listen is not set in the agent config; pass --url http://HOST:PORT');
-    }
-    const h = cfg.statusListen.host;
-    url = `http://${h.includes(':') ? `[${h}]` : h}:${cfg.statusListen.port}`;
-  }
-  const target = new URL('/status', url);
-  let res: Response;
-  try {
-    res = await fetch(target, { signal: AbortSignal.timeout(5000) });
-  } catch (err) {
-    process.stderr.write(
-      `auditrelay: cannot reach ${target}: ${(err as Error).cause ?? (err as Error).message}\n`,
-    );
-    return ExitCodes.FAILURE;
-  }
-  const s = (await res.json()) as Record<string, unknown>;
+  if (values.url !== undefined && values.config !== undefined)
+    throw new UsageError('status takes --url or --config, not both');
+  const base =
+    values.url !== undefined
+      ? checkStatusUrl(values.url)
+      : statusUrlFromConfig(values.config ?? UPSTREAM_AGENT_CONFIG_PATH);
+  const target = new URL('/status', base);
+  const s = await fetchStatus(target);
   if (values.json) {
     process.stdout.write(`${JSON.stringify(s, null, 2)}\n`);
     return ExitCodes.OK;
   }
   process.stdout.write(formatStatus(s));
   return ExitCodes.OK;
+}
+
+/** `--url`: an http(s) URL of a status listener. */
+function checkStatusUrl(text: string): URL {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new UsageError(
+      `--url: '${text}' is not a URL; expected http://HOST:PORT, e.g. http://127.0.0.1:9101`,
+    );
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new UsageError(
+      `--url: '${text}' is not an http:// URL; expected http://HOST:PORT, e.g. http://127.0.0.1:9101`,
+    );
+  return url;
+}
+
+const STATUS_TIMEOUT_MS = 5000;
+
+/**
+ * GET /status of a status listener, as a parsed status, or a one-line UnavailableError. node:http rather than
+ * fetch(): fetch refuses the ports of the Fetch standard's block list (e.g. 6000), and a connection closed
+ * without an answer leaves its promise pending forever.
+ */
+function fetchStatus(target: URL): Promise<Record<string, unknown>> {
+  const get = target.protocol === 'https:' ? https.get : http.get;
+  const unreachable = (why: string, cause?: unknown) =>
+    new UnavailableError(
+      `status: cannot reach ${target}: ${why}; is the agent or collector running, with status_listen = ${target.host}?`,
+      { cause },
+    );
+  const notOurs = (what: string) =>
+    new UnavailableError(
+      `status: ${target} ${what}: it is not an auditrelay status listener; check the URL or status_listen`,
+    );
+  return new Promise((resolve, reject) => {
+    const req = get(target, { timeout: STATUS_TIMEOUT_MS }, (res) => {
+      if (res.statusCode !== 200) {
+        res.resume();
+        reject(notOurs(`answered HTTP ${res.statusCode}`));
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        size += c.length;
+        if (size > 16 << 20) req.destroy(notOurs('answered more than 16 MiB'));
+        else chunks.push(c);
+      });
+      res.on('error', (err) => reject(unreachable(describeErrno(err), err)));
+      res.on('end', () => {
+        let s: unknown;
+        try {
+          s = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+        } catch {
+          reject(notOurs('did not answer with JSON'));
+          return;
+        }
+        const role = (s as { role?: unknown } | null)?.role;
+        if (role !== 'agent' && role !== 'collector')
+          reject(notOurs('answered JSON without an agent or collector role'));
+        else resolve(s as Record<string, unknown>);
+      });
+    });
+    req.on('timeout', () => req.destroy(unreachable(`no answer within ${STATUS_TIMEOUT_MS / 1000} s`)));
+    req.on('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        err instanceof UnavailableError
+          ? err
+          : unreachable(
+              err.code === 'ECONNRESET' ? 'the connection was closed without an answer' : describeErrno(err),
+              err,
+            ),
+      ),
+    );
+  });
+}
+
+/**
+ * The status listener named by a configuration file of either kind: a collector's (auditd.conf syntax) when
+ * its keys are a collector's, else an agent's (audisp-remote.conf syntax), whose loader then names any key
+ * that fits neither.
+ */
+function statusUrlFromConfig(file: string): URL {
+  const kind = configKind(file);
+  const listen =
+    kind === 'collector' ? loadCollectorConfig(file).config.statusListen : loadAgentConfig(file).statusListen;
+  if (!listen) {
+    throw new UsageError(
+      `status_listen is not set in ${file} (the ${kind}'s configuration); set status_listen = 127.0.0.1:PORT ` +
+        `there and restart the ${kind}, or pass --url http://HOST:PORT`,
+    );
+  }
+  // A listener on every address is reached on loopback.
+  const host = listen.host === '0.0.0.0' ? '127.0.0.1' : listen.host === '::' ? '::1' : listen.host;
+  return new URL(`http://${host.includes(':') ? `[${host}]` : host}:${listen.port}`);
+}
+
+/** 'collector' when the file sets a key only a collector's configuration has and none only an agent's has. */
+function configKind(file: string): 'agent' | 'collector' {
+  let text: string;
+  try {
+    text = readFileSync(file, 'latin1');
+  } catch {
+    return 'agent'; // the loader says what is wrong with the file
+  }
+  const keys = text
+    .split('\n')
+    .map((line) => /^\s*([A-Za-z0-9_]+)\s*=/.exec(line)?.[1])
+    .filter((k): k is string => k !== undefined);
+  const agent = new Set(AGENT_KEYS);
+  const collector = new Set([...COLLECTOR_KEYS, ...Object.keys(COLLECTOR_IGNORED_KEYS)]);
+  const collectorOnly = keys.some((k) => collector.has(k) && !agent.has(k));
+  const agentOnly = keys.some((k) => agent.has(k) && !collector.has(k));
+  return collectorOnly && !agentOnly ? 'collector' : 'agent';
 }
 
 function formatStatus(s: Record<string, unknown>): string {
@@ -404,7 +576,8 @@ async function runImportQueue(args: string[]): Promise<number> {
   const cfg = loadAgentConfig(values.config ?? UPSTREAM_AGENT_CONFIG_PATH);
   const log = createLogger({ level: cfg.logLevel, name: 'auditrelay-import' });
   const file = values['queue-file'] ?? cfg.queueFile;
-  // The queue's lock refuses a running agent.
+  // A wrong path is reported before the queue directory is created; the queue's lock refuses a running agent.
+  checkUpstreamQueueFile(file);
   const queue = await openDurableQueue(cfg, log);
   try {
     const r = importQueue(file, queue, log, { skip, dryRun: values['dry-run'] ?? false });

@@ -11,6 +11,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { UnavailableError, UsageError } from './errors.js';
 import { isEoe } from './input/record-splitter.js';
 import { BIN_PATH, DEMO_CORPUS_DIR } from './paths.js';
 
@@ -31,6 +32,28 @@ export async function runDemo(args: string[]): Promise<number> {
   const logFile = path.join(dir, 'received.log');
   const out = process.stderr;
   const children = new Set<ChildProcess>();
+  const cleanup = () => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  // SIGUSR1: progress so far. SIGTERM/SIGINT: no orphans and no temporary directory left behind.
+  const onUsr1 = () => {
+    const r = countReceived(logFile);
+    out.write(
+      `auditrelay demo: ${r.unique} of ${total} records received so far (${r.duplicates} duplicated)\n`,
+    );
+  };
+  const onStop = (signal: NodeJS.Signals) => () => {
+    out.write(`auditrelay demo: stopped by ${signal} before the end; agent and collector stopped\n`);
+    cleanup();
+    process.exit(1);
+  };
+  const handlers: [NodeJS.Signals, () => void][] = [
+    ['SIGUSR1', onUsr1],
+    ['SIGTERM', onStop('SIGTERM')],
+    ['SIGINT', onStop('SIGINT')],
+  ];
+  for (const [sig, fn] of handlers) process.on(sig, fn);
   try {
     const port = await freePort();
     out.write(
@@ -50,7 +73,15 @@ export async function runDemo(args: string[]): Promise<number> {
         '--log',
         logFile,
       ]);
-      await waitFor(() => canConnect(port), 10_000, 'collector did not start listening');
+      await waitFor(
+        async () => c.exitCode !== null || (await canConnect(port)),
+        10_000,
+        `demo: the collector did not listen on 127.0.0.1:${port} within 10 s; see its messages above`,
+      );
+      if (c.exitCode !== null)
+        throw new UnavailableError(
+          `demo: the collector exited with status ${c.exitCode}; see its message above`,
+        );
       return c;
     };
     let collector = await startCollector();
@@ -115,8 +146,8 @@ export async function runDemo(args: string[]): Promise<number> {
     );
     return lost === 0 && code === 0 ? 0 : 1;
   } finally {
-    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
+    for (const [sig, fn] of handlers) process.off(sig, fn);
+    cleanup();
   }
 }
 
@@ -184,7 +215,8 @@ class ProgressBar {
 
 function positive(text: string | undefined, name: string): number {
   const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a positive integer, not '${text}'`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new UsageError(`${name} must be a whole number of 1 or more, not '${text}'`);
   return n;
 }
 
@@ -193,7 +225,7 @@ const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function waitFor(check: () => Promise<boolean> | boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
   while (!(await check())) {
-    if (Date.now() > end) throw new Error(what);
+    if (Date.now() > end) throw new UnavailableError(what);
     await delay(20);
   }
 }

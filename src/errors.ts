@@ -18,6 +18,11 @@ export const ErrorCodes = {
   ESCALATED: 'AR_ESCALATED',
   /** A file or directory is not safe to use (a symlink, not a regular file, writable by others). */
   UNSAFE_PATH: 'AR_UNSAFE_PATH',
+  /**
+   * Something the command needs is not there or not usable: an address in use or not on this host, a host name
+   * that does not resolve, a missing directory, a permission denied, a status endpoint that does not answer.
+   */
+  UNAVAILABLE: 'AR_UNAVAILABLE',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
@@ -86,6 +91,16 @@ export class FileSafetyError extends AuditRelayError {
   }
 }
 
+/**
+ * What a command needs is not available (see ErrorCodes.UNAVAILABLE). One line: what failed, where, and what to
+ * do; src/system-errors.ts builds it from a Node system error.
+ */
+export class UnavailableError extends AuditRelayError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCodes.UNAVAILABLE, message, options);
+  }
+}
+
 export class EscalationError extends AuditRelayError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(ErrorCodes.ESCALATED, message, options);
@@ -95,11 +110,16 @@ export class EscalationError extends AuditRelayError {
 /** Exit statuses, modelled on audisp-remote's. */
 export const ExitCodes = {
   OK: 0,
-  /** Records remained queued at exit, or a fatal runtime error. */
+  /**
+   * Records remained queued at exit, a fatal runtime error, or the command could not start or do its job because
+   * something it needs is unavailable (an address in use, a missing directory, a queue held by another process).
+   */
   FAILURE: 1,
   USAGE: 2,
   /** Configuration error (upstream uses 6). */
   CONFIG: 6,
   /** The supervisor gave up restarting a failing actor. */
   ESCALATED: 3,
+  /** An error nobody foresaw: a bug. The only case that prints a stack trace. */
+  INTERNAL: 70,
 } as const;

@@ -204,6 +204,34 @@ function describe(buf: Buffer): string {
 }
 
 /**
+ * Opens audisp-remote's queue file for reading; an ImportQueueError says why it cannot be (missing, not a
+ * regular file, unreadable). The CLI calls checkUpstreamQueueFile first, so that a wrong path creates nothing.
+ */
+function openUpstreamQueueFile(file: string): { fd: number; size: number } {
+  try {
+    const { fd, stat } = openRegularForRead(file, 'queue file');
+    return { fd, size: stat.size };
+  } catch (err) {
+    const code = errnoOf(err);
+    if (code === 'ENOENT')
+      throw new ImportQueueError(
+        'missing',
+        `${file} does not exist: nothing to import (audisp-remote keeps a queue file only with mode = forward)`,
+        { cause: err },
+      );
+    if (err instanceof FileSafetyError && (err.cause === undefined || code === 'ELOOP' || code === 'ENXIO')) {
+      throw new ImportQueueError('unsafe', err.message, { cause: err });
+    }
+    throw new ImportQueueError('io', `cannot open ${file}: ${code}`, { cause: err });
+  }
+}
+
+/** Throws the ImportQueueError importQueue would throw for a file it cannot open; nothing is read. */
+export function checkUpstreamQueueFile(file: string): void {
+  closeSync(openUpstreamQueueFile(file).fd);
+}
+
+/**
  * Reads audisp-remote's queue file `file` and appends its queued records, oldest first, to `queue`.
  * Throws ImportQueueError (see the module comment); returns what was imported and what was found.
  */
@@ -224,26 +252,7 @@ export function importQueue(
       );
     }
   }
-  let fd: number;
-  let size: number;
-  try {
-    ({
-      fd,
-      stat: { size },
-    } = openRegularForRead(file, 'queue file'));
-  } catch (err) {
-    const code = errnoOf(err);
-    if (code === 'ENOENT')
-      throw new ImportQueueError(
-        'missing',
-        `${file} does not exist: nothing to import (audisp-remote keeps a queue file only with mode = forward)`,
-        { cause: err },
-      );
-    if (err instanceof FileSafetyError && (err.cause === undefined || code === 'ELOOP' || code === 'ENXIO')) {
-      throw new ImportQueueError('unsafe', err.message, { cause: err });
-    }
-    throw new ImportQueueError('io', `cannot open ${file}: ${code}`, { cause: err });
-  }
+  const { fd, size } = openUpstreamQueueFile(file);
   const findings: ImportFinding[] = [];
   const records: Buffer[] = [];
   let skipped = 0;

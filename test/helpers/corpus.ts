@@ -10,9 +10,10 @@
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { PACKAGE_ROOT } from '../../src/paths.js';
 
-export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The repository root: the same from test/helpers and from its compiled copy (dist/test/helpers, for bench/). */
+export const REPO_ROOT = PACKAGE_ROOT;
 export const FIXTURE_CORPUS_DIR = path.join(REPO_ROOT, 'test', 'fixtures', 'corpus');
 export const SHARED_CORPUS_DIR =
   process.env.AUDITRELAY_SHARED_CORPUS ?? path.resolve(REPO_ROOT, '../shared/corpus');

@@ -11,6 +11,7 @@
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import path from 'node:path';
+import { loadGssapi } from '../../src/krb5/gssapi.js';
 
 export interface Prerequisites {
   /** Name of the suite, used in the skip/error message. */
@@ -23,6 +24,11 @@ export interface Prerequisites {
   binaries?: readonly string[];
   /** Files that must exist. */
   files?: readonly string[];
+  /**
+   * Needs the native GSS-API binding (native/build/Release/auditrelay_gssapi.node, or AUDITRELAY_GSSAPI_ADDON):
+   * built by `npm install` only where libkrb5-dev and a C++ toolchain are installed. Probed by loading it.
+   */
+  gssapiBinding?: boolean;
 }
 
 /** True when running under CI, where missing prerequisites must fail instead of skipping. */
@@ -42,6 +48,15 @@ const PACKAGE_OF: Record<string, string> = {
   bash: 'bash',
   mkfifo: 'coreutils',
   env: 'coreutils',
+  krb5kdc: 'krb5-kdc',
+  kdb5_util: 'krb5-kdc',
+  'kadmin.local': 'krb5-admin-server',
+  kinit: 'krb5-user',
+  chromium: 'chromium',
+  cc: 'gcc',
+  python3: 'python3',
+  'systemd-analyze': 'systemd',
+  'systemd-notify': 'systemd',
 };
 
 /** Absolute path of an executable: `name` itself if absolute and executable, else the first hit in SEARCH_DIRS. */
@@ -113,6 +128,14 @@ export function missingPrerequisites(req: Prerequisites): string[] {
       missing.push(code === 'ENOENT' ? `${file} does not exist` : `${file} is not accessible (${code})`);
     }
   }
+  if (req.gssapiBinding) {
+    try {
+      loadGssapi();
+    } catch (err) {
+      // The loader's message names the file, the package (libkrb5-dev) and the rebuild command.
+      missing.push((err as Error).message);
+    }
+  }
   // Only probe namespaces when the cheaper checks passed (the probe itself needs root and unshare).
   if (req.namespaces && missing.length === 0) {
     const reason = probeNamespaces();
@@ -132,7 +155,8 @@ export function requireOrSkip(req: Prerequisites): boolean {
   if (isCI) {
     throw new Error(
       `${req.suite}: prerequisites missing in CI (CI=true), refusing to skip:\n${list}\n` +
-        'CI must run as root with the Debian packages auditd and audispd-plugins installed (see docs/testing.md).',
+        'CI must run as root with the Debian packages of docs/testing.md installed (auditd, audispd-plugins, the ' +
+        'MIT krb5 KDC, libkrb5-dev) and the GSS-API binding built.',
     );
   }
   console.warn(`\n[SKIPPED] ${req.suite}: prerequisites missing:\n${list}\n(see docs/testing.md)\n`);

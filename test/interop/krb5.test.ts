@@ -16,7 +16,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { KRB5_MAX_RECORD } from '../../src/krb5/auditd.js';
-import { addonPath } from '../../src/krb5/gssapi.js';
 import {
   audispRemote309Records,
   expectedRecords,
@@ -42,7 +41,8 @@ const available = requireOrSkip({
   root: true,
   namespaces: true,
   binaries: ['unshare', 'nsenter', 'ip', 'ss', 'mount', AUDITD_BIN, AUDISP_REMOTE_BIN, ...KDC_BINARIES],
-  files: [path.join(REPO_ROOT, 'dist/src/cli.js'), addonPath(), '/etc/krb5.conf'],
+  gssapiBinding: true,
+  files: [path.join(REPO_ROOT, 'dist/src/cli.js'), '/etc/krb5.conf'],
 });
 
 /** A record as the agent sends it over krb5: split into pieces that fit a wrapped message (newline included). */

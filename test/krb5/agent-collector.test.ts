@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { KRB5_MAX_RECORD } from '../../src/krb5/auditd.js';
-import { acquireCredentials, addonPath } from '../../src/krb5/gssapi.js';
+import { acquireCredentials } from '../../src/krb5/gssapi.js';
 import { encodeEvent } from '../../src/protocol/codec.js';
 import { MessageType } from '../../src/protocol/constants.js';
 import { gapsAndDuplicates, type RunningAgent, records, seqs, startAgent } from '../helpers/agent-harness.js';
@@ -28,7 +28,7 @@ import {
 const available = requireOrSkip({
   suite: 'krb5 agent → collector (real KDC)',
   binaries: KDC_BINARIES,
-  files: [addonPath()],
+  gssapiBinding: true,
 });
 
 const HOST = os.hostname();

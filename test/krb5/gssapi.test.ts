@@ -22,7 +22,7 @@ import { missingPrerequisites, requireOrSkip } from '../helpers/prereq.js';
 const prerequisites = {
   suite: 'krb5 GSS-API binding (real KDC)',
   binaries: KDC_BINARIES,
-  files: [addonPath()],
+  gssapiBinding: true,
 };
 if (missingPrerequisites(prerequisites).length > 0) {
   console.warn(

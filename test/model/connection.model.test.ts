@@ -12,7 +12,6 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectionMachine } from '../../machines/connection.js';
 import { repoRoot } from '../../scripts/diagrams.js';
-import { addonPath } from '../../src/krb5/gssapi.js';
 import { KDC_BINARIES, type Kdc, startKdc } from '../helpers/kdc.js';
 import { requireOrSkip } from '../helpers/prereq.js';
 import { installKeytab, tempDir } from '../krb5/support.js';
@@ -52,7 +51,7 @@ const krb5Available =
   requireOrSkip({
     suite: 'model-based paths with transport = krb5 (real KDC)',
     binaries: KDC_BINARIES,
-    files: [addonPath()],
+    gssapiBinding: true,
   });
 /** Transitions only the krb5 paths take: not run when the realm cannot be set up here (never in CI). */
 const krb5Only = new Set(

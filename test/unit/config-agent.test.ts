@@ -12,10 +12,15 @@ import {
   parseAgentConfig,
 } from '../../src/config/agent-config.js';
 import { ConfigError } from '../../src/errors.js';
+import { requireOrSkip } from '../helpers/prereq.js';
 
 const F = '/etc/audit/audisp-remote.conf';
 const FIXTURE = join(import.meta.dirname, '../fixtures/config/debian-audisp-remote.conf');
-const isRoot = process.getuid?.() === 0;
+/** The exec-program and ownership checks chown files to root: root only, skipped loudly elsewhere. */
+const isRoot = requireOrSkip({
+  suite: 'agent config: ownership and exec program checks (chown)',
+  root: true,
+});
 const tmp = mkdtempSync(join(tmpdir(), 'auditrelay-config-agent-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 

@@ -1,7 +1,8 @@
 /**
  * The durable queue in separate Node processes: a real kill -9, a second process refused by the
- * lock, and the figures for docs/queue.md (append rate per fsync policy, memory with a backlog of
- * 1,000,000 records). The queue's sources are transpiled to a temporary directory so that a plain
+ * lock, and memory with a backlog of 1,000,000 records (bounded here; the figures are printed for
+ * docs/queue.md). The append rate per fsync policy is a benchmark, not a test: `npm run bench -- --only queue`
+ * (bench/queue-append.ts). The queue's sources are transpiled to a temporary directory so that a plain
  * `node` child can import them.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -153,35 +154,6 @@ describe('durable queue across processes', () => {
       child.proc.kill('SIGKILL');
       await child.exited;
     }
-  });
-
-  it('measures append rates per fsync policy (printed, not asserted)', async () => {
-    const child = runChild(
-      `
-      const payload = Buffer.alloc(300, 'a');
-      const out = {};
-      // warm-up (JIT), not measured
-      for (const [fsync, n] of [['warmup', 100000], ['interval', 300000], ['never', 300000], ['always', 2000]]) {
-        const dir = process.argv[2] + '/' + fsync;
-        const policy = fsync === 'warmup' ? 'interval' : fsync;
-        const { queue } = await DurableQueue.open({ dir, maxBytes: 1 << 30, fsync: policy, fsyncIntervalMs: 200 });
-        const t = process.hrtime.bigint();
-        for (let i = 0; i < n; i++) if (!queue.append(payload)) throw new Error('refused');
-        const s = Number(process.hrtime.bigint() - t) / 1e9;
-        out[fsync] = Math.round(n / s);
-        await queue.close();
-      }
-      console.log(JSON.stringify(out));
-      `,
-      [join(root, 'rates')],
-    );
-    const rates = JSON.parse(await child.nextLine()) as Record<string, number>;
-    console.log(
-      `durable queue append rate, 300-byte records: never ${rates.never}/s, interval ${rates.interval}/s, ` +
-        `always ${rates.always}/s`,
-    );
-    expect(rates.interval).toBeGreaterThan(0);
-    await child.exited;
   });
 
   it('keeps memory flat with a backlog of 1,000,000 records (figures printed)', async () => {

@@ -18,6 +18,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DurableQueue, type DurableQueueOptions, type QueueFinding } from '../../src/queue/durable-queue.js';
 import { RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_NAME_RE } from '../../src/queue/segment-format.js';
 import type { RecordQueue } from '../../src/queue/types.js';
+import { requireOrSkip } from '../helpers/prereq.js';
 
 const b = (s: string) => Buffer.from(s);
 const text = (q: RecordQueue) => q.takeNext()?.payload.toString();
@@ -397,7 +398,8 @@ describe('durable queue: bounds, locking and errors', () => {
 
 // A tiny tmpfs makes a real full disk (tests run as root).
 const mountable = (() => {
-  if (process.getuid?.() !== 0) return false;
+  if (!requireOrSkip({ suite: 'durable queue: full disk (mounts a tmpfs)', root: true, binaries: ['mount'] }))
+    return false;
   const probe = mkdtempSync(join(tmpdir(), 'auditrelay-mnt-'));
   const ok = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe]).status === 0;
   if (ok) spawnSync('umount', [probe]);

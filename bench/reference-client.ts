@@ -1,11 +1,12 @@
-#!/usr/bin/env node
 /**
  * The server's ceiling: a minimal pipelined managed-format client with no queue, no retries and a large
  * window (refilled in large writes once half of it is acknowledged). It sends every record of FILE (one per
  * line) to HOST:PORT, reads the acks as they come, and prints one JSON line: records, seconds from connect
  * to the last ack, records/s, its own CPU time and peak RSS.
  *
- *   node bench/reference-client.mjs --port 60 --file records.txt [--host 127.0.0.1] [--window 8192]
+ *   node dist/bench/reference-client.js --port 60 --file records.txt [--host 127.0.0.1] [--window 8192]
+ *
+ * Deliberately self-contained (no import from src/): it is the yardstick, not the thing measured.
  */
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
@@ -19,14 +20,18 @@ const { values } = parseArgs({
     window: { type: 'string', default: '8192' },
   },
 });
+if (values.port === undefined || values.file === undefined) {
+  process.stderr.write('usage: reference-client --port PORT --file FILE [--host HOST] [--window N]\n');
+  process.exit(2);
+}
 const window = Number(values.window);
 const data = readFileSync(values.file);
-const records = [];
+const records: Buffer[] = [];
 for (let start = 0, nl = data.indexOf(10); nl !== -1; start = nl + 1, nl = data.indexOf(10, start)) {
   records.push(data.subarray(start, nl + 1)); // with its '\n', as audisp-remote sends it
 }
 
-const header = (seq, length) => {
+const header = (seq: number, length: number): Buffer => {
   const h = Buffer.allocUnsafe(16);
   h.writeUInt32LE(0xff0000fe, 0); // magic
   h.writeUInt16LE(0, 4); // header and message version
@@ -40,12 +45,12 @@ const t0 = process.hrtime.bigint();
 const socket = net.connect({ host: values.host, port: Number(values.port), noDelay: true });
 let sent = 0;
 let acked = 0;
-let pending = Buffer.alloc(0);
+let pending: Buffer = Buffer.alloc(0);
 
-function pump() {
-  const frames = [];
+function pump(): void {
+  const frames: Buffer[] = [];
   while (sent < records.length && sent - acked < window) {
-    const r = records[sent];
+    const r = records[sent]!;
     sent++;
     frames.push(header(sent, r.length), r);
   }
@@ -53,7 +58,7 @@ function pump() {
 }
 
 socket.on('connect', pump);
-socket.on('data', (chunk) => {
+socket.on('data', (chunk: Buffer) => {
   pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
   let off = 0;
   while (pending.length - off >= 16) {
