@@ -220,7 +220,13 @@ function openUpstreamQueueFile(file: string): { fd: number; size: number } {
         { cause: err },
       );
     if (err instanceof FileSafetyError && (err.cause === undefined || code === 'ELOOP' || code === 'ENXIO')) {
-      throw new ImportQueueError('unsafe', err.message, { cause: err });
+      // "queue file F is a FIFO; only a regular file is accepted" → say which file is wanted instead.
+      const what = err.message.replace(/^queue file /, '').replace(/; only a regular file is accepted$/, '');
+      throw new ImportQueueError(
+        'unsafe',
+        `${what}, not a regular file: give audisp-remote's queue file (its queue_file, e.g. /var/spool/audit/remote.log)`,
+        { cause: err },
+      );
     }
     throw new ImportQueueError('io', `cannot open ${file}: ${code}`, { cause: err });
   }

@@ -290,7 +290,7 @@ describe('cli: expected failures are one line with what, where and what to do (e
     expectOneLine(
       r,
       1,
-      new RegExp(`^auditrelay: ${dir} is not a regular file: give audisp-remote's queue file`),
+      new RegExp(`^auditrelay: ${dir} is a directory, not a regular file: give audisp-remote's queue file`),
     );
     expect(() => mkdirSync(path.join(dir, 'q'))).not.toThrow(); // it was not created
   });

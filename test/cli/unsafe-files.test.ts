@@ -111,7 +111,7 @@ describe('FIFOs where a file is read: a clear error, never a hang', () => {
     const c = conf(dir, ['mode = forward', `queue_dir = ${dir}/q`, `queue_file = ${fifo}`]);
     const r = await run(['import-queue', '--config', c]);
     expect(r.code).toBe(1);
-    expect(r.err).toMatch(/remote\.log is a FIFO; only a regular file is accepted/);
+    expect(r.err).toMatch(/remote\.log is a FIFO, not a regular file: give audisp-remote's queue file/);
   });
 
   it('a SIGHUP while the config file is a FIFO keeps the running configuration and the agent responsive', async () => {
