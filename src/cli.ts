@@ -46,6 +46,7 @@ commands:
   import-queue [--config FILE] [--queue-file FILE] [--skip N] [--dry-run]
                               move audisp-remote's forward-mode queue file into auditrelay's
                               durable queue (queue_dir), so a host switching over keeps its backlog
+  events [--raw] [FILE...]    audit logs (stdin without FILE) to one JSON object per event (JSON Lines)
   demo                        forward the bundled real audit records through an agent and a
                               collector on loopback, restarting the collector midway
   --version, --help
@@ -65,6 +66,8 @@ export async function main(argv: string[]): Promise<number> {
         return await showStatus(rest);
       case 'import-queue':
         return await runImportQueue(rest);
+      case 'events':
+        return await runEvents(rest);
       case 'demo': {
         const { runDemo } = await import('./demo.js');
         return await runDemo(rest);
@@ -368,6 +371,38 @@ function formatStatus(s: Record<string, unknown>): string {
     for (const t of transitions.slice(-8)) lines.push(`  ${t.time} ${t.actor}: ${t.from ?? ''} -> ${t.to}`);
   }
   return `${lines.join('\n')}\n`;
+}
+
+const EVENTS_USAGE = `usage: auditrelay events [--raw] [FILE...]
+
+Reads audit logs (each FILE in order, '-' or none for stdin) and writes one JSON object per event to stdout
+(JSON Lines, schema docs/schema/event-v1.schema.json, described in docs/events.md). Records of one event (same
+node and msg=audit(SECONDS.MILLIS:SERIAL)) are grouped even when interleaved or without EOE; hex-encoded fields
+and EXECVE arguments are decoded (process.args); every original field is kept. Lines that are not audit records
+are named on stderr and skipped.
+
+  --raw    add each record's original line ("raw")
+`;
+
+/** \`events\`: audit logs to JSON events (docs/events.md). */
+async function runEvents(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { raw: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(EVENTS_USAGE);
+    return ExitCodes.OK;
+  }
+  const { openEventInputs, writeEvents } = await import('./evidence/events-cli.js');
+  await writeEvents(openEventInputs(positionals, process.stdin), {
+    out: process.stdout,
+    raw: values.raw ?? false,
+    warn: (m) => process.stderr.write(`auditrelay: ${m}\n`),
+  });
+  return ExitCodes.OK;
 }
 
 /** `import-queue`: audisp-remote's queue file (reference §6.5) into our durable queue (docs/migrating.md). */

@@ -18,6 +18,8 @@ export const ErrorCodes = {
   ESCALATED: 'AR_ESCALATED',
   /** A file or directory is not safe to use (a symlink, not a regular file, writable by others). */
   UNSAFE_PATH: 'AR_UNSAFE_PATH',
+  /** The evidence store (signing key, side files) or a file given to `events`/`verify` cannot be used. */
+  EVIDENCE: 'AR_EVIDENCE',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
@@ -83,6 +85,13 @@ export class QueueError extends AuditRelayError {
 export class FileSafetyError extends AuditRelayError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(ErrorCodes.UNSAFE_PATH, message, options);
+  }
+}
+
+/** The evidence store or an input of `events`/`verify` cannot be used (docs/evidence.md); says what and where. */
+export class EvidenceError extends AuditRelayError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCodes.EVIDENCE, message, options);
   }
 }
 
