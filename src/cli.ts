@@ -47,6 +47,11 @@ commands:
                               move audisp-remote's forward-mode queue file into auditrelay's
                               durable queue (queue_dir), so a host switching over keeps its backlog
   events [--raw] [FILE...]    audit logs (stdin without FILE) to one JSON object per event (JSON Lines)
+  verify [--key KEY]... [--checkpoint FILE]... [--prove LINE] PATH | --proof FILE --key KEY
+                              check logs against the evidence kept beside them (exit 1 and one
+                              line per problem when not intact); prove that one record is included
+  pubkey [--key-file FILE] [--generate]
+                              print the verifier key of the evidence signing key
   demo                        forward the bundled real audit records through an agent and a
                               collector on loopback, restarting the collector midway
   --version, --help
@@ -68,6 +73,10 @@ export async function main(argv: string[]): Promise<number> {
         return await runImportQueue(rest);
       case 'events':
         return await runEvents(rest);
+      case 'verify':
+        return await runVerifyCommand(rest);
+      case 'pubkey':
+        return await runPubkeyCommand(rest);
       case 'demo': {
         const { runDemo } = await import('./demo.js');
         return await runDemo(rest);
@@ -403,6 +412,94 @@ async function runEvents(args: string[]): Promise<number> {
     warn: (m) => process.stderr.write(`auditrelay: ${m}\n`),
   });
   return ExitCodes.OK;
+}
+
+const VERIFY_USAGE = `usage: auditrelay verify [--key KEY|@FILE]... [--checkpoint FILE]... [--prove LINE] PATH
+       auditrelay verify --proof FILE --key KEY|@FILE
+
+Checks audit logs against the evidence kept beside them (LOG.evidence/: a hash chain per host, a Merkle tree,
+signed checkpoints; docs/evidence.md). PATH is a log file (LOG or LOG.N) or a directory of logs. Exit status 0:
+intact. Exit status 1: one line per problem on stdout (FILE:LINE: what), the first is the first bad position:
+edited, deleted, inserted, reordered records, a truncation, a replaced or missing file, bad signatures.
+Warnings (records not signed yet, records re-read after a crash) and a summary go to stderr.
+
+  --key KEY         verifier key trusted to sign checkpoints (as printed by \`auditrelay pubkey\`), or @FILE
+                    holding it; repeat for several. Without it the key recorded beside the log is used (warned).
+  --checkpoint FILE a checkpoint kept elsewhere (copied off the host): the logs must still contain it, which
+                    catches a log and its evidence truncated together
+  --prove LINE      print (JSON, stdout) a proof that line LINE of the log file PATH is in a signed tree
+  --proof FILE      check such a proof on its own, without the logs (needs --key)
+`;
+
+/** \`verify\`: logs against their evidence (docs/evidence.md). */
+async function runVerifyCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      key: { type: 'string', multiple: true },
+      checkpoint: { type: 'string', multiple: true },
+      prove: { type: 'string' },
+      proof: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(VERIFY_USAGE);
+    return ExitCodes.OK;
+  }
+  if (positionals.length > 1) throw new UsageError('verify takes one PATH');
+  const { runVerify } = await import('./evidence/evidence-cli.js');
+  return runVerify(
+    {
+      ...(positionals[0] !== undefined ? { path: positionals[0] } : {}),
+      keys: values.key ?? [],
+      checkpoints: values.checkpoint ?? [],
+      ...(values.prove !== undefined ? { prove: values.prove } : {}),
+      ...(values.proof !== undefined ? { proof: values.proof } : {}),
+    },
+    { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) },
+  );
+}
+
+const PUBKEY_USAGE = `usage: auditrelay pubkey [--key-file FILE] [--generate [--name NAME]]
+
+Prints the verifier key (NAME+KEYID+BASE64, the C2SP signed-note form) of the Ed25519 key that signs the
+evidence checkpoints. Keep it off the host (it is what \`auditrelay verify --key\` trusts). The collector creates
+the key when it first starts with evidence on; --generate creates it now when missing (mode 0400, in a private
+directory).
+
+  --key-file FILE   default /var/lib/auditrelay/evidence/signing.key
+  --name NAME       key name for a key created now (default auditrelay-<host name>)
+`;
+
+/** \`pubkey\`: the verifier key of the evidence signing key. */
+async function runPubkeyCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      'key-file': { type: 'string' },
+      generate: { type: 'boolean' },
+      name: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: false,
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(PUBKEY_USAGE);
+    return ExitCodes.OK;
+  }
+  const { runPubkey } = await import('./evidence/evidence-cli.js');
+  return runPubkey(
+    {
+      ...(values['key-file'] !== undefined ? { keyFile: values['key-file'] } : {}),
+      ...(values.name !== undefined ? { name: values.name } : {}),
+      generate: values.generate ?? false,
+    },
+    { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) },
+  );
 }
 
 /** `import-queue`: audisp-remote's queue file (reference §6.5) into our durable queue (docs/migrating.md). */
