@@ -20,10 +20,17 @@ export function readKeyArg(value: string): VerifierKey {
     try {
       text = readFileSync(value.slice(1), 'utf8');
     } catch (err) {
-      throw new EvidenceError(`cannot read key file ${value.slice(1)}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+      throw new EvidenceError(
+        `cannot read key file ${value.slice(1)}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+      );
     }
   }
-  const k = parseVerifierKey(text.trim().split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#'))[0] ?? '');
+  const k = parseVerifierKey(
+    text
+      .trim()
+      .split('\n')
+      .filter((l) => l.trim() !== '' && !l.startsWith('#'))[0] ?? '',
+  );
   if (typeof k === 'string') throw new UsageError(`--key: ${k}`);
   return k;
 }
@@ -50,7 +57,9 @@ export function runVerify(a: VerifyArgs, io: Io): number {
     for (const b of bad) io.out(`${a.proof}: ${b}\n`);
     if (bad.length === 0) {
       const p = proof as { log_file: string; line: number; index: number; tree_size: number };
-      io.err(`${a.proof}: the record (${p.log_file}:${p.line}, index ${p.index}) is in the signed tree of ${p.tree_size} records\n`);
+      io.err(
+        `${a.proof}: the record (${p.log_file}:${p.line}, index ${p.index}) is in the signed tree of ${p.tree_size} records\n`,
+      );
     }
     return bad.length === 0 ? ExitCodes.OK : ExitCodes.FAILURE;
   }
@@ -58,7 +67,8 @@ export function runVerify(a: VerifyArgs, io: Io): number {
   let prove: number | undefined;
   if (a.prove !== undefined) {
     prove = Number(a.prove);
-    if (!Number.isSafeInteger(prove) || prove < 1) throw new UsageError(`--prove takes a line number, not '${a.prove}'`);
+    if (!Number.isSafeInteger(prove) || prove < 1)
+      throw new UsageError(`--prove takes a line number, not '${a.prove}'`);
   }
   const checkpoints = a.checkpoints.map((f) => {
     try {

@@ -7,7 +7,13 @@
  * preceded by a `name:` line, the key name of the signed notes. A key file readable by group or others, not owned by
  * us (or root), a link or not a regular file is refused.
  */
-import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } from 'node:crypto';
+import {
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+  randomBytes,
+} from 'node:crypto';
 import { closeSync, fsyncSync, linkSync, readSync, unlinkSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -101,12 +107,17 @@ function parseKeyFile(text: string, file: string): SigningKey {
   try {
     privateKey = createPrivateKey({ key: text.slice(text.indexOf('-----BEGIN')), format: 'pem' });
   } catch (err) {
-    throw new EvidenceError(`evidence signing key ${file} is not a PEM private key: ${(err as Error).message}`, {
-      cause: err,
-    });
+    throw new EvidenceError(
+      `evidence signing key ${file} is not a PEM private key: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
   }
   if (privateKey.asymmetricKeyType !== 'ed25519') {
-    throw new EvidenceError(`evidence signing key ${file} is a ${privateKey.asymmetricKeyType} key, not Ed25519`);
+    throw new EvidenceError(
+      `evidence signing key ${file} is a ${privateKey.asymmetricKeyType} key, not Ed25519`,
+    );
   }
   const jwk = createPublicKey(privateKey).export({ format: 'jwk' }) as { x: string };
   const publicKey = Buffer.from(jwk.x, 'base64url');

@@ -51,7 +51,9 @@ export class CompactRange {
   constructor(size = 0, hashes: Buffer[] = []) {
     if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`bad tree size ${size}`);
     if (hashes.length !== popcount(size)) {
-      throw new RangeError(`a tree of ${size} leaves has ${popcount(size)} subtree roots, not ${hashes.length}`);
+      throw new RangeError(
+        `a tree of ${size} leaves has ${popcount(size)} subtree roots, not ${hashes.length}`,
+      );
     }
     this.#size = size;
     this.#hashes = hashes.slice();
@@ -155,7 +157,12 @@ function largestPowerOfTwoBelow(n: number): number {
 }
 
 /** RFC 9162 section 2.1.3.2: the root that `path` leads to from `leafHash` at `index` in a tree of `size`. */
-export function rootFromInclusionPath(index: number, size: number, leafHash: Buffer, path: Buffer[]): Buffer | null {
+export function rootFromInclusionPath(
+  index: number,
+  size: number,
+  leafHash: Buffer,
+  path: Buffer[],
+): Buffer | null {
   if (!Number.isSafeInteger(index) || !Number.isSafeInteger(size) || index < 0 || index >= size) return null;
   let fn = index;
   let sn = size - 1;

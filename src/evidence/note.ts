@@ -43,9 +43,11 @@ export function verifierKey(name: string, publicKey: Buffer): VerifierKey {
 
 /** Parses `name+hash+base64`; returns an error text when it is not an Ed25519 verifier key. */
 export function parseVerifierKey(text: string): VerifierKey | string {
-  const parts = text.trim().split('+');
-  if (parts.length !== 3) return `'${text.trim()}' is not a verifier key (NAME+KEYID+BASE64)`;
-  const [name, hex, b64] = parts as [string, string, string];
+  // NAME+KEYID+BASE64: the name has no '+', the base64 may.
+  const t = text.trim();
+  const m = /^([^+]*)\+([0-9a-fA-F]{8})\+([A-Za-z0-9+/=]+)$/.exec(t);
+  if (!m) return `'${t.slice(0, 100)}' is not a verifier key (NAME+KEYID+BASE64)`;
+  const [, name, hex, b64] = m as unknown as [string, string, string, string];
   const bad = checkKeyName(name);
   if (bad) return bad;
   const raw = Buffer.from(b64, 'base64');
@@ -79,7 +81,8 @@ export function parseCheckpoint(body: string): Checkpoint | string {
     return `checkpoint tree size '${sizeText}' is not a decimal number`;
   }
   const root = Buffer.from(rootText, 'base64');
-  if (root.length !== 32 || root.toString('base64') !== rootText) return 'checkpoint root is not a base64 SHA-256';
+  if (root.length !== 32 || root.toString('base64') !== rootText)
+    return 'checkpoint root is not a base64 SHA-256';
   return { origin, size: Number(sizeText), root, extensions };
 }
 

@@ -53,7 +53,10 @@ export function formatHeader(h: SegmentHeader): string {
 export function encodeHost(host: string): string {
   let out = '';
   for (const b of Buffer.from(host, 'utf8')) {
-    out += b <= 0x20 || b >= 0x7f || b === 0x25 ? `%${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b);
+    out +=
+      b <= 0x20 || b >= 0x7f || b === 0x25
+        ? `%${b.toString(16).toUpperCase().padStart(2, '0')}`
+        : String.fromCharCode(b);
   }
   return out === '' ? '%' : out;
 }
@@ -117,7 +120,9 @@ export function parseSegment(file: string, data: Buffer): ParsedSegment {
   lines.pop(); // after the last '\n'
   const headerEnd = lines.indexOf('');
   if (lines[0] !== SEGMENT_MAGIC || headerEnd < 0) {
-    throw new EvidenceError(`evidence file ${file}: not an auditrelay evidence file (version 1) or its header is cut`);
+    throw new EvidenceError(
+      `evidence file ${file}: not an auditrelay evidence file (version 1) or its header is cut`,
+    );
   }
   const fields = new Map<string, string>();
   for (const l of lines.slice(1, headerEnd)) {
@@ -131,7 +136,8 @@ export function parseSegment(file: string, data: Buffer): ParsedSegment {
   if (!Number.isSafeInteger(start) || start < 0 || origin === undefined || key === undefined) {
     throw new EvidenceError(`evidence file ${file}: header lacks origin, key or start`);
   }
-  if (!frontier.every((f) => B64_HASH.test(f))) throw new EvidenceError(`evidence file ${file}: bad frontier`);
+  if (!frontier.every((f) => B64_HASH.test(f)))
+    throw new EvidenceError(`evidence file ${file}: bad frontier`);
   const header: SegmentHeader = {
     origin,
     key,
@@ -171,7 +177,14 @@ export function parseSegment(file: string, data: Buffer): ParsedSegment {
       const ref = Number(parts[1]);
       const host = decodeHost(parts[3]!);
       if (Number.isSafeInteger(ref) && ref > 0 && B64_HASH.test(parts[2]!) && host !== null) {
-        markers.push({ kind: 'host', at: count, line: lineNo, ref, prev: Buffer.from(parts[2]!, 'base64'), host });
+        markers.push({
+          kind: 'host',
+          at: count,
+          line: lineNo,
+          ref,
+          prev: Buffer.from(parts[2]!, 'base64'),
+          host,
+        });
         continue;
       }
     } else if (kind === 'x' && parts.length === 2) {
@@ -181,7 +194,12 @@ export function parseSegment(file: string, data: Buffer): ParsedSegment {
         continue;
       }
     } else if (kind === 'c' && parts.length === 2) {
-      markers.push({ kind: 'checkpoint', at: count, line: lineNo, note: Buffer.from(parts[1]!, 'base64').toString('utf8') });
+      markers.push({
+        kind: 'checkpoint',
+        at: count,
+        line: lineNo,
+        note: Buffer.from(parts[1]!, 'base64').toString('utf8'),
+      });
       continue;
     }
     malformed.push([lineNo, `malformed evidence entry '${l.slice(0, 60)}'`]);
@@ -296,5 +314,13 @@ export function replaySegment(
     if (rootsAt.has(tree.size)) roots.set(tree.size, tree.root());
   }
   applyMarkers(seg.count);
-  return { tree, heads, hosts, checkpoints, undeclared, roots, ...(leaves && prevs ? { leaves, prevs } : {}) };
+  return {
+    tree,
+    heads,
+    hosts,
+    checkpoints,
+    undeclared,
+    roots,
+    ...(leaves && prevs ? { leaves, prevs } : {}),
+  };
 }

@@ -94,12 +94,21 @@ interface Segment {
 }
 
 export function verifyPath(target: string, options: VerifyOptions = {}): VerifyReport {
-  const report: VerifyReport = { problems: [], warnings: [], logs: 0, records: 0, checkpoints: 0, lastCheckpoint: null };
+  const report: VerifyReport = {
+    problems: [],
+    warnings: [],
+    logs: 0,
+    records: 0,
+    checkpoints: 0,
+    lastCheckpoint: null,
+  };
   let st: ReturnType<typeof lstatSync>;
   try {
     st = lstatSync(target);
   } catch (err) {
-    throw new EvidenceError(`cannot verify ${target}: ${(err as NodeJS.ErrnoException).code ?? err}`, { cause: err });
+    throw new EvidenceError(`cannot verify ${target}: ${(err as NodeJS.ErrnoException).code ?? err}`, {
+      cause: err,
+    });
   }
   if (st.isSymbolicLink()) {
     throw new EvidenceError(`cannot verify ${target}: it is a symbolic link; give the real path`);
@@ -118,7 +127,10 @@ export function verifyPath(target: string, options: VerifyOptions = {}): VerifyR
       .filter((n) => statSync(path.join(abs, n)).isDirectory())
       .sort();
     if (bases.length === 0) {
-      report.problems.push({ file: abs, message: 'no evidence here (no LOG.evidence directory beside any log)' });
+      report.problems.push({
+        file: abs,
+        message: 'no evidence here (no LOG.evidence directory beside any log)',
+      });
     }
     for (const b of bases) verifySet(path.join(abs, b.slice(0, -'.evidence'.length)), null, options, report);
     return report;
@@ -214,7 +226,10 @@ function verifySet(base: string, only: string | null, options: VerifyOptions, re
   // Checkpoints kept outside the segments: the tree must contain them.
   for (const e of external) {
     if (!signedByAny(e.note, keys, segments)) {
-      report.problems.push({ file: e.name, message: 'checkpoint signature does not verify with the trusted key' });
+      report.problems.push({
+        file: e.name,
+        message: 'checkpoint signature does not verify with the trusted key',
+      });
       continue;
     }
     if (e.cp.size > total) {
@@ -230,7 +245,9 @@ function verifySet(base: string, only: string | null, options: VerifyOptions, re
           message: `checkpoint over ${e.cp.size} records does not match the evidence: records before index ${e.cp.size} were changed`,
         });
       } else if (!root) {
-        report.warnings.push(`${e.name}: its tree size ${e.cp.size} is in no segment kept here; not compared`);
+        report.warnings.push(
+          `${e.name}: its tree size ${e.cp.size} is in no segment kept here; not compared`,
+        );
       }
     }
   }
@@ -244,7 +261,8 @@ function findLogs(base: string): LogFile[] {
   for (const n of readdirSync(dir)) {
     let rotation: number;
     if (n === name) rotation = 0;
-    else if (n.startsWith(`${name}.`) && /^\d+$/.test(n.slice(name.length + 1))) rotation = Number(n.slice(name.length + 1));
+    else if (n.startsWith(`${name}.`) && /^\d+$/.test(n.slice(name.length + 1)))
+      rotation = Number(n.slice(name.length + 1));
     else continue;
     const file = path.join(dir, n);
     if (!lstatSync(file).isFile()) continue;
@@ -273,7 +291,9 @@ function bind(segments: Segment[], logs: LogFile[]): void {
     for (let i = 0; i < Math.min(k, s.seg.count); i++) {
       mine.add(s.seg.digests.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES).toString('base64'));
     }
-    const l = logs.find((x) => !used.has(x) && firstDigests(x.file, k).some((d) => mine.has(d.toString('base64'))));
+    const l = logs.find(
+      (x) => !used.has(x) && firstDigests(x.file, k).some((d) => mine.has(d.toString('base64'))),
+    );
     if (l) {
       s.log = l;
       used.add(l);
@@ -282,7 +302,13 @@ function bind(segments: Segment[], logs: LogFile[]): void {
   // An empty newest segment belongs to the current log (created at rotation, nothing written yet).
   const newest = segments[segments.length - 1];
   const current = logs.find((l) => l.rotation === 0);
-  if (newest && !newest.log && current && !used.has(current) && (newest.seg.count === 0 || current.first === null)) {
+  if (
+    newest &&
+    !newest.log &&
+    current &&
+    !used.has(current) &&
+    (newest.seg.count === 0 || current.first === null)
+  ) {
     newest.log = current;
     used.add(current);
   }
@@ -391,7 +417,11 @@ function checkSegment(
   report.records += seg.count;
   for (const [line, what] of seg.malformed) report.problems.push({ file: s.file, line, message: what });
   for (const [line, ref] of replay.undeclared) {
-    report.problems.push({ file: s.file, line, message: `entry of host #${ref}, which is not declared before it` });
+    report.problems.push({
+      file: s.file,
+      line,
+      message: `entry of host #${ref}, which is not declared before it`,
+    });
   }
   // Continuity with the previous segment.
   if (prev) {
@@ -450,7 +480,11 @@ function checkSegment(
       continue;
     }
     if (cp.origin !== seg.header.origin) {
-      report.problems.push({ file: s.file, line: c.line, message: `checkpoint of another log (origin ${cp.origin})` });
+      report.problems.push({
+        file: s.file,
+        line: c.line,
+        message: `checkpoint of another log (origin ${cp.origin})`,
+      });
       continue;
     }
     if (cp.size !== c.size || !cp.root.equals(c.root)) {
@@ -505,7 +539,7 @@ function checkSegment(
     return;
   }
   report.logs++;
-  compareLog(s, replay, active, signedUpTo, options, report, proving);
+  compareLog(s, replay, active, options, report, proving);
 }
 
 /** Diff of the log's lines against the segment's record digests, with the lost (x) records taken out. */
@@ -513,7 +547,6 @@ function compareLog(
   s: Segment,
   replay: ReplayResult,
   active: boolean,
-  signedUpTo: number,
   options: VerifyOptions,
   report: VerifyReport,
   proving: boolean,
@@ -536,7 +569,10 @@ function compareLog(
       left--;
       const index = start + i;
       if (replay.checkpoints.some((c) => c.line < m.line && c.size > index)) {
-        add(undefined, `record index ${index} was signed in a checkpoint but is missing from the log: removed`);
+        add(
+          undefined,
+          `record index ${index} was signed in a checkpoint but is missing from the log: removed`,
+        );
       } else unsigned.push(index);
     }
     if (unsigned.length > 0) {
@@ -586,13 +622,12 @@ function compareLog(
   problems.sort((a, b) => (a.line ?? 0) - (b.line ?? 0));
   report.problems.push(...problems.slice(0, max));
   if (problems.length > max) {
-    report.problems.push({ file: log.file, message: `… and ${problems.length - max} more problems in this file` });
+    report.problems.push({
+      file: log.file,
+      message: `… and ${problems.length - max} more problems in this file`,
+    });
   }
   if (proving) report.proof = makeProof(s, replay, entries, inPlace, options.prove!, lineTexts, report);
-}
-
-function indexSignedBefore(replay: ReplayResult, index: number, markerLine: number): boolean {
-  return replay.checkpoints.some((c) => c.line < markerLine && c.size > index);
 }
 
 /**
@@ -649,16 +684,23 @@ function diffMiddle(
     tails[lo] = k;
   }
   const lis = new Set<number>();
-  for (let k = tails.length > 0 ? tails[tails.length - 1]! : -1; k >= 0; k = prevIdx[k]!) lis.add(seqLines[k]!);
+  for (let k = tails.length > 0 ? tails[tails.length - 1]! : -1; k >= 0; k = prevIdx[k]!)
+    lis.add(seqLines[k]!);
   for (const l of lis) inPlace.set(l, matched[l]!);
   // Moved records.
   for (const l of seqLines) {
     if (lis.has(l)) continue;
     const e = matched[l]!;
-    add(l + 1, `record out of order: it is record index ${start + entries[e]!}, which belongs at line ${e + 1}`);
+    add(
+      l + 1,
+      `record out of order: it is record index ${start + entries[e]!}, which belongs at line ${e + 1}`,
+    );
   }
   // Gaps between in-place pairs.
-  const anchors: [number, number][] = [[p - 1, p - 1], ...[...lis].sort((a, b) => a - b).map((l) => [l, matched[l]!] as [number, number])];
+  const anchors: [number, number][] = [
+    [p - 1, p - 1],
+    ...[...lis].sort((a, b) => a - b).map((l) => [l, matched[l]!] as [number, number]),
+  ];
   anchors.push([m, n]);
   for (let a = 0; a + 1 < anchors.length; a++) {
     const [l0, e0] = anchors[a]!;
@@ -670,7 +712,10 @@ function diffMiddle(
     const last = a + 2 === anchors.length;
     const pairs = Math.min(gapLines.length, gapEntries.length);
     for (let k = 0; k < pairs; k++) {
-      add(gapLines[k]! + 1, `record changed: it does not match record index ${start + entries[gapEntries[k]!]!} of the evidence`);
+      add(
+        gapLines[k]! + 1,
+        `record changed: it does not match record index ${start + entries[gapEntries[k]!]!} of the evidence`,
+      );
     }
     const extraLines = gapLines.slice(pairs);
     const extraEntries = gapEntries.slice(pairs);
@@ -686,7 +731,10 @@ function diffMiddle(
       );
     } else {
       for (const e of extraEntries) {
-        add(l1 + 1 > m ? m + 1 : l1 + 1, `record deleted before this line: record index ${start + entries[e]!} is missing`);
+        add(
+          l1 + 1 > m ? m + 1 : l1 + 1,
+          `record deleted before this line: record index ${start + entries[e]!} is missing`,
+        );
       }
     }
     if (last && extraLines.length > 0 && gapEntries.length === 0 && active) {
@@ -714,17 +762,18 @@ function makeProof(
   };
   const pos = inPlace.get(line - 1);
   const text = texts.get(line - 1);
-  if (pos === undefined || text === undefined) return fail('this line is not a record of the evidence (see the problems above)');
+  if (pos === undefined || text === undefined)
+    return fail('this line is not a record of the evidence (see the problems above)');
   const i = entries[pos]!;
   const start = s.seg.header.start;
   const index = start + i;
-  const cp = replay.checkpoints.find((c) => c.size > index && typeof parseSignedCheckpoint(c.note) !== 'string');
+  const cp = replay.checkpoints.find(
+    (c) => c.size > index && typeof parseSignedCheckpoint(c.note) !== 'string',
+  );
   if (!cp) return fail(`record index ${index} is not covered by a checkpoint yet; wait for the next one`);
   const leaves = replay.leaves!;
-  const tree = new PartialTree(
-    new CompactRange(start, s.seg.header.frontier),
-    cp.size,
-    (k) => leaves.subarray((k - start) * HASH_BYTES, (k - start + 1) * HASH_BYTES),
+  const tree = new PartialTree(new CompactRange(start, s.seg.header.frontier), cp.size, (k) =>
+    leaves.subarray((k - start) * HASH_BYTES, (k - start + 1) * HASH_BYTES),
   );
   const ref = s.seg.refs[i]!;
   const host = replay.hosts.get(ref) ?? `#${ref}`;
@@ -756,18 +805,23 @@ export function verifyInclusionProof(proof: unknown, keys: VerifierKey[]): strin
     return b;
   };
   const prevChain = b64(p.prev_chain, 'prev_chain');
-  const path = Array.isArray(p.inclusion_path) ? p.inclusion_path.map((h, k) => b64(h, `inclusion_path[${k}]`)) : [];
-  if (typeof p.record_base64 !== 'string' || typeof p.host !== 'string') bad.push('record_base64 or host missing');
+  const path = Array.isArray(p.inclusion_path)
+    ? p.inclusion_path.map((h, k) => b64(h, `inclusion_path[${k}]`))
+    : [];
+  if (typeof p.record_base64 !== 'string' || typeof p.host !== 'string')
+    bad.push('record_base64 or host missing');
   if (typeof p.checkpoint !== 'string') bad.push('checkpoint missing');
   if (bad.length > 0) return bad;
   const parsed = parseSignedCheckpoint(p.checkpoint!);
   if (typeof parsed === 'string') return [`checkpoint: ${parsed}`];
   if (keys.length === 0) return ['no key given to check the checkpoint signature with (--key)'];
-  if (!keys.some((k) => noteSignedBy(parsed.note, k))) return ['checkpoint signature does not verify with the key'];
-  if (parsed.cp.size !== p.tree_size) return [`tree_size ${p.tree_size} is not the checkpoint's ${parsed.cp.size}`];
+  if (!keys.some((k) => noteSignedBy(parsed.note, k)))
+    return ['checkpoint signature does not verify with the key'];
+  if (parsed.cp.size !== p.tree_size)
+    return [`tree_size ${p.tree_size} is not the checkpoint's ${parsed.cp.size}`];
   const leaf = new Chainer().leaf(prevChain, p.host!, sha256(Buffer.from(p.record_base64!, 'base64')));
   const root = rootFromInclusionPath(p.index ?? -1, p.tree_size ?? 0, leaf, path);
-  if (!root || !root.equals(parsed.cp.root)) {
+  if (!root?.equals(parsed.cp.root)) {
     return ['the record, its host and prev_chain do not lead to the signed root: the proof does not hold'];
   }
   return [];

@@ -30,7 +30,12 @@ import {
 import os from 'node:os';
 import path from 'node:path';
 import { EvidenceError } from '../errors.js';
-import { checkPrivateDirectory, openAppendNoFollow, openRegularForRead, writeFileAtomic } from '../fs/safe-files.js';
+import {
+  checkPrivateDirectory,
+  openAppendNoFollow,
+  openRegularForRead,
+  writeFileAtomic,
+} from '../fs/safe-files.js';
 import { DEFAULT_KEY_FILE, loadSigningKey, type SigningKey } from './keys.js';
 import { firstLineDigest, hostFromLine, scanLines } from './log-lines.js';
 import { CompactRange, HASH_BYTES, sha256 } from './merkle.js';
@@ -148,7 +153,8 @@ export class EvidenceWriter {
       ...(options.keyName ? { name: options.keyName } : {}),
     });
     const w = new EvidenceWriter(options, key);
-    if (key.created) w.#log.info({ keyFile: key.file, key: key.verifier.text }, 'evidence signing key created');
+    if (key.created)
+      w.#log.info({ keyFile: key.file, key: key.verifier.text }, 'evidence signing key created');
     checkPrivateDirectory(path.dirname(w.logFile), { what: 'log directory' });
     checkPrivateDirectory(w.dir, { what: 'evidence directory', create: true, mode: 0o700 });
     w.#resume();
@@ -184,7 +190,8 @@ export class EvidenceWriter {
   append(host: string, data: Buffer): void {
     if (this.#closed) throw new EvidenceError('evidence writer is closed');
     if (data.length === 0) return;
-    if (data[data.length - 1] !== 0x0a) throw new RangeError('append() takes whole lines ending with a newline');
+    if (data[data.length - 1] !== 0x0a)
+      throw new RangeError('append() takes whole lines ending with a newline');
     if (this.#lagging) {
       // These records are already in the log: catching up chains them from there (now, or on a later call).
       this.#catchUp();
@@ -197,7 +204,11 @@ export class EvidenceWriter {
       lines.push(data.subarray(start, nl));
       start = nl + 1;
     }
-    this.#chain(lines.map((l) => [host, l]), false, data.length);
+    this.#chain(
+      lines.map((l) => [host, l]),
+      false,
+      data.length,
+    );
   }
 
   /** Writes a checkpoint now when records were added since the last one. Returns whether one was written. */
@@ -271,7 +282,10 @@ export class EvidenceWriter {
       }
       for (const host of newRefs) this.#refs.delete(host);
       this.#lagging = true;
-      this.#fail('evidence entries not written; the records stay in the log and are chained from it later', err);
+      this.#fail(
+        'evidence entries not written; the records stay in the log and are chained from it later',
+        err,
+      );
       return false;
     }
     this.#nextRef += newRefs.length;
@@ -294,7 +308,10 @@ export class EvidenceWriter {
     }
     if (chained < 0) return false;
     if (chained > 0) {
-      this.#log.warn({ records: chained, log: this.logFile }, 'evidence: records chained by re-reading the log');
+      this.#log.warn(
+        { records: chained, log: this.logFile },
+        'evidence: records chained by re-reading the log',
+      );
     }
     this.#lagging = false;
     return true;
@@ -364,13 +381,21 @@ export class EvidenceWriter {
     if (this.#logFd >= 0) fdatasyncSync(this.#logFd);
     fdatasyncSync(this.#segFd);
     const time = this.#now().toISOString();
-    const body = formatCheckpoint({ origin: this.#origin, size, root: this.#tree.root(), extensions: [`time ${time}`] });
+    const body = formatCheckpoint({
+      origin: this.#origin,
+      size,
+      root: this.#tree.root(),
+      extensions: [`time ${time}`],
+    });
     const note = signNote(body, this.#key.name, this.#key.privateKey, this.#key.publicKey);
     this.#writeSegment(checkpointLine(note));
     fdatasyncSync(this.#segFd);
     this.#checkpointSize = size;
     this.#checkpointTime = time;
-    writeFileAtomic(path.join(this.dir, LATEST_CHECKPOINT_FILE), note, { mode: 0o600, what: 'latest checkpoint' });
+    writeFileAtomic(path.join(this.dir, LATEST_CHECKPOINT_FILE), note, {
+      mode: 0o600,
+      what: 'latest checkpoint',
+    });
     return true;
   }
 
@@ -497,7 +522,10 @@ export class EvidenceWriter {
       // Killed while writing an entry: the entry is incomplete (unsigned); cut it, the record is re-read below.
       ftruncateSync(this.#segFd, seg.completeBytes);
       this.#segBytes = seg.completeBytes;
-      this.#log.warn({ file: newest.file, bytes: seg.tornBytes }, 'evidence: incomplete last entry cut (crash)');
+      this.#log.warn(
+        { file: newest.file, bytes: seg.tornBytes },
+        'evidence: incomplete last entry cut (crash)',
+      );
     }
     if (seg.count === 0) {
       this.#adoptLog();
@@ -557,7 +585,8 @@ export class EvidenceWriter {
   #levelWithLog(): void {
     const expected = this.#chainedLines;
     const chained = this.#rereadFrom(0, expected);
-    if (chained < 0) throw new EvidenceError(`cannot write evidence file ${this.#segFile}: ${this.#lastError}`);
+    if (chained < 0)
+      throw new EvidenceError(`cannot write evidence file ${this.#segFile}: ${this.#lastError}`);
     const lines = this.#lastScan.lines;
     if (lines < expected) {
       // The log is shorter than its evidence: only possible after a power loss with a lazy fsync (or tampering:
