@@ -406,11 +406,17 @@ async function runEvents(args: string[]): Promise<number> {
     return ExitCodes.OK;
   }
   const { openEventInputs, writeEvents } = await import('./evidence/events-cli.js');
-  await writeEvents(openEventInputs(positionals, process.stdin), {
-    out: process.stdout,
-    raw: values.raw ?? false,
-    warn: (m) => process.stderr.write(`auditrelay: ${m}\n`),
-  });
+  try {
+    await writeEvents(openEventInputs(positionals, process.stdin), {
+      out: process.stdout,
+      raw: values.raw ?? false,
+      warn: (m) => process.stderr.write(`auditrelay: ${m}\n`),
+    });
+  } catch (err) {
+    // The reader of stdout went away (`| head`): stop quietly, as Unix filters do.
+    if ((err as NodeJS.ErrnoException).code === 'EPIPE') return ExitCodes.OK;
+    throw err;
+  }
   return ExitCodes.OK;
 }
 

@@ -59,7 +59,11 @@ export function parseHeader(line: string): RecordHeader | null {
   return { node, type, stamp, seconds, millis, serial, bodyStart };
 }
 
-/** The fields of a record body (docs/events.md, "Records"). Every object is created without a prototype. */
+/**
+ * The fields of a record body (docs/events.md, "Records"). Plain objects (JSON.stringify is much faster on them than
+ * on prototype-less ones); a field named `__proto__` is defined as an own property (see setField), and presence is
+ * tested with Object.hasOwn, so no name can reach the prototype.
+ */
 export interface RecordBody {
   /** name → value, in the order of the line; quotes removed, hex-encoded values decoded. */
   fields: Record<string, string>;
@@ -131,7 +135,7 @@ export const ENRICHED_SEPARATOR = '\x1d';
 export function parseBody(line: string, header: RecordHeader): RecordBody {
   const gs = line.indexOf(ENRICHED_SEPARATOR, header.bodyStart);
   const bodyText = gs < 0 ? line.slice(header.bodyStart) : line.slice(header.bodyStart, gs);
-  const body: RecordBody = { fields: Object.create(null) };
+  const body: RecordBody = { fields: {} };
   const isExecve = header.type === 'EXECVE';
   const text: string[] = [];
   scan(bodyText, (name, value, quote) => {
@@ -142,10 +146,11 @@ export function parseBody(line: string, header: RecordHeader): RecordBody {
     if (quote === "'" && name === 'msg') {
       if (body.msg === undefined) {
         const msgText: string[] = [];
-        const msg: Record<string, string> = Object.create(null);
+        const msg: Record<string, string> = {};
         scan(value, (n, v, q) => {
           if (n === null) msgText.push(v);
-          else if (!(n in msg)) msg[n] = decodeIfEncoded(body, `msg.${n}`, n, v, q, false);
+          else if (!Object.hasOwn(msg, n))
+            setField(msg, n, decodeIfEncoded(body, `msg.${n}`, n, v, q, false));
         });
         body.msg = msg;
         if (msgText.length > 0) body.msgText = msgText.join(' ');
@@ -153,19 +158,28 @@ export function parseBody(line: string, header: RecordHeader): RecordBody {
       }
     }
     const decoded = decodeIfEncoded(body, name, name, value, quote, isExecve);
-    if (!(name in body.fields)) body.fields[name] = decoded;
+    if (!Object.hasOwn(body.fields, name)) setField(body.fields, name, decoded);
     else if (body.dup) body.dup.push([name, decoded]);
     else body.dup = [[name, decoded]];
   });
   if (text.length > 0) body.text = text.join(' ');
   if (gs >= 0) {
-    const enriched: Record<string, string> = Object.create(null);
+    const enriched: Record<string, string> = {};
     scan(line.slice(gs + 1), (name, value) => {
-      if (name !== null && !(name in enriched)) enriched[name] = value;
+      if (name !== null && !Object.hasOwn(enriched, name)) setField(enriched, name, value);
     });
     body.enriched = enriched;
   }
   return body;
+}
+
+/** obj[name] = value, as an own data property even for `__proto__`. */
+export function setField(obj: Record<string, string>, name: string, value: string): void {
+  if (name === '__proto__') {
+    Object.defineProperty(obj, name, { value, enumerable: true, writable: true, configurable: true });
+  } else {
+    obj[name] = value;
+  }
 }
 
 function decodeIfEncoded(
@@ -181,8 +195,8 @@ function decodeIfEncoded(
   if (!execArg && !ENCODED_NAMES.has(name)) return value;
   if (!HEX.test(value)) return value;
   const bytes = Buffer.from(value, 'hex');
-  body.hex ??= Object.create(null) as Record<string, string>;
-  body.hex[hexKey] = value;
+  body.hex ??= {};
+  setField(body.hex, hexKey, value);
   if (execArg || name === 'proctitle') {
     body.bytes ??= new Map();
     body.bytes.set(name, bytes);

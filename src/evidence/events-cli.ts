@@ -51,7 +51,14 @@ export async function writeEvents(
     },
   });
   const out = options.out;
+  // A reader that goes away (`| head`) ends the run quietly: EPIPE is rethrown from drain() and reported by the caller.
+  let outError: Error | null = null;
+  const onOutError = (err: Error) => {
+    outError = err;
+  };
+  out.on('error', onOutError);
   const drain = async (): Promise<void> => {
+    if (outError) throw outError;
     if (pending.length === 0) return;
     const text = pending.join('');
     pending = [];
@@ -94,7 +101,7 @@ export async function writeEvents(
       splitter.end();
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EPIPE' || err === undefined) throw err;
+      if (code === 'EPIPE' || err === outError) throw err;
       await drain().catch(() => {});
       throw new EvidenceError(`cannot read ${input.name}: ${code ?? (err as Error).message}`, { cause: err });
     } finally {
@@ -107,6 +114,7 @@ export async function writeEvents(
   }
   grouper.flush();
   await drain();
+  out.off('error', onOutError);
   return { events: grouper.stats.events, records: grouper.stats.records, skipped };
 }
 

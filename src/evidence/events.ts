@@ -307,10 +307,14 @@ function buildEvent(ev: OpenEvent, end: EndReason, raw: boolean): AuditEvent {
     if (rh.type === 'EXECVE') {
       sawExecve = true;
       collectExecve(body.fields, body.bytes, execve);
-    } else if (rh.type === 'PROCTITLE' && proctitle === undefined && 'proctitle' in body.fields) {
+    } else if (
+      rh.type === 'PROCTITLE' &&
+      proctitle === undefined &&
+      Object.hasOwn(body.fields, 'proctitle')
+    ) {
       proctitle = body.bytes?.get('proctitle') ?? Buffer.from(body.fields.proctitle!, 'utf8');
     }
-    const key = body.fields.key;
+    const key = Object.hasOwn(body.fields, 'key') ? body.fields.key : undefined;
     if (key !== undefined && key !== '(null)') {
       for (const k of key.split('\x01')) if (k !== '' && !keys.includes(k)) keys.push(k);
     }
@@ -345,7 +349,7 @@ function collectExecve(
   bytes: Map<string, Buffer> | undefined,
   acc: { argc?: string; whole: Map<number, Buffer>; chunks: Map<number, Map<number, Buffer>> },
 ): void {
-  for (const name in fields) {
+  for (const name of Object.keys(fields)) {
     if (name === 'argc') {
       acc.argc ??= fields[name];
       continue;

@@ -93,7 +93,12 @@ describe('record parser', () => {
     const line = rec('USER', '1.000:1', '__proto__=x constructor=y');
     const b = parseBody(line, parseHeader(line)!);
     expect(JSON.stringify(b.fields)).toBe('{"__proto__":"x","constructor":"y"}');
-    expect(Object.getPrototypeOf(b.fields)).toBeNull();
+    expect(Object.getPrototypeOf(b.fields)).toBe(Object.prototype);
+    // A name that exists on Object.prototype is not mistaken for a field already seen.
+    const t = rec('USER', '1.000:1', 'toString=a hasOwnProperty=b');
+    expect(JSON.stringify(parseBody(t, parseHeader(t)!).fields)).toBe(
+      '{"toString":"a","hasOwnProperty":"b"}',
+    );
   });
 });
 

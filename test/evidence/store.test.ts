@@ -203,6 +203,48 @@ describe('a fresh log', () => {
   });
 });
 
+describe('the writer', () => {
+  it('writes a checkpoint on its timer when records were added, and none when nothing changed', async () => {
+    const t = new TestLog(undefined, { checkpointIntervalMs: 25 });
+    t.write(7);
+    await pollUntil(() => t.w.status().checkpointSize === 7 || undefined, {
+      timeoutMs: 10_000,
+      what: 'the timer checkpoint over 7 records',
+    });
+    const seg = `${t.file}.evidence/0000000000000000.chain`;
+    const count = () => (readFileSync(seg, 'utf8').match(/^c /gm) ?? []).length;
+    expect(count()).toBe(1);
+    t.write(2);
+    await pollUntil(() => t.w.status().checkpointSize === 9 || undefined, {
+      timeoutMs: 10_000,
+      what: 'a second one',
+    });
+    t.w.close();
+    expect(count()).toBe(2); // close() had nothing new to sign
+    expect(verify(t.file).lines).toEqual([]);
+  });
+
+  it('keeps memory bounded in hosts: beyond maxHosts, records are chained as (other) and still verify', () => {
+    const t = new TestLog(undefined, { maxHosts: 2 });
+    t.write(12, ['a', 'b', 'c', 'd'], 1);
+    t.w.close();
+    const seg = readFileSync(`${t.file}.evidence/0000000000000000.chain`, 'utf8');
+    expect(seg.match(/^h \d+ \S+ (.*)$/gm)?.map((l) => l.split(' ')[3])).toEqual(['a', 'b', '(other)']);
+    expect(verify(t.file).lines).toEqual([]);
+  });
+
+  it('refuses an evidence directory that is a symbolic link or writable by others', () => {
+    const d = tempDir();
+    mkdirSync(path.join(d, 'elsewhere'), { mode: 0o700 });
+    symlinkSync(path.join(d, 'elsewhere'), path.join(d, 'audit.log.evidence'));
+    expect(() => new TestLog(d)).toThrow(/evidence directory .* is a symbolic link/);
+    unlinkSync(path.join(d, 'audit.log.evidence'));
+    mkdirSync(path.join(d, 'audit.log.evidence'), { mode: 0o700 });
+    chmodSync(path.join(d, 'audit.log.evidence'), 0o777);
+    expect(() => new TestLog(d)).toThrow(/writable by others/);
+  });
+});
+
 describe('tampering with records of a log written through the writer', () => {
   function written(count = 60): TestLog {
     const t = new TestLog();
