@@ -130,7 +130,7 @@ console.log(
     evRates.push(events / s);
   }
   console.log(
-    `events (in-process, grouper + JSON): ${range(rates)} records/s, ${range(evRates)} events/s (${events} events)`,
+    `events (in-process, grouper + JSON): ${range(rates)} records/s, ${range(evRates)} events/s (${events} events, ${(outBytes / 1e6).toFixed(1)} MB of JSON for ${(bytes / 1e6).toFixed(1)} MB of log)`,
   );
   const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-events-'));
   const file = path.join(dir, 'audit.log');
