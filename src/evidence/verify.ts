@@ -586,7 +586,7 @@ function compareLog(
   const digestOf = (i: number) => seg.digests.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
   // Digests of the log's complete lines.
   const { fd } = openRegularForRead(log.file, 'log file');
-  const lineDigests: Buffer[] = [];
+  const lineDigests = new DigestList();
   const lineTexts = new Map<number, Buffer>();
   let scan: { lines: number; end: number; tail: number };
   try {
@@ -599,14 +599,27 @@ function compareLog(
   }
   const n = entries.length;
   const m = lineDigests.length;
+  const ld = lineDigests.buffer;
   let p = 0;
-  while (p < n && p < m && digestOf(entries[p]!).equals(lineDigests[p]!)) p++;
+  while (
+    p < n &&
+    p < m &&
+    seg.digests.compare(
+      ld,
+      p * HASH_BYTES,
+      (p + 1) * HASH_BYTES,
+      entries[p]! * HASH_BYTES,
+      (entries[p]! + 1) * HASH_BYTES,
+    ) === 0
+  ) {
+    p++;
+  }
   /** Line (0-based) → entry position in `entries`, for lines in place. */
   const inPlace = new Map<number, number>();
   for (let i = 0; i < p; i++) inPlace.set(i, i);
   let truncated = false;
   if (p < n || p < m) {
-    const r = diffMiddle(entries, digestOf, lineDigests, p, start, scan.tail > 0, active, add, inPlace);
+    const r = diffMiddle(entries, digestOf, ld, m, p, start, scan.tail > 0, active, add, inPlace);
     truncated = r.truncated;
     if (r.unchainedTail > 0) {
       report.warnings.push(
@@ -638,7 +651,8 @@ function compareLog(
 function diffMiddle(
   entries: number[],
   digestOf: (i: number) => Buffer,
-  lines: Buffer[],
+  lines: Buffer,
+  m: number,
   p: number,
   start: number,
   tornTail: boolean,
@@ -648,7 +662,6 @@ function diffMiddle(
 ): { truncated: boolean; unchainedTail: number } {
   const result = { truncated: false, unchainedTail: 0 };
   const n = entries.length;
-  const m = lines.length;
   const byDigest = new Map<string, number[]>();
   for (let e = p; e < n; e++) {
     const key = digestOf(entries[e]!).toString('latin1');
@@ -659,7 +672,7 @@ function diffMiddle(
   const matched = new Int32Array(m).fill(-1);
   const entryMatched = new Uint8Array(n);
   for (let l = p; l < m; l++) {
-    const list = byDigest.get(lines[l]!.toString('latin1'));
+    const list = byDigest.get(lines.toString('latin1', l * HASH_BYTES, (l + 1) * HASH_BYTES));
     if (list && list.length > 0) {
       const e = list.shift()!;
       matched[l] = e;
@@ -825,4 +838,20 @@ export function verifyInclusionProof(proof: unknown, keys: VerifierKey[]): strin
     return ['the record, its host and prev_chain do not lead to the signed root: the proof does not hold'];
   }
   return [];
+}
+
+/** SHA-256 digests in one growing buffer (32 bytes a line instead of a Buffer object each). */
+class DigestList {
+  buffer = Buffer.alloc(64 * 1024 * HASH_BYTES);
+  length = 0;
+
+  push(d: Buffer): void {
+    if ((this.length + 1) * HASH_BYTES > this.buffer.length) {
+      const bigger = Buffer.alloc(this.buffer.length * 2);
+      this.buffer.copy(bigger);
+      this.buffer = bigger;
+    }
+    d.copy(this.buffer, this.length * HASH_BYTES);
+    this.length++;
+  }
 }
