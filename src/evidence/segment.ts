@@ -21,6 +21,7 @@
  */
 import { EvidenceError } from '../errors.js';
 import { CompactRange, HASH_BYTES, sha256 } from './merkle.js';
+import { parseCheckpoint, parseNote } from './note.js';
 
 export const SEGMENT_MAGIC = 'auditrelay-evidence 1';
 export const SEGMENT_SUFFIX = '.chain';
@@ -248,9 +249,20 @@ export class Chainer {
 export interface ReplayCheckpoint {
   note: string;
   line: number;
-  /** Records in the tree when the entry was written. */
+  /** Records in the tree where the entry stands (a checkpoint is written after the records it covers). */
+  position: number;
+  /** The tree size the note claims (-1 when the note does not parse). */
   size: number;
-  root: Buffer;
+  /** The tree head recomputed at that size (null when the size is outside [start, position]). */
+  root: Buffer | null;
+}
+
+/** The tree size a checkpoint entry's note claims, or -1. */
+export function claimedSize(note: string): number {
+  const n = parseNote(note);
+  if (typeof n === 'string') return -1;
+  const c = parseCheckpoint(n.body);
+  return typeof c === 'string' ? -1 : c.size;
 }
 
 export interface ReplayResult {
@@ -277,8 +289,18 @@ export function replaySegment(
   rootsAt: ReadonlySet<number> = new Set(),
 ): ReplayResult {
   const tree = new CompactRange(seg.header.start, seg.header.frontier);
+  // Roots are needed at the sizes the checkpoint entries claim (a checkpoint signed while more records were being
+  // appended stands after them) and at the sizes the caller asks for.
+  const claimed = new Map<Marker, number>();
+  const wanted = new Set(rootsAt);
+  for (const mk of seg.markers) {
+    if (mk.kind !== 'checkpoint') continue;
+    const size = claimedSize(mk.note);
+    claimed.set(mk, size);
+    wanted.add(size);
+  }
   const roots = new Map<number, Buffer>();
-  if (rootsAt.has(tree.size)) roots.set(tree.size, tree.root());
+  if (wanted.has(tree.size)) roots.set(tree.size, tree.root());
   const heads = new Map<string, Buffer>();
   const hosts = new Map<number, string>();
   const checkpoints: ReplayCheckpoint[] = [];
@@ -293,7 +315,15 @@ export function replaySegment(
         hosts.set(mk.ref, mk.host);
         if (!heads.has(mk.host)) heads.set(mk.host, mk.prev);
       } else if (mk.kind === 'checkpoint') {
-        checkpoints.push({ note: mk.note, line: mk.line, size: tree.size, root: tree.root() });
+        const size = claimed.get(mk) ?? -1;
+        const ok = size >= seg.header.start && size <= tree.size;
+        checkpoints.push({
+          note: mk.note,
+          line: mk.line,
+          position: tree.size,
+          size,
+          root: ok ? (roots.get(size) ?? null) : null,
+        });
       }
     }
   };
@@ -311,7 +341,7 @@ export function replaySegment(
     tree.append(leaf);
     if (leaves) leaf.copy(leaves, i * HASH_BYTES);
     if (prevs) prev.copy(prevs, i * HASH_BYTES);
-    if (rootsAt.has(tree.size)) roots.set(tree.size, tree.root());
+    if (wanted.has(tree.size)) roots.set(tree.size, tree.root());
   }
   applyMarkers(seg.count);
   return {

@@ -487,7 +487,15 @@ function checkSegment(
       });
       continue;
     }
-    if (cp.size !== c.size || !cp.root.equals(c.root)) {
+    if (cp.size > c.position || cp.size < start) {
+      report.problems.push({
+        file: s.file,
+        line: c.line,
+        message: `checkpoint claims ${cp.size} records but stands after record ${c.position} of a segment starting at ${start}: moved or forged`,
+      });
+      continue;
+    }
+    if (!c.root || !cp.root.equals(c.root)) {
       const from = Math.min(signedUpTo, cp.size);
       report.problems.push({
         file: s.file,
@@ -496,6 +504,7 @@ function checkSegment(
       });
       continue;
     }
+    if (cp.size < signedUpTo) continue; // an older checkpoint written late: consistent, nothing new
     signedUpTo = cp.size;
     signedTime = checkpointTime(cp);
     if (!report.lastCheckpoint || cp.size >= report.lastCheckpoint.size) {

@@ -16,22 +16,31 @@
  * Every call is synchronous. A failed side-file write never throws into the log writer: the records are in the
  * log, so the writer falls behind (`status().lagging`) and catches up by re-reading the log on the next call.
  */
+
+import { randomBytes } from 'node:crypto';
 import {
   closeSync,
+  fdatasync,
   fdatasyncSync,
+  constants as fsConstants,
   fstatSync,
+  fsync,
   ftruncateSync,
   lstatSync,
+  openSync,
   readdirSync,
   readSync,
+  renameSync,
   unlinkSync,
   writeSync,
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { EvidenceError } from '../errors.js';
 import {
   checkPrivateDirectory,
+  createExclusive,
   openAppendNoFollow,
   openRegularForRead,
   writeFileAtomic,
@@ -98,6 +107,9 @@ export interface EvidenceStatus {
   lastError: string | null;
 }
 
+const fdatasyncAsync = promisify(fdatasync);
+const fsyncAsync = promisify(fsync);
+
 const silentLog: EvidenceLogger = { info() {}, warn() {}, error() {} };
 
 export class EvidenceWriter {
@@ -132,6 +144,11 @@ export class EvidenceWriter {
   #lastError: string | null = null;
   #timer: NodeJS.Timeout | null = null;
   #closed = false;
+  /** Changes when the segment changes (rotate, close): a checkpoint begun before it is dropped. */
+  #generation = 0;
+  #checkpointing = false;
+  /** Tree size of the note in LOG.evidence/checkpoint. */
+  #latestSize = 0;
   #lastScan: { lines: number; end: number } = { lines: 0, end: 0 };
 
   private constructor(o: EvidenceWriterOptions, key: SigningKey) {
@@ -160,7 +177,7 @@ export class EvidenceWriter {
     w.#resume();
     const interval = options.checkpointIntervalMs ?? 10_000;
     if (interval > 0) {
-      w.#timer = setInterval(() => w.checkpoint(), interval);
+      w.#timer = setInterval(() => void w.#checkpointInBackground(), interval);
       w.#timer.unref();
     }
     return w;
@@ -230,6 +247,7 @@ export class EvidenceWriter {
   rotate(): void {
     if (this.#closed) throw new EvidenceError('evidence writer is closed');
     if (this.#lagging) this.#catchUp();
+    this.#generation++;
     this.checkpoint();
     this.#startSegment();
     this.#prune();
@@ -240,6 +258,7 @@ export class EvidenceWriter {
     if (this.#closed) return;
     if (this.#timer) clearInterval(this.#timer);
     if (this.#lagging) this.#catchUp();
+    this.#generation++;
     this.checkpoint();
     this.#closed = true;
     this.#closeFd('seg');
@@ -376,27 +395,85 @@ export class EvidenceWriter {
 
   #writeCheckpoint(): boolean {
     const size = this.#tree.size;
-    if (size === 0 || size === this.#checkpointSize) return false;
+    if (size === 0 || size <= this.#checkpointSize) return false;
     // The checkpoint vouches that the log holds these records: make the log and the entries durable first.
     if (this.#logFd >= 0) fdatasyncSync(this.#logFd);
     fdatasyncSync(this.#segFd);
-    const time = this.#now().toISOString();
-    const body = formatCheckpoint({
-      origin: this.#origin,
-      size,
-      root: this.#tree.root(),
-      extensions: [`time ${time}`],
-    });
-    const note = signNote(body, this.#key.name, this.#key.privateKey, this.#key.publicKey);
+    const note = this.#sign(size, this.#tree.root());
     this.#writeSegment(checkpointLine(note));
     fdatasyncSync(this.#segFd);
-    this.#checkpointSize = size;
-    this.#checkpointTime = time;
     writeFileAtomic(path.join(this.dir, LATEST_CHECKPOINT_FILE), note, {
       mode: 0o600,
       what: 'latest checkpoint',
     });
+    this.#latestSize = size;
     return true;
+  }
+
+  #sign(size: number, root: Buffer): string {
+    const time = this.#now().toISOString();
+    const body = formatCheckpoint({ origin: this.#origin, size, root, extensions: [`time ${time}`] });
+    this.#checkpointSize = size;
+    this.#checkpointTime = time;
+    return signNote(body, this.#key.name, this.#key.privateKey, this.#key.publicKey);
+  }
+
+  /**
+   * The timer's checkpoint: the same steps, but the fsyncs run in libuv's thread pool so that the log writer's event
+   * loop never waits for the disk. Records appended meanwhile stand before the entry; the note says its size.
+   */
+  async #checkpointInBackground(): Promise<void> {
+    if (this.#closed || this.#checkpointing) return;
+    if (this.#lagging) this.#catchUp();
+    const size = this.#tree.size;
+    if (size === 0 || size <= this.#checkpointSize) return;
+    this.#checkpointing = true;
+    const gen = this.#generation;
+    const root = this.#tree.root();
+    const current = () => gen === this.#generation && !this.#closed;
+    try {
+      if (this.#logFd >= 0) await fdatasyncAsync(this.#logFd);
+      await fdatasyncAsync(this.#segFd);
+      if (!current() || size <= this.#checkpointSize) return;
+      const note = this.#sign(size, root);
+      this.#writeSegment(checkpointLine(note));
+      await fdatasyncAsync(this.#segFd);
+      if (!current()) return;
+      await this.#writeLatestInBackground(note, size, current);
+    } catch (err) {
+      if (current()) this.#fail('checkpoint not written', err);
+    } finally {
+      this.#checkpointing = false;
+    }
+  }
+
+  /** LOG.evidence/checkpoint replaced atomically (exclusive temporary file, fsync, rename), off the event loop. */
+  async #writeLatestInBackground(note: string, size: number, current: () => boolean): Promise<void> {
+    const file = path.join(this.dir, LATEST_CHECKPOINT_FILE);
+    const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+    const fd = createExclusive(tmp, 0o600, 'temporary file for the latest checkpoint');
+    try {
+      const buf = Buffer.from(note, 'utf8');
+      let off = 0;
+      while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
+      await fsyncAsync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    if (!current() || size < this.#latestSize) {
+      unlinkSync(tmp);
+      return;
+    }
+    renameSync(tmp, file);
+    this.#latestSize = size;
+    const dirFd = openSync(this.dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY | fsConstants.O_NOFOLLOW);
+    try {
+      await fsyncAsync(dirFd);
+    } catch {
+      // some filesystems cannot fsync a directory
+    } finally {
+      closeSync(dirFd);
+    }
   }
 
   // --- files ---------------------------------------------------------------------------------------------------
@@ -515,8 +592,7 @@ export class EvidenceWriter {
     this.#segStart = seg.header.start;
     const lost = seg.markers.reduce((n, m) => n + (m.kind === 'lost' ? m.count : 0), 0);
     this.#chainedLines = seg.count - lost;
-    const last = replay.checkpoints[replay.checkpoints.length - 1];
-    this.#checkpointSize = last?.size ?? 0;
+    this.#checkpointSize = Math.max(0, ...replay.checkpoints.map((c) => c.size));
     this.#openSegment(newest.file);
     if (seg.tornBytes > 0) {
       // Killed while writing an entry: the entry is incomplete (unsigned); cut it, the record is re-read below.

@@ -222,6 +222,22 @@ describe('the writer', () => {
     t.w.close();
     expect(count()).toBe(2); // close() had nothing new to sign
     expect(verify(t.file).lines).toEqual([]);
+    // A checkpoint signed while more records were appended stands after them (the timer's fsyncs run in the
+    // background): still valid. One standing before records it claims is not.
+    const lines = readFileSync(seg, 'utf8').split('\n');
+    const c = lines.findIndex((l) => l.startsWith('c '));
+    const later = [...lines];
+    const [cl] = later.splice(c, 1);
+    later.splice(c + 1, 0, cl!);
+    writeFileSync(seg, later.join('\n'));
+    expect(verify(t.file).lines).toEqual([]);
+    const earlier = [...lines];
+    earlier.splice(c, 1);
+    earlier.splice(c - 1, 0, cl!);
+    writeFileSync(seg, earlier.join('\n'));
+    expect(verify(t.file).lines).toEqual([
+      expect.stringMatching(/chain:\d+: checkpoint claims 7 records but stands after record 6 of a segment starting at 0/),
+    ]);
   });
 
   it('keeps memory bounded in hosts: beyond maxHosts, records are chained as (other) and still verify', () => {
