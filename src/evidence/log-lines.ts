@@ -90,3 +90,20 @@ export function hostFromLine(line: Buffer): string {
   }
   return '-';
 }
+
+const COMPRESSED = /\.(gz|xz|zst|bz2|lz4|Z)$/;
+
+/**
+ * Whether `name` is a log file of the set named `base`, and its age rank: 0 for `base` itself, N for auditd's
+ * `base.N`, 1e9 for other rotated names (`base-20240101`, `base.old`: logrotate's dateext...). Compressed files and
+ * the evidence directory are not log files of the set (their content cannot be checked as it is).
+ */
+export function rotationOf(base: string, name: string): number | null {
+  if (name === base) return 0;
+  if (!name.startsWith(base) || name.length === base.length) return null;
+  const rest = name.slice(base.length);
+  if (/^\.\d+$/.test(rest)) return Number(rest.slice(1));
+  if (rest === '.evidence' || COMPRESSED.test(rest) || /\.tmp$/.test(rest)) return null;
+  if (/^[.\-_]/.test(rest)) return 1e9;
+  return null;
+}

@@ -11,7 +11,7 @@ import { closeSync, fstatSync, lstatSync, readdirSync, readSync, statSync } from
 import path from 'node:path';
 import { EvidenceError } from '../errors.js';
 import { openRegularForRead } from '../fs/safe-files.js';
-import { scanLines } from './log-lines.js';
+import { rotationOf, scanLines } from './log-lines.js';
 import { CompactRange, HASH_BYTES, PartialTree, rootFromInclusionPath, sha256 } from './merkle.js';
 import {
   type Checkpoint,
@@ -137,7 +137,7 @@ export function verifyPath(target: string, options: VerifyOptions = {}): VerifyR
   }
   if (!st.isFile()) throw new EvidenceError(`cannot verify ${target}: not a regular file or a directory`);
   const abs = path.resolve(target);
-  verifySet(abs.replace(/\.\d+$/, ''), abs, options, report);
+  verifySet(baseOf(abs), abs, options, report);
   return report;
 }
 
@@ -253,22 +253,31 @@ function verifySet(base: string, only: string | null, options: VerifyOptions, re
   }
 }
 
-/** `<base>` and `<base>.N` in base's directory, oldest first. */
+/** The log set a file belongs to: the longest BASE with a BASE.evidence directory beside it that names it. */
+function baseOf(file: string): string {
+  const dir = path.dirname(file);
+  const name = path.basename(file);
+  const bases = readdirSync(dir)
+    .filter((n) => n.endsWith('.evidence'))
+    .map((n) => n.slice(0, -'.evidence'.length))
+    .filter((b) => rotationOf(b, name) !== null)
+    .sort((a, b) => b.length - a.length);
+  return path.join(dir, bases[0] ?? name.replace(/\.\d+$/, ''));
+}
+
+/** `<base>`, `<base>.N` and other rotated names in base's directory, oldest first. */
 function findLogs(base: string): LogFile[] {
   const dir = path.dirname(base);
   const name = path.basename(base);
   const logs: LogFile[] = [];
   for (const n of readdirSync(dir)) {
-    let rotation: number;
-    if (n === name) rotation = 0;
-    else if (n.startsWith(`${name}.`) && /^\d+$/.test(n.slice(name.length + 1)))
-      rotation = Number(n.slice(name.length + 1));
-    else continue;
+    const rotation = rotationOf(name, n);
+    if (rotation === null) continue;
     const file = path.join(dir, n);
     if (!lstatSync(file).isFile()) continue;
     logs.push({ file, rotation, first: firstDigests(file, 1)[0] ?? null });
   }
-  return logs.sort((a, b) => b.rotation - a.rotation);
+  return logs.sort((a, b) => b.rotation - a.rotation || a.file.localeCompare(b.file));
 }
 
 /** Pairs segments with log files: by the first record, else by any of the first 64, else by rotation order. */

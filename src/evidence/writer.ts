@@ -46,7 +46,7 @@ import {
   writeFileAtomic,
 } from '../fs/safe-files.js';
 import { DEFAULT_KEY_FILE, loadSigningKey, type SigningKey } from './keys.js';
-import { firstLineDigest, hostFromLine, scanLines } from './log-lines.js';
+import { firstLineDigest, hostFromLine, rotationOf, scanLines } from './log-lines.js';
 import { CompactRange, HASH_BYTES, sha256 } from './merkle.js';
 import { formatCheckpoint, signNote } from './note.js';
 import {
@@ -690,9 +690,7 @@ export class EvidenceWriter {
     try {
       const base = path.basename(this.logFile);
       const logDir = path.dirname(this.logFile);
-      const logs = readdirSync(logDir).filter(
-        (n) => n === base || (n.startsWith(base) && /^\.\d+$/.test(n.slice(base.length))),
-      );
+      const logs = readdirSync(logDir).filter((n) => rotationOf(base, n) !== null);
       const firsts: Buffer[] = [];
       for (const name of logs) {
         let fd: number;

@@ -236,7 +236,9 @@ describe('the writer', () => {
     earlier.splice(c - 1, 0, cl!);
     writeFileSync(seg, earlier.join('\n'));
     expect(verify(t.file).lines).toEqual([
-      expect.stringMatching(/chain:\d+: checkpoint claims 7 records but stands after record 6 of a segment starting at 0/),
+      expect.stringMatching(
+        /chain:\d+: checkpoint claims 7 records but stands after record 6 of a segment starting at 0/,
+      ),
     ]);
   });
 
@@ -433,6 +435,19 @@ describe('rotation', () => {
         expect.stringMatching(/0000000000000025\.chain:8: the chain of host web1 does not continue/),
       ]),
     );
+  });
+
+  it('a log renamed by logrotate (dateext) verifies as part of the set and on its own', () => {
+    const t = new TestLog();
+    t.write(12);
+    renameSync(t.file, `${t.file}-20261201`);
+    t.w.rotate();
+    t.write(4);
+    t.w.close();
+    expect(verify(t.dir).lines).toEqual([]);
+    expect(verify(t.dir).logs).toBe(2);
+    expect(verify(`${t.file}-20261201`).lines).toEqual([]);
+    expect(verify(`${t.file}-20261201`).records).toBe(12);
   });
 
   it('a rotated log deleted with its evidence pruned at the next rotation still verifies; a deleted middle file does not', () => {
