@@ -378,6 +378,19 @@ describe('auditrelay events on the corpus', () => {
     const r = await runCli(['events'], `${rec('USER_END', '5.000:1', 'pid=1')}\n`);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ id: '5.000:1', end: 'single' });
+    // A line longer than 1 MiB is not a record: named and skipped, the records around it still come out.
+    const long = `${rec('USER_END', '5.000:2', 'pid=2')}\n${'x'.repeat(2 * 1024 * 1024)}\n${rec('USER_END', '5.000:3', 'pid=3')}\n`;
+    const lr = await runCli(['events', '-'], long);
+    expect(lr.code).toBe(0);
+    expect(
+      lr.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l).id),
+    ).toEqual(['5.000:2', '5.000:3']);
+    expect(lr.stderr).toContain(
+      'stdin:2: line of 2097152 bytes is longer than 1048576 (not an audit record); skipped',
+    );
     const missing = await runCli(['events', '/nonexistent/audit.log']);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('cannot read /nonexistent/audit.log: ENOENT');
