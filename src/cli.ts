@@ -58,6 +58,9 @@ const COMMANDS: Readonly<Record<string, (args: string[]) => Promise<number> | nu
   'check-config': (args) => checkConfig(args),
   status: (args) => showStatus(args),
   'import-queue': (args) => runImportQueue(args),
+  events: (args) => runEvents(args),
+  verify: (args) => runVerifyCommand(args),
+  pubkey: (args) => runPubkeyCommand(args),
   demo: async (args) => {
     const { runDemo } = await import('./demo.js');
     return runDemo(args);
@@ -556,6 +559,79 @@ function formatStatus(s: Record<string, unknown>): string {
     for (const t of transitions.slice(-8)) lines.push(`  ${t.time} ${t.actor}: ${t.from ?? ''} -> ${t.to}`);
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** \`events\`: audit logs to JSON events (docs/events.md). */
+async function runEvents(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { raw: { type: 'boolean' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  const { openEventInputs, writeEvents } = await import('./evidence/events-cli.js');
+  try {
+    await writeEvents(openEventInputs(positionals, process.stdin), {
+      out: process.stdout,
+      raw: values.raw ?? false,
+      warn: (m) => process.stderr.write(`auditrelay: ${m}\n`),
+    });
+  } catch (err) {
+    // The reader of stdout went away (`| head`): stop quietly, as Unix filters do.
+    if ((err as NodeJS.ErrnoException).code === 'EPIPE') return ExitCodes.OK;
+    throw err;
+  }
+  return ExitCodes.OK;
+}
+
+/** \`verify\`: logs against their evidence (docs/evidence.md). */
+async function runVerifyCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      key: { type: 'string', multiple: true },
+      checkpoint: { type: 'string', multiple: true },
+      prove: { type: 'string' },
+      proof: { type: 'string' },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (positionals.length > 1) throw new UsageError('verify takes one PATH');
+  const { runVerify } = await import('./evidence/evidence-cli.js');
+  return runVerify(
+    {
+      ...(positionals[0] !== undefined ? { path: positionals[0] } : {}),
+      keys: values.key ?? [],
+      checkpoints: values.checkpoint ?? [],
+      ...(values.prove !== undefined ? { prove: values.prove } : {}),
+      ...(values.proof !== undefined ? { proof: values.proof } : {}),
+    },
+    { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) },
+  );
+}
+
+/** \`pubkey\`: the verifier key of the evidence signing key. */
+async function runPubkeyCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      'key-file': { type: 'string' },
+      generate: { type: 'boolean' },
+      name: { type: 'string' },
+    },
+    allowPositionals: false,
+    strict: true,
+  });
+  const { runPubkey } = await import('./evidence/evidence-cli.js');
+  return runPubkey(
+    {
+      ...(values['key-file'] !== undefined ? { keyFile: values['key-file'] } : {}),
+      ...(values.name !== undefined ? { name: values.name } : {}),
+      generate: values.generate ?? false,
+    },
+    { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) },
+  );
 }
 
 /** `import-queue`: audisp-remote's queue file (reference §6.5) into our durable queue (docs/migrating.md). */

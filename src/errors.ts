@@ -23,6 +23,8 @@ export const ErrorCodes = {
    * that does not resolve, a missing directory, a permission denied, a status endpoint that does not answer.
    */
   UNAVAILABLE: 'AR_UNAVAILABLE',
+  /** The evidence store (signing key, side files) or a file given to `events`/`verify` cannot be used. */
+  EVIDENCE: 'AR_EVIDENCE',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
@@ -98,6 +100,13 @@ export class FileSafetyError extends AuditRelayError {
 export class UnavailableError extends AuditRelayError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(ErrorCodes.UNAVAILABLE, message, options);
+  }
+}
+
+/** The evidence store or an input of `events`/`verify` cannot be used (docs/evidence.md); says what and where. */
+export class EvidenceError extends AuditRelayError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCodes.EVIDENCE, message, options);
   }
 }
 

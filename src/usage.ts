@@ -105,6 +105,58 @@ options:
 ${EXIT_STATUSES}
 `,
   },
+  events: {
+    synopsis: '[--raw] [FILE...]',
+    summary: 'audit logs (stdin without FILE) to one JSON object per event (JSON Lines)',
+    details: `Reads audit logs (each FILE in order, '-' or none for stdin) and writes one JSON object per event to stdout
+(JSON Lines, schema docs/schema/event-v1.schema.json, described in docs/events.md). Records of one event (same
+node and msg=audit(SECONDS.MILLIS:SERIAL)) are grouped even when interleaved or without EOE; hex-encoded fields
+and EXECVE arguments are decoded (process.args); every original field is kept. Lines that are not audit records
+are named on stderr and skipped.
+
+options:
+  --raw                add each record's original line ("raw")
+  -h, --help           this text
+
+exit status: 0 done; 1 a file cannot be read; 2 usage error (docs/errors.md)
+`,
+  },
+  verify: {
+    synopsis:
+      '[--key KEY|@FILE]... [--checkpoint FILE]... [--prove LINE] PATH | --proof FILE --key KEY|@FILE',
+    summary: 'check logs against the evidence kept beside them; prove that one record is included',
+    details: `Checks audit logs against the evidence kept beside them (LOG.evidence/: a hash chain per host, a Merkle tree,
+signed checkpoints; docs/evidence.md). PATH is a log file (LOG or LOG.N) or a directory of logs. Exit status 0:
+intact. Exit status 1: one line per problem on stdout (FILE:LINE: what), the first is the first bad position:
+edited, deleted, inserted, reordered records, a truncation, a replaced or missing file, bad signatures.
+Warnings (records not signed yet, records re-read after a crash) and a summary go to stderr.
+
+  --key KEY         verifier key trusted to sign checkpoints (as printed by \`auditrelay pubkey\`), or @FILE
+                    holding it; repeat for several. Without it the key recorded beside the log is used (warned).
+  --checkpoint FILE a checkpoint kept elsewhere (copied off the host): the logs must still contain it, which
+                    catches a log and its evidence truncated together
+  --prove LINE      print (JSON, stdout) a proof that line LINE of the log file PATH is in a signed tree
+  --proof FILE      check such a proof on its own, without the logs (needs --key)
+  -h, --help        this text
+
+exit status: 0 intact; 1 problems found (one line each) or a failure; 2 usage error (docs/errors.md)
+`,
+  },
+  pubkey: {
+    synopsis: '[--key-file FILE] [--generate [--name NAME]]',
+    summary: 'print the verifier key of the evidence signing key',
+    details: `Prints the verifier key (NAME+KEYID+BASE64, the C2SP signed-note form) of the Ed25519 key that signs the
+evidence checkpoints. Keep it off the host (it is what \`auditrelay verify --key\` trusts). The collector creates
+the key when it first starts with evidence on; --generate creates it now when missing (mode 0400, in a private
+directory).
+
+  --key-file FILE   default /var/lib/auditrelay/evidence/signing.key
+  --name NAME       key name for a key created now (default auditrelay-<host name>)
+  -h, --help        this text
+
+exit status: 0 done; 1 a failure; 2 usage error (docs/errors.md)
+`,
+  },
   demo: {
     synopsis: '[--rounds N] [--rate N]',
     summary: 'forward the bundled real audit records through an agent and a collector on loopback',
