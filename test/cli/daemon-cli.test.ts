@@ -12,7 +12,17 @@ import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { killAll, requireBuild, runCli, startCli } from './process.js';
 
-const COMMANDS = ['agent', 'collector', 'check-config', 'status', 'import-queue', 'demo'];
+const COMMANDS = [
+  'agent',
+  'collector',
+  'check-config',
+  'status',
+  'import-queue',
+  'events',
+  'verify',
+  'pubkey',
+  'demo',
+];
 
 const dirs: string[] = [];
 const servers: (net.Server | http.Server)[] = [];
