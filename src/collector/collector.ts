@@ -847,38 +847,43 @@ export class Collector {
     const held = session.held + session.unsent + session.pendingInput;
     const share = this.share();
     const replyLimit = Math.min(REPLY_HIGH_WATER, share / 2);
-    if (session.pausedFor === null) {
-      const reason =
-        session.unsent >= replyLimit
-          ? 'replies'
-          : held >= share
-            ? 'share'
-            : this.#buffered >= this.#budget
-              ? 'budget'
-              : null;
+    const reason =
+      session.unsent >= replyLimit
+        ? 'replies'
+        : held >= share
+          ? 'share'
+          : this.#buffered >= this.#budget
+            ? 'budget'
+            : null;
+    const was = session.pausedFor;
+    if (was === null) {
       if (reason === null) return;
-      this.#setPaused(session, reason);
       session.socket.pause();
-      if (reason === 'replies') {
-        this.#warn.warn(
-          `${session.peer} replies`,
-          { peer: session.peer, unsentReplyBytes: session.unsent },
-          `client ${session.peer} is not reading its acknowledgements (${session.unsent} bytes unsent): paused reading from it until it does`,
-          (n) => `client ${session.peer} was paused ${n} more time(s) for not reading its acknowledgements`,
-        );
-      } else {
-        this.#log.debug(
-          { peer: session.peer, held, share, buffered: this.#buffered, budget: this.#budget },
-          `client ${session.peer} paused: ${reason === 'share' ? 'over its share of the log writer' : 'memory budget reached'}`,
-        );
-      }
     } else if (
+      reason === null &&
       session.unsent < replyLimit / 2 &&
       held < share / 2 &&
       this.#buffered < (this.#budget * 3) / 4
     ) {
       this.#setPaused(session, null);
       session.socket.resume();
+      return;
+    } else if (reason === null || reason === was) {
+      return;
+    }
+    this.#setPaused(session, reason);
+    if (reason === 'replies') {
+      this.#warn.warn(
+        `${session.peer} replies`,
+        { peer: session.peer, unsentReplyBytes: session.unsent },
+        `client ${session.peer} is not reading its acknowledgements (${session.unsent} bytes unsent): paused reading from it until it does`,
+        (n) => `client ${session.peer} was paused ${n} more time(s) for not reading its acknowledgements`,
+      );
+    } else {
+      this.#log.debug(
+        { peer: session.peer, held, share, buffered: this.#buffered, budget: this.#budget },
+        `client ${session.peer} paused: ${reason === 'share' ? 'over its share of the log writer' : 'memory budget reached'}`,
+      );
     }
   }
 
