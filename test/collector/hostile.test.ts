@@ -77,7 +77,12 @@ function flood(client: WireClient, make: (i: number) => Buffer): { stop: () => v
   };
   client.socket.on('error', () => {});
   setImmediate(pump);
-  return { stop: () => void (stopped = true), sent: () => i };
+  return {
+    stop: () => {
+      stopped = true;
+    },
+    sent: () => i,
+  };
 }
 
 /** One record, acknowledged: returns the ACK. */
