@@ -13,6 +13,8 @@
  * - The log writer takes batches of at most MAX_BATCH_BYTES, round-robin over the clients with records waiting,
  *   at most QUANTUM_BYTES of one client per turn: a client that sends as fast as it can gets its share of the
  *   writer and waits for the rest; another client's record goes into the next batch.
+ * - The event loop is shared the same way: after one chunk (one socket read) of a client, reading from it
+ *   pauses until the other clients' chunks of that loop turn were handled.
  *
  * Rules for bad input:
  * - trailing '\n': one is removed, as auditd does; the line is written with exactly one '\n'.
@@ -49,10 +51,10 @@ import { type FsyncPolicy, LogWriter } from './log-writer.js';
 import { SANITIZE_KIND_TEXT, type SanitizeKind, sanitizeRecord } from './sanitize.js';
 import { WarnLimiter } from './warn-limiter.js';
 
-/** Largest batch handed to the log writer at once. */
-export const MAX_BATCH_BYTES = 1 << 20;
+/** Largest batch handed to the log writer at once (a record of another client waits for at most two). */
+export const MAX_BATCH_BYTES = 256 * 1024;
 /** Bytes of one client per round-robin turn of a batch. */
-export const QUANTUM_BYTES = 64 * 1024;
+export const QUANTUM_BYTES = 32 * 1024;
 /** Held bytes charged per record on top of its line (objects, reply slot); measured, see BENCHMARKS.md. */
 export const RECORD_OVERHEAD = 128;
 /** Unsent replies of one client at most before reading from it stops (it is not reading them). */
@@ -221,6 +223,9 @@ export class Collector {
   /** Sessions with entries waiting for the writer, in round-robin order. */
   readonly #active = new Set<ClientSession>();
   readonly #paused = new Set<ClientSession>();
+  /** Sessions that had their chunk in this loop turn; read again from the next turn. */
+  readonly #yielded = new Set<ClientSession>();
+  #yieldScheduled = false;
   #budgetPaused = 0;
   readonly #warn: WarnLimiter;
   readonly #budget: number;
@@ -520,6 +525,23 @@ export class Collector {
   }
 
   /**
+   * A session a newcomer from its address may displace, or null:
+   * 1. a silent one: it sent messages, but none within its window, and has nothing pending (the stalest first):
+   *    its client went away without closing (auditd issue #33);
+   * 2. only when the address already uses its extra slot: one that never sent anything, the newest first (a
+   *    reconnect loop then only ever displaces its own previous attempt, never an older session).
+   */
+  #displaceable(same: ClientSession[], now: number, max: number): ClientSession | null {
+    const silent = same
+      .filter((s) => s.lastMessageAt > 0 && !this.#alive(s, now))
+      .sort((a, b) => a.lastSign - b.lastSign);
+    if (silent[0]) return silent[0];
+    if (same.length <= max) return null;
+    const unproven = same.filter((s) => s.lastMessageAt === 0 && s.lastEntry === null);
+    return unproven.sort((a, b) => b.connectedAt - a.connectedAt)[0] ?? null;
+  }
+
+  /**
    * The same-address rule (module comment) for `session`, against the other sessions of its address that count
    * (with krb5: the authenticated ones). Returns false when the newcomer is refused (the caller closes it).
    */
@@ -531,35 +553,33 @@ export class Collector {
     );
     if (same.length < max) return true;
     const now = Date.now();
-    const stale = same.filter((s) => !this.#alive(s, now)).sort((a, b) => a.lastSign - b.lastSign);
-    const victim = stale[0];
+    const victim = this.#displaceable(same, now, max);
     if (victim) {
-      const silent = ((now - victim.lastSign) / 1000).toFixed(1);
       const what =
         victim.lastMessageAt === 0
-          ? 'has sent nothing since it connected'
-          : `has been silent for ${silent} s`;
+          ? `has sent nothing since it connected ${((now - victim.connectedAt) / 1000).toFixed(1)} s ago`
+          : `has been silent for ${((now - victim.lastSign) / 1000).toFixed(1)} s with nothing pending, so its client is taken to have gone away without closing it`;
       this.stats.replacedStale++;
       this.#log.warn(
         { peer: session.peer, replaced: victim.peer, silentMs: now - victim.lastSign, maxPerAddr: max },
-        `closing ${victim.peer}: a new connection came from the same address (${session.peer}) and ${victim.peer} ${what} with nothing pending, so its client is taken to have gone away without closing it (tcp_max_per_addr = ${max})`,
+        `closing ${victim.peer}: a new connection came from the same address (${session.peer}) and ${victim.peer} ${what} (tcp_max_per_addr = ${max})`,
       );
       victim.socket.destroy();
       this.#onCloseSoon(victim);
       return true;
     }
     if (same.length === max) {
-      // Every session of the address is alive: admit the newcomer beside them once (a client that reconnected
-      // after losing its connection shows up here); the older one is closed when it falls silent.
+      // Every session of the address is alive (or has not sent anything yet): admit the newcomer beside them once
+      // (a client that reconnected after losing its connection shows up here); a silent one is closed later.
       const newest = same.reduce((a, b) => (a.lastSign > b.lastSign ? a : b));
       this.#log.info(
         { peer: session.peer, beside: same.map((s) => s.peer), maxPerAddr: max },
-        `${session.peer} connected while ${same.length} session(s) from the same address are active (${newest.peer} sent a message ${((now - newest.lastSign) / 1000).toFixed(1)} s ago): admitted beside them; whichever falls silent for ${this.#staleAfterMs / 1000} s is closed`,
+        `${session.peer} connected while ${same.length} session(s) from the same address are open (${newest.peer}: last sign of life ${((now - newest.lastSign) / 1000).toFixed(1)} s ago): admitted beside them; whichever falls silent for ${this.#staleAfterMs / 1000} s is closed`,
       );
       return true;
     }
     this.stats.refusedSameAddress++;
-    const why = `${session.address} already has ${same.length} active session(s) (tcp_max_per_addr = ${max}, plus one for a reconnecting client), each of which sent a message within the last ${this.#staleAfterMs / 1000} s; a client that vanished without closing its connection is replaced once that connection has been silent that long`;
+    const why = `${session.address} already has ${same.length} open session(s) (tcp_max_per_addr = ${max}, plus one for a reconnecting client), each of which sent a message within the last ${this.#staleAfterMs / 1000} s; a client that vanished without closing its connection is replaced once that connection has been silent that long`;
     this.#warn.warn(
       `dup ${session.address}`,
       { peer: session.peer, active: same.map((s) => s.peer), maxPerAddr: max },
@@ -643,22 +663,29 @@ export class Collector {
         s.socket.destroy();
       }
     }
-    // An address over tcp_max_per_addr (a reconnecting client admitted beside its old session): close the
-    // sessions that fell silent.
+    // An address over tcp_max_per_addr (a reconnecting client admitted beside its old session): close what fell
+    // silent, and connections that sent nothing for a whole window (the newest first).
     const max = this.#s.maxPerAddr;
     for (const [, same] of this.#byAddress) {
       const counted = [...same].filter((s) => s.phase === 'open');
       if (counted.length <= max) continue;
-      const stale = counted.filter((s) => !this.#alive(s, now)).sort((a, b) => a.lastSign - b.lastSign);
-      for (const victim of stale.slice(0, counted.length - max)) {
-        this.stats.replacedStale++;
-        this.#log.warn(
-          { peer: victim.peer, silentMs: now - victim.lastSign, maxPerAddr: max },
-          `closing ${victim.peer}: another connection from the same address is active and this one has been silent for ${((now - victim.lastSign) / 1000).toFixed(1)} s with nothing pending (tcp_max_per_addr = ${max})`,
-        );
-        victim.socket.destroy();
-        this.#onCloseSoon(victim);
-      }
+      const victim = this.#displaceable(
+        counted.filter((s) => s.lastMessageAt > 0 || now - s.connectedAt >= this.#window(s)),
+        now,
+        -1,
+      );
+      if (!victim) continue;
+      this.stats.replacedStale++;
+      const what =
+        victim.lastMessageAt === 0
+          ? `has sent nothing since it connected ${((now - victim.connectedAt) / 1000).toFixed(1)} s ago`
+          : `has been silent for ${((now - victim.lastSign) / 1000).toFixed(1)} s with nothing pending`;
+      this.#log.warn(
+        { peer: victim.peer, silentMs: now - victim.lastSign, maxPerAddr: max },
+        `closing ${victim.peer}: another connection from the same address is open and this one ${what} (tcp_max_per_addr = ${max})`,
+      );
+      victim.socket.destroy();
+      this.#onCloseSoon(victim);
     }
   }
 
@@ -671,7 +698,23 @@ export class Collector {
     else this.#onPlain(session, chunk);
     if ((session.phase as Phase) !== 'closed') this.#countInput(session);
     this.#checkInput(session);
+    this.#yieldTurn(session);
     this.#pump();
+  }
+
+  /** One chunk per client per loop turn: pause it until the next turn (unless it is paused for a reason). */
+  #yieldTurn(session: ClientSession): void {
+    if (session.pausedFor !== null || session.phase !== 'open') return;
+    session.socket.pause();
+    this.#yielded.add(session);
+    if (this.#yieldScheduled) return;
+    this.#yieldScheduled = true;
+    setImmediate(() => {
+      this.#yieldScheduled = false;
+      const turn = [...this.#yielded];
+      this.#yielded.clear();
+      for (const s of turn) if (s.pausedFor === null && s.phase === 'open') s.socket.resume();
+    });
   }
 
   #onKrb5Data(session: ClientSession, krb5: Krb5ServerSession, chunk: Buffer): void {

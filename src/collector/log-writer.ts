@@ -22,7 +22,7 @@ import { closeSync, promises as fsp, readSync } from 'node:fs';
 import { FileSafetyError } from '../errors.js';
 import { loosePermissions, openLogForAppend, openRegularForRead } from '../fs/safe-files.js';
 import type { Logger } from '../log.js';
-import { findFallocate, ReserveError, reserve } from './reserve.js';
+import { ReserveError, Reserver } from './reserve.js';
 import { sanitizeRecord } from './sanitize.js';
 
 export type FsyncPolicy = 'always' | 'interval' | 'never';
@@ -57,7 +57,7 @@ export class LogWriter {
   #size = 0;
   /** End of the range known to be reserved (>= #size). */
   #reservedEnd = 0;
-  #fallocate: string | null = null;
+  #reserver: Reserver | null = null;
   #reserving: Promise<void> | null = null;
   #writing: Promise<void> = Promise.resolve();
   #dirty = false;
@@ -75,7 +75,7 @@ export class LogWriter {
 
   /** Whether space is reserved before writes (false: the fallback described above). */
   get reserving(): boolean {
-    return this.#fallocate !== null;
+    return this.#reserver !== null;
   }
 
   /** Set while no batch is written because the last sync failed. */
@@ -104,12 +104,16 @@ export class LogWriter {
       throw err;
     }
     this.#reservedEnd = this.#size;
-    this.#fallocate = this.#o.noReserve ? null : findFallocate();
-    if (!this.#fallocate && !this.#o.noReserve) {
-      this.#log.warn(
-        { log: path },
-        'the fallocate program (util-linux) is missing: space for the log cannot be reserved, so when the disk fills a reader may briefly see the start of a record that is then removed; install util-linux',
-      );
+    if (!this.#o.noReserve) {
+      const r = Reserver.start(fh.fd);
+      if (typeof r === 'string') {
+        this.#log.warn(
+          { log: path },
+          `space for the log cannot be reserved (${r}): free space is checked before each write instead, and when the disk fills a reader may briefly see the start of a record that is then removed; install util-linux`,
+        );
+      } else {
+        this.#reserver = r;
+      }
     }
     if (this.#o.fsync === 'interval') {
       this.#timer = setInterval(() => void this.#backgroundSync(), this.#o.fsyncIntervalMs);
@@ -135,6 +139,8 @@ export class LogWriter {
     this.#timer = null;
     const fh = this.#fh;
     this.#fh = null;
+    this.#reserver?.close();
+    this.#reserver = null;
     if (!fh) return;
     try {
       if (this.#o.fsync !== 'never') await this.#datasync(fh).catch(() => {});
@@ -153,7 +159,7 @@ export class LogWriter {
     if (!fh) throw errno('EBADF', 'the log file is closed');
     if (this.#syncError) throw this.#syncError;
     if (data.length === 0) return;
-    await this.#ensureReserved(fh, data.length);
+    await this.#ensureReserved(data.length);
     const before = this.#size;
     let written = 0;
     try {
@@ -170,13 +176,13 @@ export class LogWriter {
     this.bytesWritten += written;
     if (this.#o.fsync === 'always') await this.#datasync(fh);
     else if (this.#o.fsync === 'interval') this.#dirty = true;
-    this.#reserveAhead(fh);
+    this.#reserveAhead();
   }
 
   /** Makes sure [size, size + bytes) is reserved (or, without reservation, that the file system has room). */
-  async #ensureReserved(fh: fsp.FileHandle, bytes: number): Promise<void> {
+  async #ensureReserved(bytes: number): Promise<void> {
     const end = this.#size + bytes;
-    if (this.#fallocate === null) {
+    if (this.#reserver === null) {
       await this.#checkFreeSpace(bytes);
       return;
     }
@@ -188,12 +194,12 @@ export class LogWriter {
       // Reserve what is needed now plus a chunk ahead; when that does not fit, exactly what is needed.
       const chunk = this.#o.reserveChunkBytes ?? 8 << 20;
       try {
-        await this.#reserve(fh, end - this.#reservedEnd + chunk);
+        await this.#reserve(end - this.#reservedEnd + chunk);
       } catch (err) {
         if (!(err instanceof ReserveError)) throw err;
         if (err.code === 'ENOSPC' || err.code === 'EDQUOT') {
           try {
-            await this.#reserve(fh, end - this.#reservedEnd);
+            await this.#reserve(end - this.#reservedEnd);
           } catch (err2) {
             if (err2 instanceof ReserveError && (err2.code === 'ENOSPC' || err2.code === 'EDQUOT')) {
               throw errno(err2.code, `cannot reserve ${bytes} bytes for the log: ${err2.message}`);
@@ -209,9 +215,9 @@ export class LogWriter {
     }
   }
 
-  #reserve(fh: fsp.FileHandle, length: number): Promise<void> {
+  #reserve(length: number): Promise<void> {
     const offset = this.#reservedEnd;
-    const p = reserve(this.#fallocate!, fh.fd, offset, length).then(() => {
+    const p = this.#reserver!.reserve(offset, length).then(() => {
       this.#reservedEnd = Math.max(this.#reservedEnd, offset + length);
     });
     this.#reserving = p;
@@ -223,11 +229,11 @@ export class LogWriter {
   }
 
   /** After a write: when less than half a chunk is left, reserve the next chunk in the background. */
-  #reserveAhead(fh: fsp.FileHandle): void {
-    if (this.#fallocate === null || this.#reserving) return;
+  #reserveAhead(): void {
+    if (this.#reserver === null || this.#reserving) return;
     const chunk = this.#o.reserveChunkBytes ?? 8 << 20;
     if (this.#reservedEnd - this.#size >= chunk / 2) return;
-    this.#reserve(fh, this.#size + chunk - this.#reservedEnd).catch((err: unknown) => {
+    this.#reserve(this.#size + chunk - this.#reservedEnd).catch((err: unknown) => {
       // No room for a whole chunk is not an error yet: the next write reserves exactly what it needs.
       if (
         err instanceof ReserveError &&
@@ -240,8 +246,9 @@ export class LogWriter {
   }
 
   #giveUpReserving(err: ReserveError): void {
-    if (this.#fallocate === null) return;
-    this.#fallocate = null;
+    if (this.#reserver === null) return;
+    this.#reserver.close();
+    this.#reserver = null;
     this.#log.warn(
       { log: this.#o.path, error: err.code, detail: err.message },
       `cannot reserve space for the log (${err.message}): from now on free space is checked before each write instead, and when the disk fills a reader may briefly see the start of a record that is then removed`,

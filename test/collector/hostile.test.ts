@@ -230,7 +230,14 @@ describe('collector under attack: same-address reconnects never evict a live ses
     expect(duplicates).toBe(0);
     expect(loops).toBeGreaterThan(3);
     // The agent connected once and its link never failed; the collector never closed its session.
-    expect(agent.agent.stats.connects).toBe(1);
+    expect(
+      agent.agent.stats.connects,
+      `${agent.agent.stats.lastFailure}\n${c.logs
+        .filter((e) => e.level >= 40 || /closing|disconnected/.test(e.msg))
+        .map((e) => e.msg)
+        .slice(0, 20)
+        .join('\n')}`,
+    ).toBe(1);
     expect(agent.agent.stats.failures).toBe(0);
     const agentPeer = c.logs.find((e) => e.msg === 'client connected')!.peer!;
     expect(

@@ -201,9 +201,9 @@ describe('status listener', () => {
     expect(status!.refused.host).toBe(1);
   });
 
-  it('caps event streams, and closes one whose client does not read', async () => {
+  it('caps event streams, and closes one whose client does not read', { timeout: 150_000 }, async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'auditrelay-status-'));
-    const big = 'x'.repeat(256 * 1024);
+    const big = 'x'.repeat(128 * 1024);
     status = new StatusServer({
       host: '127.0.0.1',
       port: 0,
@@ -211,8 +211,8 @@ describe('status listener', () => {
       status: () => ({ big }),
       registry: collectorMetrics({ stats: { records: 0 } as never }),
       log: silentLogger(),
-      pushIntervalMs: 20,
-      eventHighWater: 64 * 1024,
+      pushIntervalMs: 25,
+      eventHighWater: 16 * 1024,
       eventMaxSkipped: 3,
     });
     const { port } = await status.start();
@@ -228,7 +228,7 @@ describe('status listener', () => {
         socks.push(s);
       }
       await pollUntil(() => status!.refused.events + status!.refused.connections + MAX_EVENT_CLIENTS >= 300, {
-        timeoutMs: 20_000,
+        timeoutMs: 60_000,
         what: 'the streams over the cap to be refused',
         diagnostics: () => JSON.stringify(status!.refused),
       });
@@ -236,7 +236,7 @@ describe('status listener', () => {
       expect(status!.refused.events).toBeGreaterThan(0);
       // Those that never read fill their buffers, skip updates, and are closed.
       await pollUntil(() => status!.refused.slowEvents === MAX_EVENT_CLIENTS, {
-        timeoutMs: 30_000,
+        timeoutMs: 60_000,
         what: 'the streams that do not read to be closed',
         diagnostics: () => JSON.stringify(status!.refused),
       });
