@@ -59,6 +59,8 @@ export class LogWriter {
   #reservedEnd = 0;
   #reserver: Reserver | null = null;
   #reserving: Promise<void> | null = null;
+  /** The amount reserved ahead last time (see #aheadBytes). */
+  #lastAhead = 0;
   #writing: Promise<void> = Promise.resolve();
   #dirty = false;
   #timer: NodeJS.Timeout | null = null;
@@ -191,10 +193,10 @@ export class LogWriter {
         await this.#reserving.catch(() => {});
         continue;
       }
-      // Reserve what is needed now plus a chunk ahead; when that does not fit, exactly what is needed.
-      const chunk = this.#o.reserveChunkBytes ?? 8 << 20;
+      // Reserve what is needed now plus some ahead; when that does not fit, exactly what is needed.
+      const ahead = await this.#aheadBytes();
       try {
-        await this.#reserve(end - this.#reservedEnd + chunk);
+        await this.#reserve(end - this.#reservedEnd + ahead);
       } catch (err) {
         if (!(err instanceof ReserveError)) throw err;
         if (err.code === 'ENOSPC' || err.code === 'EDQUOT') {
@@ -215,26 +217,55 @@ export class LogWriter {
     }
   }
 
+  /**
+   * How much to reserve ahead: reserveChunkBytes, but at most a sixteenth of the free space, so that a nearly
+   * full file system is not taken by space the log does not use yet (and "full" is said as late as possible).
+   */
+  async #aheadBytes(): Promise<number> {
+    const chunk = this.#o.reserveChunkBytes ?? 8 << 20;
+    let ahead = chunk;
+    try {
+      const st = await fsp.statfs(this.#o.path);
+      ahead = Math.min(chunk, Math.floor((st.bavail * st.bsize) / 16 / 65536) * 65536);
+    } catch {
+      // cannot tell: the whole chunk
+    }
+    this.#lastAhead = ahead;
+    return ahead;
+  }
+
   #reserve(length: number): Promise<void> {
+    const p = this.#reserveNow(length);
+    this.#track(p);
+    return p;
+  }
+
+  #reserveNow(length: number): Promise<void> {
     const offset = this.#reservedEnd;
-    const p = this.#reserver!.reserve(offset, length).then(() => {
+    return this.#reserver!.reserve(offset, length).then(() => {
       this.#reservedEnd = Math.max(this.#reservedEnd, offset + length);
     });
+  }
+
+  #track(p: Promise<void>): void {
     this.#reserving = p;
     const clear = () => {
       if (this.#reserving === p) this.#reserving = null;
     };
     p.then(clear, clear);
-    return p;
   }
 
-  /** After a write: when less than half a chunk is left, reserve the next chunk in the background. */
+  /** After a write: when less than half of the last ahead is left, reserve more in the background. */
   #reserveAhead(): void {
     if (this.#reserver === null || this.#reserving) return;
-    const chunk = this.#o.reserveChunkBytes ?? 8 << 20;
-    if (this.#reservedEnd - this.#size >= chunk / 2) return;
-    this.#reserve(this.#size + chunk - this.#reservedEnd).catch((err: unknown) => {
-      // No room for a whole chunk is not an error yet: the next write reserves exactly what it needs.
+    if (this.#reservedEnd - this.#size >= this.#lastAhead / 2 && this.#reservedEnd > this.#size) return;
+    const p = this.#aheadBytes().then((ahead) => {
+      const want = this.#size + ahead - this.#reservedEnd;
+      return want > 0 && this.#reserver ? this.#reserveNow(want) : undefined;
+    });
+    this.#track(p);
+    p.catch((err: unknown) => {
+      // No room for the whole ahead is not an error yet: the next write reserves exactly what it needs.
       if (
         err instanceof ReserveError &&
         err.code !== 'ENOSPC' &&
