@@ -6,6 +6,7 @@
  *   npm run bench:hostile                              # 60 s per scenario, budget 64M, prints a Markdown table
  *   npm run bench:hostile -- --seconds 20 --only never-reading,full-speed
  *   npm run bench:hostile -- --bin /path/to/old/bin/auditrelay.js --legacy --seconds 48
+ *   npm run bench:hostile -- --jitless                 # the collector as its systemd unit runs it
  *
  * Scenarios (every client on loopback; attacker 127.0.0.2, probe 127.0.0.3, agent 127.0.0.1):
  * - never-reading: one client streams small records and never reads its acknowledgements.
@@ -33,6 +34,10 @@ const { values: opt } = parseArgs({
     legacy: { type: 'boolean', default: false },
     only: { type: 'string', default: 'never-reading,full-speed,reconnect' },
     records: { type: 'string', default: '50000' },
+    /** auditd.conf flush mode for the collector (default: the collector's default, incremental_async). */
+    flush: { type: 'string' },
+    /** Run the collector as its systemd unit does: node --jitless --no-expose-wasm. */
+    jitless: { type: 'boolean', default: false },
   },
 });
 const SECONDS = Number(opt.seconds);
@@ -98,7 +103,9 @@ async function startCollector(name: string, extra: string[] = []): Promise<Runni
   const conf = path.join(dir, 'collector.conf');
   writeFileSync(
     conf,
-    `${(opt.legacy ? [] : [`memory_budget = ${opt.budget}`]).concat(extra).join('\n')}\nlog_level = info\n`,
+    `${(opt.legacy ? [] : [`memory_budget = ${opt.budget}`])
+      .concat(opt.flush ? [`flush = ${opt.flush}`] : [], extra)
+      .join('\n')}\nlog_level = info\n`,
     {
       mode: 0o600,
     },
@@ -371,7 +378,7 @@ async function main(): Promise<void> {
   const only = new Set(opt.only.split(','));
   const out: string[] = [];
   out.push(
-    `Collector under attack (bench/collector-hostile.ts): ${SECONDS} s per scenario, memory_budget ${opt.legacy ? '(legacy build: none)' : opt.budget}, ${os.cpus().length} CPUs, Node ${process.version}, ${BIN}`,
+    `Collector under attack (bench/collector-hostile.ts): ${SECONDS} s per scenario, memory_budget ${opt.legacy ? '(legacy build: none)' : opt.budget}${opt.flush ? `, flush = ${opt.flush}` : ''}${opt.jitless ? ', node --jitless' : ''}, ${os.cpus().length} CPUs, Node ${process.version}, ${BIN}, load average ${os.loadavg()[0]!.toFixed(1)} at start`,
     '',
   );
   const attacks: AttackResult[] = [];
