@@ -276,7 +276,9 @@ export class Collector {
     this.#server.maxConnections = this.#maxConnections;
     this.#server.on('drop', (d) => this.#onDrop(d));
     this.#server.on('error', (err: NodeJS.ErrnoException) => {
-      // accept() errors after listening (EMFILE and the like); libuv keeps listening.
+      // accept() errors after listening (EMFILE and the like); libuv keeps listening. (A listen error rejects
+      // start() instead.)
+      if (!this.#server.listening) return;
       this.#log.error(
         { error: err.code ?? err.message },
         `cannot accept a connection (${err.code ?? err.message}): the client is refused`,
