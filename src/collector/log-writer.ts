@@ -48,6 +48,8 @@ export interface LogWriterOptions {
 export type WriterFailure = NodeJS.ErrnoException;
 
 const NL = 0x0a;
+/** Free bytes needed beyond twice the failed batch before writes resume after the file system was full. */
+const ROOM_MARGIN = 16 * 1024;
 
 export class LogWriter {
   readonly #o: LogWriterOptions;
@@ -66,6 +68,8 @@ export class LogWriter {
   #timer: NodeJS.Timeout | null = null;
   #syncError: NodeJS.ErrnoException | null = null;
   #syncing = false;
+  /** Set after a write failed for lack of room (see #noteFull). */
+  #full: { code: string; need: number } | null = null;
   bytesWritten = 0;
   /** Failed background syncs since start. */
   syncFailures = 0;
@@ -161,7 +165,13 @@ export class LogWriter {
     if (!fh) throw errno('EBADF', 'the log file is closed');
     if (this.#syncError) throw this.#syncError;
     if (data.length === 0) return;
-    await this.#ensureReserved(data.length);
+    if (this.#full !== null) await this.#checkRoomAgain(data.length);
+    try {
+      await this.#ensureReserved(data.length);
+    } catch (err) {
+      this.#noteFull(err as NodeJS.ErrnoException, data.length);
+      throw err;
+    }
     const before = this.#size;
     let written = 0;
     try {
@@ -172,6 +182,7 @@ export class LogWriter {
       }
     } catch (err) {
       if (written > 0) await this.#cutBack(fh, before, written, err as NodeJS.ErrnoException);
+      this.#noteFull(err as NodeJS.ErrnoException, data.length);
       throw err;
     }
     this.#size += written;
@@ -179,6 +190,33 @@ export class LogWriter {
     if (this.#o.fsync === 'always') await this.#datasync(fh);
     else if (this.#o.fsync === 'interval') this.#dirty = true;
     this.#reserveAhead();
+  }
+
+  /**
+   * After "full" (ENOSPC/EDQUOT), writes are refused until the file system has room again for twice the batch that
+   * failed (plus ROOM_MARGIN): a smaller batch sneaking into the last bytes would be written while the client's earlier
+   * records were refused (and are sent again), so the log would hold a client's records out of its order.
+   */
+  #noteFull(err: NodeJS.ErrnoException, bytes: number): void {
+    if (err.code !== 'ENOSPC' && err.code !== 'EDQUOT') return;
+    this.#full = { code: err.code, need: 2 * bytes + ROOM_MARGIN };
+  }
+
+  async #checkRoomAgain(bytes: number): Promise<void> {
+    const full = this.#full!;
+    let avail = 0;
+    try {
+      const st = await fsp.statfs(this.#o.path);
+      avail = st.bavail * st.bsize;
+    } catch {
+      this.#full = null; // cannot tell: let the write say
+      return;
+    }
+    const need = Math.max(full.need, bytes + ROOM_MARGIN);
+    if (full.code === 'ENOSPC' && avail < need) {
+      throw errno('ENOSPC', `the file system has ${avail} bytes free; writes resume at ${need}`);
+    }
+    this.#full = null;
   }
 
   /** Makes sure [size, size + bytes) is reserved (or, without reservation, that the file system has room). */
