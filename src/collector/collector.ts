@@ -1,44 +1,75 @@
 /**
- * An auditd-compatible receiver that no client can hang: every connection has its own decoder,
- * its own idle deadline and its own output backpressure, so one client's behaviour never delays
- * another's records. Records are acknowledged after they were written to the log (fsync policy
- * as configured), in request order; ENDING goes to every client before shutdown.
+ * An auditd-compatible receiver that no client can crash, starve or hang (docs/collector.md). Every connection has
+ * its own decoder and idle deadline; records are acknowledged after they were written to the log (fsync policy as
+ * configured), in request order; ENDING goes to every client before shutdown.
  *
- * Rules for bad input (docs/collector.md):
+ * Memory and fairness:
+ * - Every byte the collector holds for a client is counted: records read and not yet written (plus a fixed
+ *   per-record overhead), a message still incomplete in its decoder (or Kerberos token), and replies the client has
+ *   not read yet. Reading from a client stops while it holds more than its share (`memoryBudget` divided by the
+ *   connected clients, at least MIN_SHARE), or while everything held passes the budget; it resumes when the log
+ *   writer (or the client, reading its replies) brings it under half of that. The collector never reads more
+ *   than it can write: the held bytes are bounded by the budget plus one socket read per connection.
+ * - The log writer takes batches of at most MAX_BATCH_BYTES, round-robin over the clients with records waiting,
+ *   at most QUANTUM_BYTES of one client per turn: a client that sends as fast as it can gets its share of the
+ *   writer and waits for the rest; another client's record goes into the next batch.
+ * - The event loop is shared the same way: after one chunk (one socket read) of a client, reading from it
+ *   pauses until the other clients' chunks of that loop turn were handled.
+ *
+ * Rules for bad input:
  * - trailing '\n': one is removed, as auditd does; the line is written with exactly one '\n'.
- * - embedded '\n' or NUL in a payload: replaced by a space, so no client can forge extra log lines
- *   (a real auditd writes them as several lines, or cuts at the NUL); logged with the peer address.
- * - bad magic or a length above `maxPayload`: the stream cannot be trusted any more; the connection
- *   is closed after the records before it were handled; logged with the peer address.
- * - a client that does not read its acks: once its unsent replies pass OUTPUT_HIGH_WATER bytes we
- *   stop reading from it until it reads; the idle deadline closes it if it never does.
- * - a client that disconnects mid-message: the partial message is dropped (it was never acked, so
- *   the client sends it again), logged at info.
- * - more than `maxPerAddr` connections from one address: the oldest is closed (a stale session from
- *   a client that vanished), so a reconnecting client is never locked out (auditd issue #33). With krb5 a
- *   connection still in its handshake goes first.
+ * - control bytes, line breaks (LF, CR, VT, FF, NEL, U+2028, U+2029), NUL and terminal escapes are written as
+ *   `\xHH` (src/collector/sanitize.ts, a reversible rule), so no client can forge log lines or reach a terminal;
+ *   one warning per client and kind per interval, with a count.
+ * - bad magic or a length above `maxPayload`: the stream cannot be trusted any more; the connection is closed
+ *   after the records before it were handled; logged with the peer address.
+ * - a client that disconnects mid-message: the partial message is dropped (it was never acked, so the client
+ *   sends it again), logged at info. Its records not yet written are dropped as well (never acked).
+ * - idle: a client that sent no complete message for `clientMaxIdleMs` is closed (bytes that do not complete a
+ *   message do not count; time spent waiting for the log writer does not count against the client).
+ * - same address: at most `maxPerAddr` sessions, plus one for a client that reconnects while its old session
+ *   still looks alive. A session is alive while it has records being written or sent a message within
+ *   `staleAfterMs` (or twice its own heartbeat interval, when longer). A new connection replaces a session that
+ *   is not alive (a client that vanished without FIN: auditd issue #33), is admitted beside live ones once, and is
+ *   otherwise refused. With krb5 the rule applies when the newcomer has authenticated: an unauthenticated
+ *   connection only ever displaces another unauthenticated one.
+ * - connections: at most `maxConnections` (and fewer when the descriptor limit would be reached), each refusal
+ *   logged (rate-limited per address).
  *
  * transport = krb5 (src/collector/krb5.ts, docs/kerberos.md): each connection runs its own non-blocking GSS
  * handshake with its own deadline (handshake_timeout), so a client that sends nothing or half a token delays
  * nobody; then each token is unwrapped into the same frame decoder, each reply wrapped, and ` krb5=<principal>`
- * appended to the logged record as auditd does. A token that fails to unwrap closes the connection (auditd drops
- * it silently and leaves the client waiting for an ack).
+ * appended to the logged record as auditd does. A token that fails to unwrap closes the connection.
  */
+import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from '../log.js';
 import { encodeReply, FrameDecoder } from '../protocol/codec.js';
-import { MAX_AUDIT_MESSAGE_LENGTH, MessageType } from '../protocol/constants.js';
+import { HEADER_SIZE, MAX_AUDIT_MESSAGE_LENGTH, MessageType } from '../protocol/constants.js';
 import { Krb5Acceptor, type Krb5CollectorSettings, type Krb5ServerSession } from './krb5.js';
 import { type FsyncPolicy, LogWriter } from './log-writer.js';
+import { SANITIZE_KIND_TEXT, type SanitizeKind, sanitizeRecord } from './sanitize.js';
+import { WarnLimiter } from './warn-limiter.js';
 
-export const OUTPUT_HIGH_WATER = 1 << 20;
+/** Largest batch handed to the log writer at once (a record of another client waits for at most two). */
+export const MAX_BATCH_BYTES = 256 * 1024;
+/** Bytes of one client per round-robin turn of a batch. */
+export const QUANTUM_BYTES = 32 * 1024;
+/** Held bytes charged per record on top of its line (objects, reply slot); measured, see BENCHMARKS.md. */
+export const RECORD_OVERHEAD = 128;
+/** Unsent replies of one client at most before reading from it stops (it is not reading them). */
+export const REPLY_HIGH_WATER = 256 * 1024;
+/** Bytes held for one client at most however few are connected: more does not make the writer faster. */
+export const MAX_SHARE = 4 << 20;
+/** Descriptors kept free for the log, the status listener and child processes. */
+const FD_RESERVE = 64;
 
 export interface CollectorSettings {
   host: string;
   port: number;
   logFile: string;
   maxPerAddr: number;
-  /** Close a client that sent nothing for this long; 0 = never. */
+  /** Close a client that sent no complete message for this long; 0 = never. */
   clientMaxIdleMs: number;
   maxPayload: number;
   fsync: FsyncPolicy;
@@ -48,6 +79,19 @@ export interface CollectorSettings {
   clientPorts: [number, number] | null;
   /** transport = krb5; absent or null = tcp. */
   krb5?: Krb5CollectorSettings | null;
+  /** Bytes held for all clients together (memory_budget). */
+  memoryBudget?: number;
+  /** Connections at most (tcp_max_connections). */
+  maxConnections?: number;
+  /** A session silent this long (and with nothing pending) may be replaced from its address (stale_session_timeout). */
+  staleAfterMs?: number;
+  /** One warning per client and kind per this interval. */
+  warnIntervalMs?: number;
+  /** Test hooks for the log writer (fault injection). */
+  logWriterHooks?: Pick<
+    import('./log-writer.js').LogWriterOptions,
+    'datasync' | 'noReserve' | 'reserveChunkBytes'
+  >;
 }
 
 export const DEFAULT_COLLECTOR_SETTINGS: Omit<CollectorSettings, 'logFile'> = {
@@ -58,8 +102,12 @@ export const DEFAULT_COLLECTOR_SETTINGS: Omit<CollectorSettings, 'logFile'> = {
   maxPayload: MAX_AUDIT_MESSAGE_LENGTH,
   fsync: 'interval',
   fsyncIntervalMs: 200,
-  listenBacklog: 5,
+  listenBacklog: 4096,
   clientPorts: null,
+  memoryBudget: 64 << 20,
+  maxConnections: 4096,
+  staleAfterMs: 10_000,
+  warnIntervalMs: 60_000,
 };
 
 export interface CollectorStats {
@@ -73,20 +121,72 @@ export interface CollectorStats {
   krb5Sessions: number;
   /** krb5: handshakes that failed, were refused or timed out, and tokens that failed to unwrap. */
   krb5Failures: number;
+  /** Bytes held for clients now (see the module comment). */
+  bufferedBytes: number;
+  /** Largest bufferedBytes seen. */
+  bufferedPeak: number;
+  /** Clients whose reading is paused now (over their share, or the budget). */
+  pausedClients: number;
+  /** Connections refused: over tcp_max_connections or the descriptor limit. */
+  refusedLimit: number;
+  /** Connections refused because their address had enough live sessions. */
+  refusedSameAddress: number;
+  /** Sessions closed because a newer connection from their address replaced them (they were silent). */
+  replacedStale: number;
+  /** Clients closed by the idle limit. */
+  idleClosed: number;
+  /** Records not acknowledged because the log could not be written (DISKFULL / DISKERROR replies). */
+  writeFailures: number;
 }
 
-const SPACE = 0x20;
-const NL = 0x0a;
 const NEWLINE = Buffer.from('\n');
 const EMPTY = Buffer.alloc(0);
+/** Marks a heartbeat in an entry's reply list (sequence numbers are u32). */
+const HB = 2 ** 32;
+
+/** Records of one chunk of one client, written together, and the replies that follow their write. */
+interface Entry {
+  session: ClientSession;
+  lines: Buffer[];
+  /** Held bytes charged (lines + RECORD_OVERHEAD per record). */
+  bytes: number;
+  /** Sequence numbers to answer, in order; heartbeats as seq + HB (answered ACK whatever the write did). */
+  replies: number[];
+  records: number;
+}
+
+type Phase = 'handshaking' | 'open' | 'closing' | 'ending' | 'closed';
 
 class ClientSession {
   readonly decoder: FrameDecoder;
   readonly peer: string;
   readonly address: string;
-  /** Replies not yet handed to the socket wait for their records' write. */
-  chain: Promise<void> = Promise.resolve();
-  ending = false;
+  readonly connectedAt = Date.now();
+  phase: Phase = 'open';
+  /** Entries waiting for the writer, oldest first. */
+  readonly queue: Entry[] = [];
+  /** Entries in the batch being written. */
+  inFlight = 0;
+  /** The newest entry not yet completed (a heartbeat's reply waits for it). */
+  lastEntry: Entry | null = null;
+  /** Bytes of its entries (queued and in flight). */
+  held = 0;
+  /** Reply bytes handed to the socket and not yet taken by the kernel. */
+  unsent = 0;
+  /** pendingInput as last counted into the collector's total. */
+  countedInput = 0;
+  /** Why reading is paused, or null. */
+  pausedFor: 'share' | 'budget' | 'replies' | null = null;
+  /** Last complete message (0 = none yet). */
+  lastMessageAt = 0;
+  /** When its last entry completed (time spent waiting for the writer does not count as idle). */
+  lastServedAt = 0;
+  /** Silence before its heartbeats as observed (its heartbeat interval; 0 = none seen). */
+  heartbeatMs = 0;
+  records = 0;
+  bytes = 0;
+  /** Called when it has nothing pending (lastEntry === null). */
+  settledWaiters: (() => void)[] = [];
   /** transport = krb5: the connection's GSS state (handshake, then wrap/unwrap). */
   krb5: Krb5ServerSession | null = null;
   /** krb5: the handshake deadline, then the end of the client's ticket. */
@@ -100,6 +200,15 @@ class ClientSession {
     this.address = socket.remoteAddress ?? '?';
     this.peer = `${this.address}:${socket.remotePort}`;
   }
+
+  /** Last sign of life: connect, last message, or the end of a wait for the writer. */
+  get lastSign(): number {
+    return Math.max(this.connectedAt, this.lastMessageAt, this.lastServedAt);
+  }
+
+  get pendingInput(): number {
+    return this.decoder.pendingBytes + (this.krb5?.pendingBytes ?? 0);
+  }
 }
 
 export class Collector {
@@ -108,8 +217,25 @@ export class Collector {
   readonly #writer: LogWriter;
   readonly #server: net.Server;
   readonly #sessions = new Set<ClientSession>();
+  readonly #byAddress = new Map<string, Set<ClientSession>>();
   /** krb5 connections still in their handshake, oldest first. */
   readonly #handshaking = new Set<ClientSession>();
+  /** Sessions with entries waiting for the writer, in round-robin order. */
+  readonly #active = new Set<ClientSession>();
+  readonly #paused = new Set<ClientSession>();
+  /** Sessions that had their chunk in this loop turn; read again from the next turn. */
+  readonly #yielded = new Set<ClientSession>();
+  #yieldScheduled = false;
+  #budgetPaused = 0;
+  readonly #warn: WarnLimiter;
+  readonly #budget: number;
+  readonly #maxConnections: number;
+  readonly #staleAfterMs: number;
+  #writing = false;
+  #buffered = 0;
+  #fdLimit = Number.POSITIVE_INFINITY;
+  #sweepTimer: NodeJS.Timeout | null = null;
+  #fdTimer: NodeJS.Timeout | null = null;
   #krb5: Krb5Acceptor | null = null;
   #closing = false;
   readonly stats: CollectorStats = {
@@ -121,17 +247,79 @@ export class Collector {
     protocolErrors: 0,
     krb5Sessions: 0,
     krb5Failures: 0,
+    bufferedBytes: 0,
+    bufferedPeak: 0,
+    pausedClients: 0,
+    refusedLimit: 0,
+    refusedSameAddress: 0,
+    replacedStale: 0,
+    idleClosed: 0,
+    writeFailures: 0,
   };
 
   constructor(settings: CollectorSettings, log: Logger) {
     this.#s = settings;
     this.#log = log;
+    this.#budget = settings.memoryBudget ?? DEFAULT_COLLECTOR_SETTINGS.memoryBudget!;
+    this.#maxConnections = settings.maxConnections ?? DEFAULT_COLLECTOR_SETTINGS.maxConnections!;
+    this.#staleAfterMs = settings.staleAfterMs ?? DEFAULT_COLLECTOR_SETTINGS.staleAfterMs!;
+    this.#warn = new WarnLimiter(log, settings.warnIntervalMs ?? DEFAULT_COLLECTOR_SETTINGS.warnIntervalMs!);
     this.#writer = new LogWriter({
       path: settings.logFile,
       fsync: settings.fsync,
       fsyncIntervalMs: settings.fsyncIntervalMs,
+      log,
+      maxTornTailBytes: MAX_BATCH_BYTES + 2 * (HEADER_SIZE + settings.maxPayload) + 1024,
+      ...settings.logWriterHooks,
     });
     this.#server = net.createServer({ noDelay: true, keepAlive: true }, (socket) => this.#accept(socket));
+    this.#server.maxConnections = this.#maxConnections;
+    this.#server.on('drop', (d) => this.#onDrop(d));
+    this.#server.on('error', (err: NodeJS.ErrnoException) => {
+      // accept() errors after listening (EMFILE and the like); libuv keeps listening. (A listen error rejects
+      // start() instead.)
+      if (!this.#server.listening) return;
+      this.#log.error(
+        { error: err.code ?? err.message },
+        `cannot accept a connection (${err.code ?? err.message}): the client is refused`,
+      );
+    });
+  }
+
+  /** The log writer's state, for status and tests. */
+  get writer(): LogWriter {
+    return this.#writer;
+  }
+
+  /** Bytes held for one client at most when `clients` are connected. */
+  share(clients = this.#sessions.size): number {
+    const fair = Math.min(MAX_SHARE, Math.floor(this.#budget / Math.max(1, clients)));
+    return Math.max(minShare(this.#s.maxPayload), fair);
+  }
+
+  /** Bytes held for all clients now. */
+  get buffered(): number {
+    return this.#buffered;
+  }
+
+  /** Per-session view for status pages and tests. */
+  sessions(): {
+    peer: string;
+    phase: Phase;
+    held: number;
+    pausedFor: string | null;
+    records: number;
+    lastMessageAgoMs: number | null;
+  }[] {
+    const now = Date.now();
+    return [...this.#sessions].map((s) => ({
+      peer: s.peer,
+      phase: s.phase,
+      held: s.held + s.unsent + s.pendingInput,
+      pausedFor: s.pausedFor,
+      records: s.records,
+      lastMessageAgoMs: s.lastMessageAt ? now - s.lastMessageAt : null,
+    }));
   }
 
   /** Opens the log and listens; resolves with the bound address. */
@@ -139,15 +327,34 @@ export class Collector {
     // krb5: the keytab and the binding are checked before anything else (a ConfigError stops the start).
     if (this.#s.krb5) this.#krb5 = await Krb5Acceptor.open(this.#s.krb5, this.#s.maxPayload, this.#log);
     await this.#writer.open();
+    this.#checkDescriptorLimit();
     await new Promise<void>((resolve, reject) => {
-      this.#server.once('error', reject);
+      const onError = (err: Error) => reject(err);
+      this.#server.prependOnceListener('error', onError);
       this.#server.listen({ host: this.#s.host, port: this.#s.port, backlog: this.#s.listenBacklog }, () => {
-        this.#server.off('error', reject);
+        this.#server.off('error', onError);
         resolve();
       });
     });
+    const sweepMs =
+      this.#s.clientMaxIdleMs > 0 ? Math.max(25, Math.min(1000, this.#s.clientMaxIdleMs / 4)) : 1000;
+    this.#sweepTimer = setInterval(() => this.#sweep(), sweepMs);
+    this.#sweepTimer.unref();
     const addr = this.#server.address() as net.AddressInfo;
-    this.#log.info({ address: addr.address, port: addr.port, log: this.#s.logFile }, 'collector listening');
+    const somaxconn = readNumber('/proc/sys/net/core/somaxconn');
+    this.#log.info(
+      {
+        address: addr.address,
+        port: addr.port,
+        log: this.#s.logFile,
+        memoryBudget: this.#budget,
+        maxConnections: this.#server.maxConnections,
+        listenBacklog:
+          somaxconn !== null ? Math.min(this.#s.listenBacklog, somaxconn) : this.#s.listenBacklog,
+        reserving: this.#writer.reserving,
+      },
+      'collector listening',
+    );
     return { host: addr.address, port: addr.port };
   }
 
@@ -155,12 +362,69 @@ export class Collector {
   async stop(): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
+    if (this.#sweepTimer) clearInterval(this.#sweepTimer);
+    if (this.#fdTimer) clearInterval(this.#fdTimer);
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     await Promise.all([...this.#sessions].map((s) => this.#end(s)));
     await closed;
     this.#krb5?.dispose();
     await this.#writer.close();
+    this.#warn.flushAll();
     this.#log.info(this.stats, 'collector stopped');
+  }
+
+  // -------------------------------------------------------------------------------------------------------
+  // Connections
+
+  /**
+   * The descriptor limit bounds connections: the cap is lowered to what the limit leaves (minus a reserve),
+   * so a client is refused with a log line instead of being reset silently by the kernel (EMFILE).
+   */
+  #checkDescriptorLimit(): void {
+    const limit = readOpenFileLimit();
+    if (limit === null) return;
+    this.#fdLimit = limit;
+    if (this.#maxConnections + FD_RESERVE > limit) {
+      this.#log.warn(
+        { maxConnections: this.#maxConnections, openFileLimit: limit },
+        `tcp_max_connections = ${this.#maxConnections} needs more descriptors than the limit of ${limit} allows: at most ${Math.max(1, limit - FD_RESERVE)} connections are accepted; raise LimitNOFILE (systemd) or ulimit -n`,
+      );
+    }
+    this.#adjustForDescriptors();
+    this.#fdTimer = setInterval(() => this.#adjustForDescriptors(), 2000);
+    this.#fdTimer.unref();
+  }
+
+  /** Sets server.maxConnections from the cap and the descriptors other things use now. */
+  #adjustForDescriptors(): void {
+    if (!Number.isFinite(this.#fdLimit)) return;
+    let open: number;
+    try {
+      open = readdirSync('/proc/self/fd').length;
+    } catch {
+      return;
+    }
+    const others = Math.max(0, open - this.#sessions.size);
+    const room = Math.max(1, this.#fdLimit - others - FD_RESERVE);
+    this.#server.maxConnections = Math.min(this.#maxConnections, room);
+  }
+
+  /** net.Server refused a connection over maxConnections (it closes the socket itself). */
+  #onDrop(d: net.DropArgument | undefined): void {
+    this.stats.refusedLimit++;
+    const peer = d ? `${d.remoteAddress}:${d.remotePort}` : '?';
+    const address = d?.remoteAddress ?? '?';
+    const limit = this.#server.maxConnections;
+    const why =
+      limit < this.#maxConnections
+        ? `the descriptor limit leaves room for ${limit} connections (tcp_max_connections = ${this.#maxConnections}); raise LimitNOFILE`
+        : `${limit} connections are open, the limit (tcp_max_connections)`;
+    this.#warn.warn(
+      `limit ${address}`,
+      { peer, connections: this.#sessions.size, maxConnections: limit },
+      `refused connection from ${peer}: ${why}`,
+      (n) => `refused ${n} more connection(s) from ${address}: ${why}`,
+    );
   }
 
   #accept(socket: net.Socket): void {
@@ -170,60 +434,183 @@ export class Collector {
       socket.destroy();
       return;
     }
+    socket.on('error', (err: NodeJS.ErrnoException) =>
+      this.#log.info({ peer, error: err.code ?? err.message }, `client ${peer} connection error`),
+    );
     const ports = this.#s.clientPorts;
     const port = socket.remotePort ?? 0;
     if (ports && (port < ports[0] || port > ports[1])) {
-      this.#log.warn(
+      this.#warn.warn(
+        `port ${session.address}`,
         { peer },
-        `connection from ${peer} rejected: source port outside ${ports[0]}-${ports[1]}`,
+        `connection from ${peer} refused: source port outside tcp_client_ports ${ports[0]}-${ports[1]}`,
+        (n) =>
+          `refused ${n} more connection(s) from ${session.address}: source port outside ${ports[0]}-${ports[1]}`,
       );
       socket.destroy();
       return;
     }
-    const same = [...this.#sessions].filter((s) => s.address === session.address);
-    if (same.length >= this.#s.maxPerAddr) {
-      // An unauthenticated (krb5 handshake) connection never pushes out an authenticated one.
-      const oldest = same.find((s) => this.#handshaking.has(s)) ?? same[0]!;
-      this.#log.warn(
-        { peer, replaced: oldest.peer, maxPerAddr: this.#s.maxPerAddr },
-        `more than ${this.#s.maxPerAddr} connection(s) from ${session.address}: closing the oldest (${oldest.peer}) as stale`,
-      );
-      oldest.socket.destroy();
-      this.#sessions.delete(oldest);
-      this.#handshaking.delete(oldest);
+    if (this.#krb5) {
+      session.phase = 'handshaking';
+      this.#limitPendingHandshakes(session);
+    } else if (!this.#admit(session)) {
+      socket.destroy();
+      return;
     }
+    this.#add(session);
     if (this.#krb5) this.#startHandshake(session);
+    this.#log.info({ peer }, 'client connected');
+    socket.on('data', (chunk: Buffer) => this.#onData(session, chunk));
+    socket.on('drain', () => this.#checkInput(session));
+    socket.on('close', () => this.#onClose(session));
+  }
+
+  #add(session: ClientSession): void {
     this.#sessions.add(session);
+    let same = this.#byAddress.get(session.address);
+    if (!same) {
+      same = new Set();
+      this.#byAddress.set(session.address, same);
+    }
+    same.add(session);
     this.stats.accepted++;
     this.stats.clients = this.#sessions.size;
-    this.#log.info({ peer }, 'client connected');
-    if (this.#s.clientMaxIdleMs > 0) {
-      socket.setTimeout(this.#s.clientMaxIdleMs, () => {
-        this.#log.info({ peer }, `client ${peer} idle for ${this.#s.clientMaxIdleMs} ms: closing`);
-        socket.destroy();
-      });
+  }
+
+  #onClose(session: ClientSession): void {
+    if (session.phase === 'closed') return;
+    const { peer } = session;
+    session.phase = 'closed';
+    this.#sessions.delete(session);
+    const same = this.#byAddress.get(session.address);
+    same?.delete(session);
+    if (same?.size === 0) this.#byAddress.delete(session.address);
+    this.#handshaking.delete(session);
+    this.#setPaused(session, null);
+    if (session.krb5Timer) clearTimeout(session.krb5Timer);
+    session.krb5?.dispose();
+    // Records not yet handed to the writer were never acknowledged: the client sends them again.
+    const dropped = session.queue.splice(0);
+    let droppedRecords = 0;
+    for (const e of dropped) {
+      this.#release(session, e.bytes);
+      droppedRecords += e.records;
+      if (session.lastEntry === e) session.lastEntry = null;
     }
-    socket.on('data', (chunk: Buffer) => this.#onData(session, chunk));
-    socket.on('drain', () => {
-      if (!session.ending) socket.resume();
-    });
-    socket.on('error', (err: NodeJS.ErrnoException) =>
-      this.#log.info({ peer, error: err.code ?? err.message }, `client ${peer} connection error`),
+    this.#active.delete(session);
+    this.#settle(session);
+    const pending = session.pendingInput;
+    this.#adjust(session, -session.countedInput - session.unsent);
+    session.countedInput = 0;
+    session.unsent = 0;
+    this.stats.clients = this.#sessions.size;
+    if (pending > 0 || droppedRecords > 0) {
+      this.#log.info(
+        { peer, bytes: pending, records: droppedRecords },
+        `client ${peer} disconnected mid-message: ${pending} byte(s) of an incomplete message and ${droppedRecords} record(s) not yet written dropped (never acknowledged; the client sends them again)`,
+      );
+    }
+    this.#warn.flushPrefix(`${peer} `);
+    this.#log.info({ peer, records: session.records }, 'client disconnected');
+    this.#resumeBudgetPaused();
+  }
+
+  /** Staleness window of a session: staleAfterMs, or twice its heartbeat interval (plus a second) if longer. */
+  #window(s: ClientSession): number {
+    return Math.max(this.#staleAfterMs, s.heartbeatMs > 0 ? 2 * s.heartbeatMs + 1000 : 0);
+  }
+
+  /** Alive: records being written for it, or a message within its window. */
+  #alive(s: ClientSession, now: number): boolean {
+    if (s.lastEntry !== null) return true;
+    return s.lastMessageAt > 0 && now - s.lastSign < this.#window(s);
+  }
+
+  /**
+   * A session a newcomer from its address may displace, or null:
+   * 1. a silent one: it sent messages, but none within its window, and has nothing pending (the stalest first):
+   *    its client went away without closing (auditd issue #33);
+   * 2. only when the address already uses its extra slot: one that never sent anything, the newest first (a
+   *    reconnect loop then only ever displaces its own previous attempt, never an older session).
+   */
+  #displaceable(same: ClientSession[], now: number, max: number): ClientSession | null {
+    const silent = same
+      .filter((s) => s.lastMessageAt > 0 && !this.#alive(s, now))
+      .sort((a, b) => a.lastSign - b.lastSign);
+    if (silent[0]) return silent[0];
+    if (same.length <= max) return null;
+    const unproven = same.filter((s) => s.lastMessageAt === 0 && s.lastEntry === null);
+    return unproven.sort((a, b) => b.connectedAt - a.connectedAt)[0] ?? null;
+  }
+
+  /**
+   * The same-address rule (module comment) for `session`, against the other sessions of its address that count
+   * (with krb5: the authenticated ones). Returns false when the newcomer is refused (the caller closes it).
+   */
+  #admit(session: ClientSession): boolean {
+    const max = this.#s.maxPerAddr;
+    const krb5 = this.#krb5 !== null;
+    const same = [...(this.#byAddress.get(session.address) ?? [])].filter(
+      (s) => s !== session && (s.phase === 'open' || (!krb5 && s.phase === 'handshaking')),
     );
-    socket.on('close', () => {
-      this.#sessions.delete(session);
-      this.#handshaking.delete(session);
-      if (session.krb5Timer) clearTimeout(session.krb5Timer);
-      session.krb5?.dispose();
-      this.stats.clients = this.#sessions.size;
-      if (session.decoder.pendingBytes > 0) {
-        this.#log.info(
-          { peer, bytes: session.decoder.pendingBytes },
-          `client ${peer} disconnected mid-message: ${session.decoder.pendingBytes} byte(s) dropped (never acknowledged)`,
-        );
-      }
-      this.#log.info({ peer }, 'client disconnected');
-    });
+    if (same.length < max) return true;
+    const now = Date.now();
+    const victim = this.#displaceable(same, now, max);
+    if (victim) {
+      const what =
+        victim.lastMessageAt === 0
+          ? `has sent nothing since it connected ${((now - victim.connectedAt) / 1000).toFixed(1)} s ago`
+          : `has been silent for ${((now - victim.lastSign) / 1000).toFixed(1)} s with nothing pending, so its client is taken to have gone away without closing it`;
+      this.stats.replacedStale++;
+      this.#log.warn(
+        { peer: session.peer, replaced: victim.peer, silentMs: now - victim.lastSign, maxPerAddr: max },
+        `closing ${victim.peer}: a new connection came from the same address (${session.peer}) and ${victim.peer} ${what} (tcp_max_per_addr = ${max})`,
+      );
+      victim.socket.destroy();
+      this.#onCloseSoon(victim);
+      return true;
+    }
+    if (same.length === max) {
+      // Every session of the address is alive (or has not sent anything yet): admit the newcomer beside them once
+      // (a client that reconnected after losing its connection shows up here); a silent one is closed later.
+      const newest = same.reduce((a, b) => (a.lastSign > b.lastSign ? a : b));
+      this.#log.info(
+        { peer: session.peer, beside: same.map((s) => s.peer), maxPerAddr: max },
+        `${session.peer} connected while ${same.length} session(s) from the same address are open (${newest.peer}: last sign of life ${((now - newest.lastSign) / 1000).toFixed(1)} s ago): admitted beside them; whichever falls silent for ${this.#staleAfterMs / 1000} s is closed`,
+      );
+      return true;
+    }
+    this.stats.refusedSameAddress++;
+    const why = `${session.address} already has ${same.length} open session(s) (tcp_max_per_addr = ${max}, plus one for a reconnecting client), each of which sent a message within the last ${this.#staleAfterMs / 1000} s; a client that vanished without closing its connection is replaced once that connection has been silent that long`;
+    this.#warn.warn(
+      `dup ${session.address}`,
+      { peer: session.peer, active: same.map((s) => s.peer), maxPerAddr: max },
+      `refused connection from ${session.peer}: ${why}`,
+      (n) => `refused ${n} more connection(s) from ${session.address}: ${why}`,
+    );
+    return false;
+  }
+
+  /** A session destroyed by us: forget it now (its 'close' event comes later and finds it closed). */
+  #onCloseSoon(session: ClientSession): void {
+    this.#onClose(session);
+  }
+
+  /** krb5: unauthenticated connections from one address only ever displace each other. */
+  #limitPendingHandshakes(session: ClientSession): void {
+    const same = [...(this.#byAddress.get(session.address) ?? [])].filter((s) => s.phase === 'handshaking');
+    const limit = Math.max(4, this.#s.maxPerAddr);
+    if (same.length < limit) return;
+    const oldest = same[0]!;
+    this.stats.krb5Failures++;
+    this.#warn.warn(
+      `pending ${session.address}`,
+      { peer: oldest.peer, by: session.peer, pending: same.length },
+      `${same.length} unauthenticated connections from ${session.address}: closing the oldest (${oldest.peer}) for ${session.peer}; authenticated sessions are never closed for an unauthenticated one`,
+      (n) => `closed ${n} more unauthenticated connection(s) from ${session.address} for newer ones`,
+    );
+    oldest.socket.destroy();
+    this.#onCloseSoon(oldest);
   }
 
   /** krb5: its own deadline, and a bound on handshakes in progress (the oldest pending one goes first). */
@@ -240,6 +627,7 @@ export class Collector {
       );
       this.#handshaking.delete(oldest);
       oldest.socket.destroy();
+      this.#onCloseSoon(oldest);
     }
     session.krb5 = krb5.session(peer);
     this.#handshaking.add(session);
@@ -256,9 +644,79 @@ export class Collector {
     }, timeoutMs);
   }
 
+  /** Idle limit and stale sessions beyond tcp_max_per_addr. */
+  #sweep(): void {
+    const now = Date.now();
+    const idle = this.#s.clientMaxIdleMs;
+    for (const s of this.#sessions) {
+      if (s.phase !== 'open') continue;
+      if (
+        idle > 0 &&
+        s.lastEntry === null &&
+        now - Math.max(s.connectedAt, s.lastMessageAt, s.lastServedAt) >= idle
+      ) {
+        this.stats.idleClosed++;
+        const what =
+          s.pendingInput > 0 ? ` (${s.pendingInput} byte(s) of an incomplete message do not count)` : '';
+        this.#log.info(
+          { peer: s.peer, idleMs: idle, pendingBytes: s.pendingInput },
+          `client ${s.peer} idle for ${idle} ms: no complete message received${what}; closing (tcp_client_max_idle)`,
+        );
+        s.socket.destroy();
+      }
+    }
+    // An address over tcp_max_per_addr (a reconnecting client admitted beside its old session): close what fell
+    // silent, and connections that sent nothing for a whole window (the newest first).
+    const max = this.#s.maxPerAddr;
+    for (const [, same] of this.#byAddress) {
+      const counted = [...same].filter((s) => s.phase === 'open');
+      if (counted.length <= max) continue;
+      const victim = this.#displaceable(
+        counted.filter((s) => s.lastMessageAt > 0 || now - s.connectedAt >= this.#window(s)),
+        now,
+        -1,
+      );
+      if (!victim) continue;
+      this.stats.replacedStale++;
+      const what =
+        victim.lastMessageAt === 0
+          ? `has sent nothing since it connected ${((now - victim.connectedAt) / 1000).toFixed(1)} s ago`
+          : `has been silent for ${((now - victim.lastSign) / 1000).toFixed(1)} s with nothing pending`;
+      this.#log.warn(
+        { peer: victim.peer, silentMs: now - victim.lastSign, maxPerAddr: max },
+        `closing ${victim.peer}: another connection from the same address is open and this one ${what} (tcp_max_per_addr = ${max})`,
+      );
+      victim.socket.destroy();
+      this.#onCloseSoon(victim);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------------------
+  // Input
+
   #onData(session: ClientSession, chunk: Buffer): void {
+    if (session.phase === 'closed' || session.phase === 'closing' || session.phase === 'ending') return;
     if (session.krb5) this.#onKrb5Data(session, session.krb5, chunk);
     else this.#onPlain(session, chunk);
+    if ((session.phase as Phase) !== 'closed') this.#countInput(session);
+    this.#checkInput(session);
+    this.#yieldTurn(session);
+    this.#pump();
+  }
+
+  /** One chunk per client per loop turn: pause it until the next turn (unless it is paused for a reason). */
+  #yieldTurn(session: ClientSession): void {
+    if (session.pausedFor !== null || session.phase !== 'open') return;
+    session.socket.pause();
+    this.#yielded.add(session);
+    if (this.#yieldScheduled) return;
+    this.#yieldScheduled = true;
+    setImmediate(() => {
+      this.#yieldScheduled = false;
+      const turn = [...this.#yielded];
+      this.#yielded.clear();
+      for (const s of turn) if (s.pausedFor === null && s.phase === 'open') s.socket.resume();
+    });
   }
 
   #onKrb5Data(session: ClientSession, krb5: Krb5ServerSession, chunk: Buffer): void {
@@ -270,7 +728,13 @@ export class Collector {
       if (session.krb5Timer) clearTimeout(session.krb5Timer);
       session.krb5Timer = null;
       this.stats.krb5Sessions++;
+      session.phase = 'open';
       this.#log.info({ peer, principal: r.established }, `client ${peer} authenticated as ${r.established}`);
+      if (!this.#admit(session)) {
+        socket.destroy();
+        this.#onCloseSoon(session);
+        return;
+      }
       // The session ends with the client's ticket (the acceptor adds its clock-skew allowance): the client
       // reconnects with a fresh one. Plain close, not ENDING, which would mean "server shutting down".
       const lifetimeMs = krb5.lifetimeMs();
@@ -281,8 +745,7 @@ export class Collector {
               { peer, principal: r.established },
               `the Kerberos ticket of ${r.established} (${peer}) has expired: closing its connection`,
             );
-            socket.pause();
-            void session.chain.then(() => socket.destroy());
+            this.#closeAfterPending(session);
           },
           Math.min(2 ** 31 - 1, lifetimeMs),
         );
@@ -295,94 +758,112 @@ export class Collector {
       if (r.duringHandshake) {
         this.#log.warn({ peer, error: r.failure }, `Kerberos: refused client ${peer}: ${r.failure}`);
         // Whatever the mechanism wants the client to know (a KRB-ERROR) goes out first.
+        session.phase = 'closing';
         socket.destroySoon();
       } else {
         this.#log.warn(
           { peer, principal: krb5.principal, error: r.failure },
           `Kerberos: ${r.failure} (client ${peer}); closing the connection, the client sends unacknowledged records again`,
         );
-        socket.pause();
-        void session.chain.then(() => socket.destroy());
+        this.#closeAfterPending(session);
       }
     }
   }
 
   #onPlain(session: ClientSession, chunk: Buffer): void {
-    const { socket, peer } = session;
+    if (session.phase !== 'open') return;
+    const { peer } = session;
     const messages = session.decoder.push(chunk);
-    const lines: Buffer[] = [];
-    const replies: Buffer[] = [];
+    let entry: Entry | null = null;
+    let immediate: number[] | null = null;
+    const previous = session.lastMessageAt;
+    if (messages.length > 0) session.lastMessageAt = Date.now();
+    let heartbeatSeen = false;
+    const principal = session.krb5?.principal ?? null;
     for (const m of messages) {
       if (m.type === MessageType.HEARTBEAT) {
         this.stats.heartbeats++;
-        replies.push(encodeReply(MessageType.ACK, m.sequence));
+        if (!heartbeatSeen && previous > 0) this.#noteHeartbeat(session, session.lastMessageAt - previous);
+        heartbeatSeen = true;
+        const target = entry ?? session.lastEntry;
+        if (target) target.replies.push(m.sequence + HB);
+        else {
+          immediate ??= [];
+          immediate.push(m.sequence + HB);
+        }
         continue;
       }
       // Every other type is a record, as in auditd.
-      lines.push(this.#line(m.payload, peer, session.krb5?.principal ?? null), NEWLINE);
-      replies.push(encodeReply(MessageType.ACK, m.sequence));
+      const line = this.#line(m.payload, session, principal);
+      if (!entry) {
+        entry = { session, lines: [], bytes: 0, replies: [], records: 0 };
+        session.queue.push(entry);
+        session.lastEntry = entry;
+      }
+      entry.lines.push(line, NEWLINE);
+      entry.bytes += line.length + 1 + RECORD_OVERHEAD;
+      entry.replies.push(m.sequence);
+      entry.records++;
+      session.bytes += m.payload.length;
     }
+    if (entry) {
+      session.held += entry.bytes;
+      this.#adjust(session, entry.bytes);
+      this.#active.add(session);
+    }
+    this.#countInput(session);
+    if (immediate) this.#send(session, immediate, null);
     const error = session.decoder.error;
-    if (messages.length > 0) {
-      const records = lines.length / 2;
-      const written = this.#writer.append(lines);
-      session.chain = session.chain.then(() =>
-        written.then(
-          () => {
-            this.stats.records += records;
-            this.#reply(session, replies);
-          },
-          (err: NodeJS.ErrnoException) => {
-            const full = err.code === 'ENOSPC' || err.code === 'EDQUOT';
-            this.#log.error(
-              { peer, error: err.code ?? err.message },
-              'log write failed; replying with an error',
-            );
-            this.#reply(
-              session,
-              replies.map((r) =>
-                encodeReply(
-                  full ? MessageType.DISKFULL : MessageType.DISKERROR,
-                  r.readUInt32LE(12),
-                  full ? 'disk full' : 'disk write error',
-                ),
-              ),
-            );
-          },
-        ),
-      );
-    }
     if (error) {
       this.stats.protocolErrors++;
       this.#log.warn(
         { peer, error: error.message },
         `protocol error from ${peer}: ${error.message}; closing the connection`,
       );
-      socket.pause();
-      void session.chain.then(() => socket.destroy());
+      this.#closeAfterPending(session);
     }
   }
 
+  /** Learns a client's heartbeat interval: the silence before a heartbeat (capped at 5 minutes). */
+  #noteHeartbeat(session: ClientSession, silenceMs: number): void {
+    const gap = Math.min(300_000, silenceMs);
+    session.heartbeatMs = session.heartbeatMs === 0 ? gap : Math.round(0.7 * session.heartbeatMs + 0.3 * gap);
+  }
+
+  /** The session's incomplete input (decoder, krb5 token) as counted into the total. */
+  #countInput(session: ClientSession): void {
+    const now = session.pendingInput;
+    this.#adjust(session, now - session.countedInput);
+    session.countedInput = now;
+  }
+
+  /** Changes the collector's total of held bytes (per-session parts are kept by the caller). */
+  #adjust(_session: ClientSession, delta: number): void {
+    this.#buffered += delta;
+    if (this.#buffered > this.stats.bufferedPeak) this.stats.bufferedPeak = this.#buffered;
+    this.stats.bufferedBytes = this.#buffered;
+  }
+
   /**
-   * The record as it goes into the log: one trailing '\n' removed (krb5: all of them, as auditd), embedded '\n'
-   * and NUL made spaces; krb5 appends ` krb5=<client principal>` as auditd does (unless turned off).
+   * The record as it goes into the log: one trailing '\n' removed (krb5: all of them, as auditd), the rule of
+   * sanitize.ts applied; krb5 appends ` krb5=<client principal>` as auditd does (unless turned off).
    */
-  #line(payload: Buffer, peer: string, principal: string | null): Buffer {
+  #line(payload: Buffer, session: ClientSession, principal: string | null): Buffer {
     let end = payload.length;
-    if (end > 0 && payload[end - 1] === NL) end--;
-    while (principal !== null && end > 0 && payload[end - 1] === NL) end--;
-    let line = end === payload.length ? payload : payload.subarray(0, end);
-    let replaced = 0;
-    for (let i = line.indexOf(NL); i !== -1; i = line.indexOf(NL, i + 1)) replaced++;
-    for (let i = line.indexOf(0); i !== -1; i = line.indexOf(0, i + 1)) replaced++;
-    if (replaced > 0) {
-      line = Buffer.from(line);
-      for (let i = 0; i < line.length; i++) if (line[i] === NL || line[i] === 0) line[i] = SPACE;
+    if (end > 0 && payload[end - 1] === 0x0a) end--;
+    while (principal !== null && end > 0 && payload[end - 1] === 0x0a) end--;
+    const { line, found } = sanitizeRecord(end === payload.length ? payload : payload.subarray(0, end));
+    if (found) {
       this.stats.sanitized++;
-      this.#log.warn(
-        { peer, count: replaced },
-        `record from ${peer} contains ${replaced} embedded newline/NUL byte(s): replaced by spaces so it stays one log line`,
-      );
+      for (const [kind, count] of Object.entries(found) as [SanitizeKind, number][]) {
+        const what = SANITIZE_KIND_TEXT[kind];
+        this.#warn.warn(
+          `${session.peer} ${kind}`,
+          { peer: session.peer, kind, count },
+          `record from ${session.peer} contains ${count} ${what}: written as \\xHH escapes so it stays one harmless log line (reversible, see docs/collector.md); further records like it from this client are counted and reported every ${this.#warn.intervalMs / 1000} s`,
+          (n) => `${n} more record(s) from ${session.peer} contained ${what}: written as \\xHH escapes`,
+        );
+      }
     }
     if (principal !== null && this.#s.krb5?.appendPrincipal !== false) {
       return Buffer.concat([line, Buffer.from(` krb5=${principal}`)]);
@@ -390,20 +871,190 @@ export class Collector {
     return line;
   }
 
-  #reply(session: ClientSession, replies: Buffer[]): void {
-    const { socket } = session;
-    if (socket.destroyed || replies.length === 0) return;
-    const wire = this.#wire(session, replies);
-    if (socket.destroyed) return;
-    socket.write(wire);
-    if (socket.writableLength > OUTPUT_HIGH_WATER && !socket.isPaused()) {
-      // The client is not reading its replies: stop reading its records until it does.
-      this.#log.warn(
-        { peer: session.peer },
-        `client ${session.peer} is not reading its acknowledgements: paused`,
-      );
-      socket.pause();
+  /** Stops reading from a session (after a protocol error and the like) and closes it once its replies are out. */
+  #closeAfterPending(session: ClientSession): void {
+    if (session.phase === 'closed') return;
+    session.phase = 'closing';
+    session.socket.pause();
+    void this.#settled(session).then(() => session.socket.destroy());
+  }
+
+  // -------------------------------------------------------------------------------------------------------
+  // Flow control
+
+  /** Pauses or resumes reading from `session` (module comment, "Memory and fairness"). */
+  #checkInput(session: ClientSession): void {
+    if (session.phase === 'closed') return;
+    if (session.phase !== 'open' && session.phase !== 'handshaking') {
+      this.#setPaused(session, null);
+      return;
     }
+    const held = session.held + session.unsent + session.pendingInput;
+    const share = this.share();
+    const replyLimit = Math.min(REPLY_HIGH_WATER, share / 2);
+    const reason =
+      session.unsent >= replyLimit
+        ? 'replies'
+        : held >= share
+          ? 'share'
+          : this.#buffered >= this.#budget
+            ? 'budget'
+            : null;
+    const was = session.pausedFor;
+    if (was === null) {
+      if (reason === null) return;
+      session.socket.pause();
+    } else if (
+      reason === null &&
+      session.unsent < replyLimit / 2 &&
+      held < share / 2 &&
+      this.#buffered < (this.#budget * 3) / 4
+    ) {
+      this.#setPaused(session, null);
+      session.socket.resume();
+      return;
+    } else if (reason === null || reason === was) {
+      return;
+    }
+    this.#setPaused(session, reason);
+    if (reason === 'replies') {
+      this.#warn.warn(
+        `${session.peer} replies`,
+        { peer: session.peer, unsentReplyBytes: session.unsent },
+        `client ${session.peer} is not reading its acknowledgements (${session.unsent} bytes unsent): paused reading from it until it does`,
+        (n) => `client ${session.peer} was paused ${n} more time(s) for not reading its acknowledgements`,
+      );
+    } else {
+      this.#log.debug(
+        { peer: session.peer, held, share, buffered: this.#buffered, budget: this.#budget },
+        `client ${session.peer} paused: ${reason === 'share' ? 'over its share of the log writer' : 'memory budget reached'}`,
+      );
+    }
+  }
+
+  #setPaused(session: ClientSession, reason: ClientSession['pausedFor']): void {
+    if (session.pausedFor === 'budget') this.#budgetPaused--;
+    if (reason === 'budget') this.#budgetPaused++;
+    session.pausedFor = reason;
+    if (reason === null) this.#paused.delete(session);
+    else this.#paused.add(session);
+    this.stats.pausedClients = this.#paused.size;
+  }
+
+  /** Sessions paused for the budget resume once the total is under three quarters of it. */
+  #resumeBudgetPaused(): void {
+    if (this.#budgetPaused === 0 || this.#buffered >= (this.#budget * 3) / 4) return;
+    for (const s of [...this.#paused]) if (s.pausedFor === 'budget') this.#checkInput(s);
+  }
+
+  #release(session: ClientSession, bytes: number): void {
+    session.held -= bytes;
+    this.#adjust(session, -bytes);
+  }
+
+  // -------------------------------------------------------------------------------------------------------
+  // The log writer's scheduler
+
+  /** Starts the next batch when the writer is free: round-robin, QUANTUM_BYTES per client per turn. */
+  #pump(): void {
+    if (this.#writing || this.#active.size === 0) return;
+    const batch: Entry[] = [];
+    let bytes = 0;
+    while (bytes < MAX_BATCH_BYTES && this.#active.size > 0) {
+      for (const s of [...this.#active]) {
+        let taken = 0;
+        while (s.queue.length > 0 && taken < QUANTUM_BYTES && bytes < MAX_BATCH_BYTES) {
+          const e = s.queue.shift()!;
+          batch.push(e);
+          taken += e.bytes;
+          bytes += e.bytes;
+          s.inFlight++;
+        }
+        this.#active.delete(s);
+        if (s.queue.length > 0) this.#active.add(s); // to the back of the line
+        if (bytes >= MAX_BATCH_BYTES) break;
+      }
+    }
+    if (batch.length === 0) return;
+    this.#writing = true;
+    const data = Buffer.concat(batch.flatMap((e) => e.lines));
+    this.#writer.write(data).then(
+      () => this.#completed(batch, null),
+      (err: NodeJS.ErrnoException) => this.#completed(batch, err),
+    );
+  }
+
+  #completed(batch: Entry[], err: NodeJS.ErrnoException | null): void {
+    this.#writing = false;
+    if (err) {
+      const records = batch.reduce((n, e) => n + e.records, 0);
+      this.stats.writeFailures += records;
+      this.#warn.warn(
+        `write ${err.code ?? 'error'}`,
+        { error: err.code ?? err.message, records, clients: new Set(batch.map((e) => e.session.peer)).size },
+        `log write failed (${err.code ?? err.message}): ${records} record(s) answered with ${isFull(err) ? 'DISKFULL' : 'DISKERROR'} instead of an acknowledgement; nothing of them is in the log`,
+        (n) =>
+          `${n} more log write(s) failed (${err.code ?? err.message}); their records were answered with ${isFull(err) ? 'DISKFULL' : 'DISKERROR'}`,
+      );
+    }
+    const now = Date.now();
+    const replies = new Map<ClientSession, number[]>();
+    for (const e of batch) {
+      const s = e.session;
+      s.inFlight--;
+      this.#release(s, e.bytes);
+      if (!err) {
+        this.stats.records += e.records;
+        s.records += e.records;
+      }
+      if (s.lastEntry === e) {
+        s.lastEntry = null;
+        s.lastServedAt = now;
+      }
+      if (s.phase === 'closed') continue;
+      const list = replies.get(s);
+      if (list) list.push(...e.replies);
+      else replies.set(s, [...e.replies]);
+    }
+    for (const [s, list] of replies) this.#send(s, list, err);
+    for (const e of batch) this.#settle(e.session);
+    for (const s of replies.keys()) this.#checkInput(s);
+    this.#resumeBudgetPaused();
+    this.#pump();
+  }
+
+  /** Sends replies (ACK, or the write error for records; heartbeats always ACK) in one write. */
+  #send(session: ClientSession, list: number[], err: NodeJS.ErrnoException | null): void {
+    const { socket } = session;
+    if (socket.destroyed || list.length === 0) return;
+    const frames = list.map((v) => {
+      if (v >= HB || !err) return encodeReply(MessageType.ACK, v >= HB ? v - HB : v);
+      return isFull(err)
+        ? encodeReply(MessageType.DISKFULL, v, 'disk full')
+        : encodeReply(MessageType.DISKERROR, v, 'disk write error');
+    });
+    const wire = this.#wire(session, frames);
+    if (socket.destroyed || wire.length === 0) return;
+    session.unsent += wire.length;
+    this.#adjust(session, wire.length);
+    socket.write(wire, () => {
+      if (session.phase === 'closed') return;
+      session.unsent -= wire.length;
+      this.#adjust(session, -wire.length);
+      if (session.pausedFor !== null) this.#checkInput(session);
+    });
+  }
+
+  /** Resolves when the session has nothing pending (no entry queued or being written). */
+  #settled(session: ClientSession): Promise<void> {
+    if (session.lastEntry === null) return Promise.resolve();
+    return new Promise((resolve) => session.settledWaiters.push(resolve));
+  }
+
+  #settle(session: ClientSession): void {
+    if (session.lastEntry !== null) return;
+    const waiters = session.settledWaiters.splice(0);
+    for (const w of waiters) w();
   }
 
   /** Replies as they go on the wire: as they are, or (krb5) one wrapped token each. */
@@ -425,9 +1076,11 @@ export class Collector {
       session.socket.destroy();
       return;
     }
-    session.ending = true;
+    if (session.phase === 'closed') return;
+    session.phase = 'ending';
+    this.#setPaused(session, null);
     session.socket.pause();
-    await session.chain;
+    await this.#settled(session);
     const { socket } = session;
     if (socket.destroyed) return;
     await new Promise<void>((resolve) => {
@@ -440,5 +1093,34 @@ export class Collector {
       // A client that never reads cannot hold up shutdown.
       setTimeout(() => socket.destroy(), 2000).unref();
     });
+  }
+}
+
+function isFull(err: NodeJS.ErrnoException): boolean {
+  return err.code === 'ENOSPC' || err.code === 'EDQUOT';
+}
+
+/** The least a client may hold: two largest messages and their overhead (so a full message can always be read). */
+function minShare(maxPayload: number): number {
+  return 2 * (HEADER_SIZE + maxPayload + RECORD_OVERHEAD) + 16 * 1024;
+}
+
+function readNumber(file: string): number | null {
+  try {
+    const n = Number(readFileSync(file, 'utf8').trim());
+    return Number.isFinite(n) ? n : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The soft RLIMIT_NOFILE of this process (/proc/self/limits), or null when it cannot be read. */
+export function readOpenFileLimit(): number | null {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (!m || m[1] === 'unlimited') return null;
+    return Number(m[1]);
+  } catch {
+    return null;
   }
 }

@@ -71,6 +71,9 @@ export function fromConfig(cfg: CollectorConfig): CollectorSettings {
       cfg.tcpClientPorts.min === 0 && cfg.tcpClientPorts.max === 65535
         ? null
         : [cfg.tcpClientPorts.min, cfg.tcpClientPorts.max],
+    memoryBudget: cfg.memoryBudget,
+    maxConnections: cfg.tcpMaxConnections,
+    staleAfterMs: cfg.staleSessionTimeout * 1000,
     krb5:
       cfg.transport === 'krb5'
         ? {

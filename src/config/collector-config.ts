@@ -9,6 +9,7 @@ import { type ReadConfigOptions, readConfigFile, runningAsRoot } from './file.js
 import { AUDITD_MAX_LINE_LENGTH, type ConfigEntry, parseConfigText } from './parser.js';
 import {
   fail,
+  formatByteSize,
   formatHostPort,
   type HostPort,
   INT_MAX,
@@ -17,6 +18,7 @@ import {
   type LogLevel,
   noOption,
   parseAbsolutePath,
+  parseByteSize,
   parseHostPort,
   parseIntInRange,
   parseKeyword,
@@ -65,6 +67,12 @@ export interface CollectorConfig {
   krb5AppendPrincipal: boolean;
   statusListen: HostPort | null;
   logLevel: LogLevel;
+  /** Bytes the collector may hold for all clients together (records not yet written, replies not yet sent). */
+  memoryBudget: number;
+  /** Connections at most. */
+  tcpMaxConnections: number;
+  /** Seconds a session must be silent (nothing pending) before a new connection from its address replaces it. */
+  staleSessionTimeout: number;
 }
 
 export interface ConfigWarning {
@@ -87,7 +95,7 @@ export const UPSTREAM_COLLECTOR_CONFIG_PATH = '/etc/audit/auditd.conf';
 
 export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
   tcpListenPort: 60,
-  tcpListenQueue: 5,
+  tcpListenQueue: 4096,
   tcpMaxPerAddr: 1,
   tcpClientPorts: { min: 0, max: 65535 },
   tcpClientMaxIdle: 0,
@@ -104,7 +112,13 @@ export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
   krb5AppendPrincipal: true,
   statusListen: null,
   logLevel: 'info',
+  memoryBudget: 64 * 1024 ** 2,
+  tcpMaxConnections: 4096,
+  staleSessionTimeout: 10,
 } satisfies CollectorConfig);
+
+/** A listen backlog below this lets a burst of connecting clients wait 1 s or more for a SYN retry. */
+export const SMALL_LISTEN_QUEUE = 128;
 
 export const COLLECTOR_RANGES = {
   tcp_listen_port: [1, 65535],
@@ -115,6 +129,9 @@ export const COLLECTOR_RANGES = {
   freq: [0, INT_MAX],
   handshake_timeout: [1, 3600],
   max_message_size: [64, 1024 * 1024],
+  memory_budget: [1024 * 1024, 64 * 1024 ** 3],
+  tcp_max_connections: [1, 1048576],
+  stale_session_timeout: [1, 3600],
 } as const satisfies Record<string, readonly [number, number]>;
 
 export function defaultCollectorConfig(): CollectorConfig {
@@ -260,6 +277,15 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
     format: (cfg) => (cfg.krb5AppendPrincipal ? 'yes' : 'no'),
   },
   max_message_size: int('max_message_size', 'maxMessageSize'),
+  memory_budget: {
+    apply: (cfg, e, file) => {
+      const [min, max] = COLLECTOR_RANGES.memory_budget;
+      cfg.memoryBudget = parseByteSize(e, file, min, max);
+    },
+    format: (cfg) => formatByteSize(cfg.memoryBudget),
+  },
+  tcp_max_connections: int('tcp_max_connections', 'tcpMaxConnections'),
+  stale_session_timeout: int('stale_session_timeout', 'staleSessionTimeout'),
   status_listen: {
     apply: (cfg, e, file) => {
       cfg.statusListen = parseStatusListen(e, file);
@@ -384,6 +410,14 @@ export function parseCollectorConfig(text: string, file: string): LoadedCollecto
       value: '0',
       allowed: `1..${INT_MAX} with incremental flushing, or flush = none, data or sync`,
     });
+  }
+  const queueLine = lastLine.get('tcp_listen_queue');
+  if (queueLine !== undefined && config.tcpListenQueue < SMALL_LISTEN_QUEUE) {
+    warn(
+      queueLine,
+      'tcp_listen_queue',
+      `${config.tcpListenQueue} is small: when more clients connect at once (after a restart or a network outage) the kernel drops their SYNs and each waits 1 s or more to retry; remove the line (default ${COLLECTOR_DEFAULTS.tcpListenQueue}) or raise it`,
+    );
   }
   const freqLine = lastLine.get('freq');
   if (!incremental && config.freq !== 0 && freqLine !== undefined) {

@@ -16,6 +16,9 @@
  *   characters is cut and its tail parsed as a further line; auditd.conf uses a 160-byte buffer and skips
  *   lines that do not fit (158 characters plus the newline). We reject an over-long line instead of cutting
  *   or skipping it.
+ * - Control characters (C0 other than tab and CR, DEL, C1) in a line that is not a comment: upstream takes them
+ *   as part of a key or value. We reject the line, and the message shows them escaped (`\x1b`), so a config
+ *   file can never write raw control bytes (terminal escape sequences) to the terminal through an error.
  * - Duplicate keys: upstream has no duplicate check; every key's parser simply overwrites the earlier value,
  *   so the last occurrence wins (and for `enable_krb5` vs `transport` the order of lines matters). We return
  *   every entry in file order and the consumers apply them in that order, so the last one wins as upstream.
@@ -73,6 +76,13 @@ export function parseConfigText(text: string, file: string, opts: ParseOptions =
     }
     if (tokens.length === 0 || isComment) return;
     if (/^[ \t]*$/.test(raw)) return;
+    const control = CONTROL_RE.exec(raw);
+    if (control) {
+      throw new ConfigError(
+        `control character ${escapeControls(control[0])} at column ${control.index + 1}: upstream would take it as part of a key or value; remove it (the line reads: ${escapeControls(raw)})`,
+        { file, line },
+      );
+    }
     if (raw.includes('\r')) {
       throw new ConfigError(
         'carriage return in line (DOS line endings); upstream would treat it as part of the value; ' +
@@ -137,6 +147,15 @@ export function parseConfigText(text: string, file: string, opts: ParseOptions =
     entries.push(entry);
   });
   return entries;
+}
+
+/** C0 controls except tab and CR (those have their own messages), DEL and C1 controls. */
+const CONTROL_RE = /[\x00-\x08\x0a-\x0c\x0e-\x1f\x7f-\x9f]/;
+const CONTROL_RE_ALL = /[\x00-\x08\x0a-\x1f\x7f-\x9f]/g;
+
+/** `text` with every control character (C0 but tab, DEL, C1) written as `\xHH`, safe to print on a terminal. */
+export function escapeControls(text: string): string {
+  return text.replace(CONTROL_RE_ALL, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
 function closestKey(key: string, keys: ReadonlySet<string>): string | undefined {

@@ -32,6 +32,7 @@ import {
   unlinkSync,
   writeSync,
 } from 'node:fs';
+import { type FileHandle, open as openAsync } from 'node:fs/promises';
 import path from 'node:path';
 import { FileSafetyError } from '../errors.js';
 
@@ -501,4 +502,85 @@ function openError(err: unknown, file: string, what: string): FileSafetyError {
     return new FileSafetyError(`${what} ${file} is a FIFO; only a regular file is accepted`, { cause: err });
   }
   return new FileSafetyError(`cannot open ${what} ${file}: ${errnoText(err)}`, { cause: err });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Log files (the collector's log_file), opened as auditd opens its log (auditd-event.c `open_audit_log`):
+// O_WRONLY | O_APPEND | O_NOFOLLOW, and when missing created with O_CREAT | O_EXCL, mode 0600.
+
+export interface OpenedLog {
+  fh: FileHandle;
+  stat: Stats;
+  /** True when this call created the file. */
+  created: boolean;
+}
+
+/**
+ * Opens `file` for appending as auditd opens its log: the directory must pass checkPrivateDirectory (else a
+ * FileSafetyError with the fix); a symlink is never followed (ELOOP → the error says to remove the link); a
+ * missing file is created exclusively with `mode` (a file or link planted in between makes the create fail
+ * and the open is retried once, never followed); anything but a regular file is refused. The open is
+ * non-blocking, so a FIFO planted at the path cannot hang the caller. Asynchronous (the thread pool does the
+ * opens), so a slow file system does not stall the event loop.
+ */
+export async function openLogForAppend(file: string, mode: number, what: string): Promise<OpenedLog> {
+  checkParentDirectory(file, what);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fh = await openAsync(file, APPEND_FLAGS_EXISTING | O_NONBLOCK);
+      return { fh, stat: await requireRegularHandle(fh, file, what), created: false };
+    } catch (err) {
+      if (err instanceof FileSafetyError) throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw openError(err, file, what);
+    }
+    try {
+      const fh = await openAsync(file, EXCLUSIVE_APPEND_FLAGS, mode);
+      return { fh, stat: await requireRegularHandle(fh, file, what), created: true };
+    } catch (err) {
+      if (err instanceof FileSafetyError) throw err;
+      // Something appeared between the two opens: look again (once), never through a link.
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST' && attempt === 0) continue;
+      throw openError(err, file, what);
+    }
+  }
+}
+
+/** Append to an existing file only (no O_CREAT), without following a symlink. */
+const APPEND_FLAGS_EXISTING = O_WRONLY | O_APPEND | O_NOFOLLOW | (O_CLOEXEC ?? 0);
+/** Create a new file for appending; fails if anything is there. */
+const EXCLUSIVE_APPEND_FLAGS = EXCLUSIVE_FLAGS | O_APPEND;
+
+async function requireRegularHandle(fh: FileHandle, file: string, what: string): Promise<Stats> {
+  let st: Stats;
+  try {
+    st = await fh.stat();
+  } catch (err) {
+    await fh.close();
+    throw new FileSafetyError(`cannot stat ${what} ${file}: ${errnoText(err)}`, { cause: err });
+  }
+  if (!st.isFile()) {
+    await fh.close();
+    throw new FileSafetyError(`${what} ${file} is ${describeFileKind(st)}; only a regular file is accepted`);
+  }
+  return st;
+}
+
+/**
+ * Why an existing file's permissions are looser than an audit log's should be (auditd: 0600, or 0640 with
+ * log_group), or null when they are fine: writable by group or others, readable by others, or owned by a user
+ * other than root and the running user. The caller logs it as a warning; the text ends with the fix.
+ */
+export function loosePermissions(file: string, st: Stats, what: string): string | null {
+  const problems: string[] = [];
+  const fixes: string[] = [];
+  if (st.mode & 0o022) problems.push(`writable by ${st.mode & 0o002 ? 'others' : 'its group'}`);
+  if (st.mode & 0o004) problems.push('readable by others');
+  if (problems.length > 0) fixes.push(`chmod ${formatMode(st.mode & 0o640)} ${file}`);
+  const me = euid();
+  if (st.uid !== 0 && st.uid !== me) {
+    problems.push(`owned by uid ${st.uid}, not by root or the running user (uid ${me})`);
+    fixes.push(`chown ${me === 0 ? 'root' : me} ${file}`);
+  }
+  if (problems.length === 0) return null;
+  return `${what} ${file} is ${problems.join(', ')} (mode ${formatMode(st.mode)}): others could read or change the audit trail; fix with: ${fixes.join(' && ')}`;
 }

@@ -106,10 +106,11 @@ export class RecordSplitter {
       return;
     }
     if (wasSplit) this.#opt.onAdjust?.('split', { line: lineNo, bytes: line.length, count: 1 });
-    this.#emit(line);
+    this.#emit(line, lineNo);
   }
 
-  #emit(record: Buffer): void {
+  /** `lineNo`: the input line the record comes from (default: the line being read). */
+  #emit(record: Buffer, lineNo = this.#line): void {
     let nul = record.indexOf(0);
     if (nul !== -1) {
       let count = 0;
@@ -119,7 +120,7 @@ export class RecordSplitter {
         nul = record.indexOf(0, nul + 1);
       }
       this.stats.nulReplaced += count;
-      this.#opt.onAdjust?.('nul-replaced', { line: this.#line, bytes: record.length, count });
+      this.#opt.onAdjust?.('nul-replaced', { line: lineNo, bytes: record.length, count });
     }
     this.stats.records++;
     this.#opt.onRecord(record);

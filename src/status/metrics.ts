@@ -103,7 +103,7 @@ export function collectorMetrics(src: CollectorMetricsSource): Registry {
   mirroredCounter(
     r,
     'auditrelay_collector_sanitized_total',
-    'Records whose embedded newline/NUL bytes were replaced',
+    'Records with control bytes or line breaks written as \\xHH escapes',
     () => src.stats.sanitized,
   );
   mirroredCounter(
@@ -125,5 +125,47 @@ export function collectorMetrics(src: CollectorMetricsSource): Registry {
     () => src.stats.krb5Failures,
   );
   gauge(r, 'auditrelay_collector_clients', 'Connected clients', () => src.stats.clients);
+  gauge(
+    r,
+    'auditrelay_collector_buffered_bytes',
+    'Bytes held for clients (records not yet written, replies not yet sent, incomplete messages)',
+    () => src.stats.bufferedBytes,
+  );
+  gauge(
+    r,
+    'auditrelay_collector_paused_clients',
+    'Clients not read from now (over their share, the memory budget, or not reading their replies)',
+    () => src.stats.pausedClients,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_refused_limit_total',
+    'Connections refused over tcp_max_connections or the descriptor limit',
+    () => src.stats.refusedLimit,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_refused_same_address_total',
+    'Connections refused because their address had enough live sessions',
+    () => src.stats.refusedSameAddress,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_replaced_stale_total',
+    'Silent sessions closed for a newer connection from their address',
+    () => src.stats.replacedStale,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_idle_closed_total',
+    'Clients closed by tcp_client_max_idle',
+    () => src.stats.idleClosed,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_write_failures_total',
+    'Records answered with DISKFULL or DISKERROR because the log could not be written',
+    () => src.stats.writeFailures,
+  );
   return r;
 }

@@ -5,7 +5,6 @@
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { type Logger, pino } from 'pino';
@@ -15,9 +14,12 @@ import {
   type CollectorSettings,
   DEFAULT_COLLECTOR_SETTINGS,
 } from '../../src/collector/collector.js';
+import { unescapeLogLine } from '../../src/collector/sanitize.js';
 import { encodeEvent, encodeHeartbeat, encodeMessage, writeHeader } from '../../src/protocol/codec.js';
 import { HEADER_SIZE, MessageType } from '../../src/protocol/constants.js';
 import { expectedRecords, loadCorpus } from '../helpers/corpus.js';
+import { findBinary } from '../helpers/prereq.js';
+import { pollUntil } from '../helpers/wait.js';
 import { WireClient } from '../helpers/wire-client.js';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -263,7 +265,7 @@ describe('collector: records and acknowledgements', () => {
 });
 
 describe('collector: bad input', () => {
-  it('replaces embedded newlines and NULs by spaces (one line) and logs a warning naming the peer', async () => {
+  it('escapes embedded newlines and NULs as \\xHH (one line, reversible) and warns once per client and kind', async () => {
     const c = await startCollector();
     const client = await connect(c);
     const [a, b] = DISTINCT;
@@ -279,19 +281,27 @@ describe('collector: bad input', () => {
     ]);
     expectAcks(await client.waitForReplies(2, 5000), [5, 6]);
     expect(c.readLog()).toBe(
-      `${a} node=forged type=USER_LOGIN msg=audit(1.2:3): res=success  tail\n` +
-        // Only one trailing '\n' is removed; the other one is embedded and becomes a space.
-        `${b} \n`,
+      `${a}\\x0anode=forged type=USER_LOGIN msg=audit(1.2:3): res=success\\x00 tail\n` +
+        // Only one trailing '\n' is removed; the other one is embedded and escaped.
+        `${b}\\x0a\n`,
     );
-    const warnings = c.logs.filter((e) => e.level === 40 && e.msg.includes('embedded newline/NUL'));
-    expect(warnings).toHaveLength(2);
-    for (const w of warnings) {
+    // The rule is reversible: unescaping gives back what the client sent (minus the trailing newline).
+    const [l1, l2] = c.readLog().split('\n');
+    expect(unescapeLogLine(Buffer.from(l1!, 'latin1'))).toEqual(injected.subarray(0, -1));
+    expect(unescapeLogLine(Buffer.from(l2!, 'latin1'))).toEqual(twoNewlines.subarray(0, -1));
+    // One warning per client and kind (line break, NUL), not one per record: the second record's line break is
+    // counted, and reported when the client disconnects.
+    const warnings = () => c.logs.filter((e) => e.level === 40 && e.msg.includes('written as \\xHH escapes'));
+    expect(warnings().map((w) => w.kind)).toEqual(['line-break', 'nul']);
+    for (const w of warnings()) {
       expect(w.peer).toBe(client.peer);
       expect(w.msg).toContain(client.peer);
     }
-    expect(warnings[0]!.count).toBe(2);
     expect(c.collector.stats.sanitized).toBe(2);
     expect(client.closed).toBe(false);
+    client.end();
+    const summary = await waitForLog(c, (e) => e.msg.includes('1 more record(s)'), 5000, 'the count');
+    expect([summary.peer, summary.kind, summary.count]).toEqual([client.peer, 'line-break', 1]);
   });
 
   it('bad magic: closes the connection after logging and acking the records before it; others unaffected', async () => {
@@ -471,42 +481,65 @@ describe('collector: bad input', () => {
 });
 
 describe('collector: connections', () => {
-  it('more than maxPerAddr connections from one address: the oldest is closed, the new one works', async () => {
-    const c = await startCollector({ maxPerAddr: 2 });
+  it('a live session is never closed for a new connection from its address: admitted beside it once, then refused', async () => {
+    const c = await startCollector({ maxPerAddr: 1, staleAfterMs: 60_000 });
     const lines = records(8, 40);
-    const first = await connect(c);
-    expectAcks(await sendAndAck(first, [lines[0]!], 1), [1]);
+    const live = await connect(c);
+    expectAcks(await sendAndAck(live, [lines[0]!], 1), [1]);
+    // A reconnecting client (or a second one at that address) is admitted beside the live session...
     const second = await connect(c);
     expectAcks(await sendAndAck(second, [lines[1]!], 1), [1]);
+    await waitForLog(c, (e) => e.peer === second.peer && e.msg.includes('admitted beside'), 2000, 'beside');
+    // ...but while both are alive, a third is refused (closed at once, nothing read), with the reason.
     const third = await connect(c);
-    // The new connection works at once; the oldest was closed to make room.
-    expectAcks(await sendAndAck(third, [lines[2]!], 1), [1]);
-    await first.waitForClose(5000);
-    expect(second.closed).toBe(false);
-    expectAcks(await sendAndAck(second, [lines[3]!], 2), [2]);
-    const w = await waitForLog(
+    await third.waitForClose(5000);
+    const refused = await waitForLog(
       c,
-      (e) => e.level === 40 && e.msg.includes('closing the oldest'),
+      (e) => e.level === 40 && e.msg.includes('refused connection'),
       2000,
-      'replace',
+      'refusal',
     );
-    expect(w.peer).toBe(third.peer);
-    expect(w.replaced).toBe(first.peer);
+    expect(refused.peer).toBe(third.peer);
+    expect(refused.msg).toContain('tcp_max_per_addr = 1');
+    expect(c.collector.stats.refusedSameAddress).toBe(1);
+    // The live sessions were never touched.
+    expectAcks(await sendAndAck(live, [lines[2]!], 2), [2]);
+    expectAcks(await sendAndAck(second, [lines[3]!], 2), [2]);
+    expect(live.closed || second.closed).toBe(false);
     // Another source address has its own allowance.
     const elsewhere = await connect(c, '127.0.0.2');
     expectAcks(await sendAndAck(elsewhere, [lines[4]!], 1), [1]);
-    expect(second.closed || third.closed).toBe(false);
     expect(c.readLog()).toBe(logOf(lines.slice(0, 5)));
   });
 
-  it('the default maxPerAddr = 1: a reconnecting client replaces its stale session (auditd issue #33)', async () => {
-    const c = await startCollector({ maxPerAddr: 1 });
+  it('a connection that never sent anything does not count as alive: the next one from its address replaces it', async () => {
+    const c = await startCollector({ maxPerAddr: 1, staleAfterMs: 60_000 });
+    const live = await connect(c);
+    expectAcks(await sendAndAck(live, [RECORDS[0]!], 1), [1]);
+    const silent = await connect(c); // admitted beside the live one
+    await waitForLog(c, (e) => e.peer === silent.peer && e.msg.includes('admitted beside'), 2000, 'beside');
+    const next = await connect(c);
+    await silent.waitForClose(5000);
+    const w = await waitForLog(c, (e) => e.replaced === silent.peer, 2000, 'replaced');
+    expect(w.msg).toContain('has sent nothing since it connected');
+    expectAcks(await sendAndAck(next, [RECORDS[1]!], 1), [1]);
+    expect(live.closed).toBe(false);
+  });
+
+  it('the default maxPerAddr = 1: a reconnecting client replaces its silent old session (auditd issue #33)', async () => {
+    const c = await startCollector({ maxPerAddr: 1, staleAfterMs: 300 });
     const [a, b] = DISTINCT;
     const stale = await connect(c);
     expectAcks(await sendAndAck(stale, [a!], 2), [2]);
+    const quietSince = Date.now();
+    // The old session stays open but silent (its client vanished without FIN) for longer than staleAfterMs.
+    await pollUntil(() => Date.now() - quietSince > 400, { timeoutMs: 5000, what: 'the staleness window' });
     const fresh = await connect(c);
     expectAcks(await sendAndAck(fresh, [b!], 3), [3]);
     await stale.waitForClose(5000);
+    const w = await waitForLog(c, (e) => e.replaced === stale.peer, 2000, 'replace');
+    expect(w.peer).toBe(fresh.peer);
+    expect(w.msg).toMatch(/has been silent for \d+\.\d s with nothing pending/);
     expect(c.readLog()).toBe(logOf([a!, b!]));
   });
 
@@ -625,7 +658,8 @@ describe('collector: log write failures', () => {
     const mnt = path.join(dir, 'mnt');
     mkdirSync(mnt);
     try {
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8k', 'tmpfs', mnt], { stdio: 'pipe' });
+      // mode=0700: the collector refuses a log directory that others can write (a tmpfs root is 1777 by default).
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8k,mode=0700', 'tmpfs', mnt], { stdio: 'pipe' });
     } catch (err) {
       console.warn(
         `\n!!! SKIPPED the DISKFULL test: cannot mount a tmpfs (${(err as Error).message.split('\n')[0]}).\n` +
@@ -665,12 +699,7 @@ describe('collector: log write failures', () => {
     const [hb] = (await client.waitForReplies(client.replies.length + 1, 5000)).slice(-1);
     expect([hb!.type, hb!.sequence]).toEqual([MessageType.ACK, 2000]);
     expect(client.closed).toBe(false);
-    await waitForLog(
-      c,
-      (e) => e.level === 50 && e.peer === client.peer && e.error === 'ENOSPC',
-      2000,
-      'ENOSPC',
-    );
+    await waitForLog(c, (e) => e.level === 40 && e.error === 'ENOSPC', 2000, 'ENOSPC');
     // Every acked record is in the log, whole, and the log holds nothing else (no half-written record).
     expect(c.readLog()).toBe(logOf(acked));
     // Once there is room again, records are acked and appended as whole lines.
@@ -681,28 +710,30 @@ describe('collector: log write failures', () => {
   });
 
   it('DISKERROR: a write error other than "full" gives DISKERROR replies ("disk write error")', async () => {
-    // The log is a FIFO: while its reader is open writes succeed; once the reader is gone they fail with EPIPE.
-    const dir = tempDir();
-    const fifo = path.join(dir, 'audit.fifo');
-    execFileSync('mkfifo', [fifo]);
-    // Opening either end of a FIFO blocks until the other end is opened: open both concurrently.
-    const readerOpen = open(fifo, 'r');
-    const started = startCollector({ fsync: 'never' }, fifo);
-    const reader = await readerOpen;
-    const c = await started;
+    // EFBIG from the kernel: the process's file size limit (RLIMIT_FSIZE, set with prlimit on this test process;
+    // Node ignores SIGXFSZ, so the write fails with EFBIG instead of killing it).
+    const prlimit = findBinary('prlimit');
+    if (!prlimit) {
+      console.warn('\n!!! SKIPPED the DISKERROR test: prlimit (util-linux) is not installed.\n');
+      return;
+    }
+    const c = await startCollector({ fsync: 'never' });
     const client = await connect(c);
     const [a, b] = DISTINCT;
     expectAcks(await sendAndAck(client, [a!], 1), [1]);
-    const buf = Buffer.alloc(65536);
-    const { bytesRead } = await reader.read(buf, 0, buf.length, null);
-    expect(buf.subarray(0, bytesRead).toString('latin1')).toBe(logOf([a!]));
-    await reader.close();
+    const size = c.readLog().length;
+    execFileSync(prlimit, ['--pid', String(process.pid), `--fsize=${size + 10}:unlimited`]);
+    cleanups.push(() => {
+      execFileSync(prlimit, ['--pid', String(process.pid), '--fsize=unlimited:unlimited']);
+    });
     const replies = await sendAndAck(client, [b!, a!], 2);
     expect(replies.map((r) => [r.type, r.sequence, r.payload.toString()])).toEqual([
       [MessageType.DISKERROR, 2, 'disk write error'],
       [MessageType.DISKERROR, 3, 'disk write error'],
     ]);
     expect(client.closed).toBe(false);
-    await waitForLog(c, (e) => e.level === 50 && e.error === 'EPIPE', 2000, 'EPIPE');
+    await waitForLog(c, (e) => e.level === 40 && e.error === 'EFBIG', 2000, 'EFBIG');
+    // Nothing of the failed batch stays in the log.
+    expect(c.readLog()).toBe(logOf([a!]));
   });
 });

@@ -3,13 +3,15 @@
  * records flow, /events, and the page.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Collector, DEFAULT_COLLECTOR_SETTINGS } from '../../src/collector/collector.js';
 import { silentLogger } from '../../src/log.js';
 import { agentMetrics, collectorMetrics } from '../../src/status/metrics.js';
-import { StatusServer } from '../../src/status/server.js';
+import { MAX_EVENT_CLIENTS, StatusServer } from '../../src/status/server.js';
 import { type RunningAgent, records, startAgent } from '../helpers/agent-harness.js';
 import { ScriptServer } from '../helpers/script-server.js';
 import { pollUntil } from '../helpers/wait.js';
@@ -167,5 +169,95 @@ describe('status listener', () => {
     const base = await startAll();
     expect((await fetch(`${base}/nope`)).status).toBe(404);
     expect((await fetch(`${base}/status`, { method: 'POST' })).status).toBe(405);
+  });
+
+  it('refuses a request whose Host header is not this listener (DNS rebinding), answers its own names', async () => {
+    const base = await startAll();
+    const port = Number(new URL(base).port);
+    const get = (host: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = http.get({ host: '127.0.0.1', port, path: '/status', headers: { host } }, (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (d: string) => {
+            body += d;
+          });
+          res.on('end', () => resolve({ status: res.statusCode!, body }));
+        });
+        req.on('error', reject);
+      });
+    const rebound = await get(`attacker.example:${port}`);
+    expect(rebound.status).toBe(421);
+    expect(rebound.body).toContain('Host header');
+    expect(rebound.body).not.toContain('role');
+    for (const ok of [
+      `127.0.0.1:${port}`,
+      `localhost:${port}`,
+      `[::1]:${port}`,
+      `${os.hostname()}:${port}`,
+    ]) {
+      expect((await get(ok)).status, ok).toBe(200);
+    }
+    expect(status!.refused.host).toBe(1);
+  });
+
+  it('caps event streams, and closes one whose client does not read', { timeout: 150_000 }, async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'auditrelay-status-'));
+    const big = 'x'.repeat(128 * 1024);
+    status = new StatusServer({
+      host: '127.0.0.1',
+      port: 0,
+      role: 'collector',
+      status: () => ({ big }),
+      registry: collectorMetrics({ stats: { records: 0 } as never }),
+      log: silentLogger(),
+      pushIntervalMs: 25,
+      eventHighWater: 16 * 1024,
+      eventMaxSkipped: 3,
+    });
+    const { port } = await status.start();
+    const socks: net.Socket[] = [];
+    try {
+      // 300 clients that ask for /events and never read: MAX_EVENT_CLIENTS get a stream, the others a 503 or,
+      // beyond the listener's connection cap, no connection.
+      for (let i = 0; i < 300; i++) {
+        const s = net.connect({ host: '127.0.0.1', port });
+        s.on('error', () => {});
+        s.write(`GET /events HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+        s.pause();
+        socks.push(s);
+      }
+      await pollUntil(() => status!.refused.events + status!.refused.connections + MAX_EVENT_CLIENTS >= 300, {
+        timeoutMs: 60_000,
+        what: 'the streams over the cap to be refused',
+        diagnostics: () => JSON.stringify(status!.refused),
+      });
+      expect(status!.refused.events + status!.refused.connections).toBe(300 - MAX_EVENT_CLIENTS);
+      expect(status!.refused.events).toBeGreaterThan(0);
+      // Those that never read fill their buffers, skip updates, and are closed.
+      await pollUntil(() => status!.refused.slowEvents === MAX_EVENT_CLIENTS, {
+        timeoutMs: 60_000,
+        what: 'the streams that do not read to be closed',
+        diagnostics: () => JSON.stringify(status!.refused),
+      });
+    } finally {
+      for (const s of socks) s.destroy();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('warns when bound beyond loopback', async () => {
+    const logs: { level: number; msg: string }[] = [];
+    const { pino } = await import('pino');
+    status = new StatusServer({
+      host: '0.0.0.0',
+      port: 0,
+      role: 'collector',
+      status: () => ({}),
+      registry: collectorMetrics({ stats: { records: 0 } as never }),
+      log: pino({ level: 'info' }, { write: (l: string) => void logs.push(JSON.parse(l)) }),
+    });
+    await status.start();
+    expect(logs.find((l) => l.level === 40)?.msg).toMatch(/beyond loopback: anyone who can reach it/);
   });
 });

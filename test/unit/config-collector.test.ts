@@ -34,7 +34,7 @@ const err1 = (line: string) => errorOf(() => parseCollectorConfig(`${line}\n`, F
 
 const DEFAULTS: CollectorConfig = {
   tcpListenPort: 60,
-  tcpListenQueue: 5,
+  tcpListenQueue: 4096,
   tcpMaxPerAddr: 1,
   tcpClientPorts: { min: 0, max: 65535 },
   tcpClientMaxIdle: 0,
@@ -51,7 +51,31 @@ const DEFAULTS: CollectorConfig = {
   krb5AppendPrincipal: true,
   statusListen: null,
   logLevel: 'info',
+  memoryBudget: 64 * 1024 * 1024,
+  tcpMaxConnections: 4096,
+  staleSessionTimeout: 10,
 };
+
+describe('limits (issue 9)', () => {
+  it('memory_budget takes a size with K/M/G; tcp_max_connections and stale_session_timeout are integers in range', () => {
+    expect(parse1('memory_budget = 256M').memoryBudget).toBe(256 * 1024 * 1024);
+    expect(parse1('memory_budget = 1048576').memoryBudget).toBe(1024 * 1024);
+    expect(err1('memory_budget = 512K')).toMatch(/memory_budget: 512K is out of range/);
+    expect(parse1('tcp_max_connections = 10000').tcpMaxConnections).toBe(10000);
+    expect(err1('tcp_max_connections = 0')).toMatch(/out of range/);
+    expect(parse1('stale_session_timeout = 30').staleSessionTimeout).toBe(30);
+    expect(err1('stale_session_timeout = 0')).toMatch(/out of range/);
+  });
+
+  it('a small tcp_listen_queue (auditd ships 5) is a warning that says why', () => {
+    const { config, warnings } = parseCollectorConfig('tcp_listen_queue = 5\n', F);
+    expect(config.tcpListenQueue).toBe(5);
+    expect(warnings.map((w) => w.text)).toEqual([
+      `${F}:1: tcp_listen_queue: 5 is small: when more clients connect at once (after a restart or a network outage) the kernel drops their SYNs and each waits 1 s or more to retry; remove the line (default 4096) or raise it`,
+    ]);
+    expect(parseCollectorConfig('tcp_listen_queue = 512\n', F).warnings).toEqual([]);
+  });
+});
 
 describe('krb5 extensions', () => {
   it('krb5_allowed_principals takes full principal names, comma-separated', () => {
@@ -74,7 +98,15 @@ describe('defaults', () => {
 describe("Debian 12's shipped auditd.conf", () => {
   it('is accepted, with a warning for every key that has no meaning for the collector', () => {
     const { config, warnings } = loadCollectorConfig(FIXTURE, { checkOwnership: false });
-    expect(config).toEqual({ ...DEFAULTS, flush: 'incremental_async', freq: 50 });
+    // Debian ships tcp_listen_queue = 5: kept, with a warning (a burst of clients would wait for SYN retries).
+    expect(config).toEqual({ ...DEFAULTS, flush: 'incremental_async', freq: 50, tcpListenQueue: 5 });
+    expect(warnings.filter((w) => w.key === 'tcp_listen_queue').map((w) => w.message)).toEqual([
+      expect.stringMatching(/^5 is small: /),
+    ]);
+    warnings.splice(
+      warnings.findIndex((w) => w.key === 'tcp_listen_queue'),
+      1,
+    );
     const text = readFileSync(FIXTURE, 'utf8');
     const ignored = text
       .split('\n')

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseConfigText } from '../../src/config/parser.js';
+import { escapeControls, parseConfigText } from '../../src/config/parser.js';
 import { ConfigError } from '../../src/errors.js';
 
 const F = '/etc/x.conf';
@@ -76,6 +76,30 @@ describe('parseConfigText', () => {
     expect(e.message).toBe(
       '/etc/x.conf:3: port: tab character in line; upstream separates tokens with spaces only: write "port = value"',
     );
+  });
+
+  it('rejects control characters and never echoes them raw (terminal escapes are shown as \\xHH)', () => {
+    for (const [text, shown] of [
+      ['port = 60\x1b[2J\n', '\\x1b'],
+      ['\x1b]0;owned\x07port = 60\n', '\\x1b'],
+      ['po\x9brt = 60\n', '\\x9b'],
+      ['port = 6\x000\n', '\\x00'],
+    ] as const) {
+      let err: unknown;
+      try {
+        parseConfigText(text, 'f.conf', { keys: ['port'] });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ConfigError);
+      const msg = (err as Error).message;
+      expect(msg).toContain(`control character ${shown}`);
+      expect(msg).toMatch(/^f\.conf:1: /);
+      expect(msg).not.toMatch(/[\x00-\x08\x0a-\x1f\x7f-\x9f]/);
+    }
+    // A comment may hold anything: it is never echoed.
+    expect(parseConfigText('# \x1b[31m red\nport = 60\n', 'f.conf')).toHaveLength(1);
+    expect(escapeControls('a\x1bb\tc\rd')).toBe('a\\x1bb\tc\\x0dd');
   });
 
   it('rejects a line without "="', () => {

@@ -62,6 +62,19 @@ describe('record splitter rules', () => {
     expect(events.some((e) => e.startsWith('adjust:nul-replaced'))).toBe(true);
   });
 
+  it('names the input line that held the NUL bytes (not the next one)', () => {
+    const { events } = split([Buffer.from('type=A msg=a\ntype=B msg=b\0\ntype=C msg=c\n')]);
+    expect(events).toEqual(['adjust:nul-replaced@2x1']);
+    // Also for the parts of a split line, and for a final line without its newline.
+    const long = split([Buffer.from(`type=L msg=${'\0'.repeat(3)}${'x'.repeat(30)}\ntype=E msg=\0`)], {
+      maxRecord: 16,
+    });
+    expect(long.events.filter((e) => e.startsWith('adjust:nul'))).toEqual([
+      'adjust:nul-replaced@1x3',
+      'adjust:nul-replaced@2x1',
+    ]);
+  });
+
   it('splits an over-long line into records of at most maxRecord bytes, never losing a byte', () => {
     const body = 'x'.repeat(40);
     const { out, events, stats } = split([`type=L msg=${body}\n`, 'type=S msg=s\n'], { maxRecord: 16 });
