@@ -149,6 +149,12 @@ export function checkPrivateDirectory(dir: string, check: DirectoryCheck): Stats
   try {
     st = lstatSync(dir);
   } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !check.create) {
+      throw new FileSafetyError(
+        `${check.what} ${dir} does not exist; create it (e.g. \`mkdir -p -m 0750 ${dir}\`) or choose another path`,
+        { cause: err },
+      );
+    }
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || !check.create) {
       throw new FileSafetyError(`cannot use ${check.what} ${dir}: ${errnoText(err)}`, {
         cause: err,
@@ -524,6 +530,12 @@ export interface OpenedLog {
  * opens), so a slow file system does not stall the event loop.
  */
 export async function openLogForAppend(file: string, mode: number, what: string): Promise<OpenedLog> {
+  // A directory given as the log is the likelier mistake: say that before judging its parent.
+  if (lstatOrNull(file)?.isDirectory()) {
+    throw new FileSafetyError(
+      `${what} ${file} is a directory; give the path of a file (e.g. ${path.join(file, 'audit.log')})`,
+    );
+  }
   checkParentDirectory(file, what);
   for (let attempt = 0; ; attempt++) {
     try {
@@ -542,6 +554,14 @@ export async function openLogForAppend(file: string, mode: number, what: string)
       if ((err as NodeJS.ErrnoException).code === 'EEXIST' && attempt === 0) continue;
       throw openError(err, file, what);
     }
+  }
+}
+
+function lstatOrNull(file: string): Stats | null {
+  try {
+    return lstatSync(file);
+  } catch {
+    return null;
   }
 }
 

@@ -210,7 +210,7 @@ describe('cli: expected failures are one line with what, where and what to do (e
       r,
       1,
       new RegExp(
-        `^auditrelay: collector: cannot open ${missing}/audit\\.log: the directory ${missing} does not exist; create it \\(e\\.g\\. \`mkdir -p -m 0750 ${missing}\`\\) or choose another path$`,
+        `^auditrelay: directory of log_file ${missing} does not exist; create it \\(e\\.g\\. \`mkdir -p -m 0750 ${missing}\`\\) or choose another path$`,
       ),
     );
   });
@@ -230,7 +230,7 @@ describe('cli: expected failures are one line with what, where and what to do (e
       expectOneLine(
         await runCli(args),
         1,
-        new RegExp(`^auditrelay: collector: cannot open ${dir}: it is a directory; give the path of a file`),
+        new RegExp(`^auditrelay: log_file ${dir} is a directory; give the path of a file`),
       );
     }
   });
