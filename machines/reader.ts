@@ -1,12 +1,13 @@
 /**
  * The input reader: frames its source into records and hands them to the queue. It never stops
  * draining its source except while the queue refuses records (a blocked plugin stalls auditd, so
- * `paused` is visible on the status page and logged).
+ * `paused` is visible on the status page; the queue machine logs the full episode).
  *
  *   reading ─QUEUE_FULL─▶ paused ─QUEUE_DRAIN─▶ reading
  *   reading / paused ─EOF─▶ ended (final)        READ_ERROR ─▶ failed (the supervisor restarts it)
  */
 import { assign, fromCallback, setup } from 'xstate';
+import { ActorFailedError } from '../src/errors.js';
 
 export type ReaderEvent =
   | { type: 'QUEUE_FULL' }
@@ -28,13 +29,13 @@ export const readerMachine = setup({
     source: fromCallback<ReaderEvent>(() => () => {}),
   },
   actions: {
-    /** The runtime flushes the last partial line and tells the connection to drain. */
+    /** The input ended (end of file, or SIGTERM closed it): the runtime asks the supervisor to shut down. */
     reportEnded: () => {},
     reportPaused: () => {},
     reportResumed: () => {},
     /** Throws, so the supervisor sees the failure and restarts the reader within its intensity. */
     escalate: ({ context }) => {
-      throw new Error(`input read failed: ${context.error}`);
+      throw new ActorFailedError(`input read failed: ${context.error}`);
     },
     recordError: assign({
       error: ({ event }) => (event.type === 'READ_ERROR' ? event.reason : null),
