@@ -266,7 +266,10 @@ const suspendOrBackoff = (kind: FailureKind) => [
 ];
 
 /** STOP outside `online`: with nothing pending, close; else remember it and drain once online. */
-const stopOffline = [{ guard: 'nothingPending' as const, target: 'closed' }, { actions: 'markStopping' as const }];
+const stopOffline = [
+  { guard: 'nothingPending' as const, target: 'closed' },
+  { actions: 'markStopping' as const },
+];
 
 /** The first reply on a link: report "connected" (before the facts change), then record it. */
 const established = ['reportConnected' as const, 'markEstablished' as const];
@@ -288,7 +291,8 @@ export const connectionMachine = setup({
   guards: {
     stopping: ({ context }) => context.stopping,
     nothingPending: ({ event }) => event.type === 'STOP' && event.pending === 0,
-    suspendsOn: ({ context }, params: { kind: FailureKind }) => context.policy.suspendOn.includes(params.kind),
+    suspendsOn: ({ context }, params: { kind: FailureKind }) =>
+      context.policy.suspendOn.includes(params.kind),
     /** The server has never answered: a failure is a startup failure. */
     neverConnected: ({ context }) => !context.connectedOnce,
     /** This failure makes the outage `maxTriesPerRecord + 1` attempts long. */

@@ -5,7 +5,13 @@
  * in the SVG (clusters for compound states, too) and every edge `id="edge-<source>--<target>"`.
  */
 import { Graphviz } from '@hpcc-js/wasm-graphviz';
-import { edgeSvgId, type GraphState, type GraphTransition, type MachineGraph, stateSvgId } from '../src/statechart/analysis.js';
+import {
+  edgeSvgId,
+  type GraphState,
+  type GraphTransition,
+  type MachineGraph,
+  stateSvgId,
+} from '../src/statechart/analysis.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Mermaid

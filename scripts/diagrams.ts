@@ -26,8 +26,8 @@ import { readerMachine } from '../machines/reader.js';
 import { agentChildren } from '../src/agent/children.js';
 import { extractGraph } from '../src/statechart/analysis.js';
 import { createSupervisor } from '../supervisors/supervisor.js';
-import { graphJson, renderSvg, toDot, toMermaid } from './diagram-render.js';
 import { type DiagramSource, reconnectTable, renderReadme } from './diagram-notes.js';
+import { graphJson, renderSvg, toDot, toMermaid } from './diagram-render.js';
 
 export function diagramSources(): DiagramSource[] {
   const children = agentChildren();

@@ -165,11 +165,14 @@ async function runAgent(args: string[]): Promise<number> {
     agent.stop(signal);
     // The agent's machines stop at drain_timeout; the process goes at most STOP_MARGIN_MS later, whatever
     // closing the queue or the listeners takes (a held queue lock would keep the replacement out).
-    failsafe ??= setTimeout(() => {
-      log.fatal(`did not exit within drain_timeout + ${STOP_MARGIN_MS} ms of ${signal}; exiting now`);
-      log.flush?.();
-      process.exit(ExitCodes.FAILURE);
-    }, current.drainTimeout * 1000 + STOP_MARGIN_MS).unref();
+    failsafe ??= setTimeout(
+      () => {
+        log.fatal(`did not exit within drain_timeout + ${STOP_MARGIN_MS} ms of ${signal}; exiting now`);
+        log.flush?.();
+        process.exit(ExitCodes.FAILURE);
+      },
+      current.drainTimeout * 1000 + STOP_MARGIN_MS,
+    ).unref();
   };
   const handlers: [NodeJS.Signals, () => void][] = [
     ['SIGTERM', onStop('SIGTERM')],

@@ -60,7 +60,7 @@ export class Agent {
   #root: Actor<Supervisor> | null = null;
   readonly observer = new StateObserver();
   /** Counters for the status report and metrics. */
-  readonly stats = { connects: 0, failures: 0, restarts: 0 };
+  readonly #counters = { connects: 0, failures: 0, restarts: 0 };
 
   constructor(settings: AgentSettings, io: { input: Readable; log: Logger; queue?: RecordQueue }) {
     this.#s = settings;
@@ -116,7 +116,9 @@ export class Agent {
     const prev = this.#s;
     this.#s = { ...next, inspect: prev.inspect, supervisor: prev.supervisor, inputName: prev.inputName };
     const connection = this.#connection();
-    connection?.send({ type: 'CONFIGURE', policy: next.policy });
+    if (JSON.stringify(next.policy) !== JSON.stringify(prev.policy)) {
+      connection?.send({ type: 'CONFIGURE', policy: next.policy });
+    }
     if (plan.relink.length > 0) {
       this.#log.info({ changed: plan.relink }, 'configuration changed: re-opening the link to apply it');
       connection?.send({ type: 'RELINK', reason: `SIGHUP changed ${plan.relink.join(', ')}` });
@@ -134,10 +136,14 @@ export class Agent {
     this.#connection()?.send({ type: 'RESUME' });
   }
 
+  /** The counters, and the connection's last failure (read from its machine). */
+  get stats(): { connects: number; failures: number; restarts: number; lastFailure: string | null } {
+    return { ...this.#counters, lastFailure: this.#lastFailure() };
+  }
+
   status(): AgentStatus {
     return {
       ...this.stats,
-      lastFailure: this.#lastFailure(),
       recordsQueued: this.queue.totalAppended,
       recordsAcked: this.queue.totalAcked,
       state: this.connectionState(),
@@ -211,7 +217,11 @@ export class Agent {
   #supervisor() {
     const settings = () => this.#s;
     const logics = {
-      reader: readerLogic({ input: this.#input, log: this.#log, onEnded: () => this.#shutdown('input ended') }),
+      reader: readerLogic({
+        input: this.#input,
+        log: this.#log,
+        onEnded: () => this.#shutdown('input ended'),
+      }),
       queue: queueLogic({
         queue: this.queue,
         log: this.#log,
@@ -227,7 +237,7 @@ export class Agent {
         krb5: this.#krb5,
         sequence: new SequenceCounter(),
         actions: this.#actions,
-        stats: this.stats,
+        stats: this.#counters,
         recordError: (message) => this.observer.recordError('connection', message),
       }),
     };
@@ -236,7 +246,7 @@ export class Agent {
       {
         ...this.#s.supervisor,
         onRestart: (child, error, n) => {
-          this.stats.restarts++;
+          this.#counters.restarts++;
           this.observer.recordError(child, `${error} (restarted)`);
           this.#log.error(
             { actor: child, error, restartsInWindow: n },

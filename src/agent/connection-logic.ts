@@ -77,7 +77,12 @@ export function connectionLogic(d: ConnectionDeps) {
         // One link at a time: a link still registered here lost its hand-over (see links.ts).
         d.links.closeAll();
         const { server } = d.settings();
-        const link = await dialTcp({ host: server.host, port: server.port, localPort: server.localPort, signal });
+        const link = await dialTcp({
+          host: server.host,
+          port: server.port,
+          localPort: server.localPort,
+          signal,
+        });
         if (signal.aborted) {
           link.close();
           throw new LinkError(`connect to ${link.peer} abandoned`);
@@ -153,7 +158,13 @@ export function connectionLogic(d: ConnectionDeps) {
       reportFailure: (_, f: FailureReport) => {
         d.stats.failures++;
         d.recordError(`${f.kind}: ${f.reason}`);
-        const detail = { kind: f.kind, reason: f.reason, backlog: d.queue.depth, attempt: f.attempt, outage: f.outage };
+        const detail = {
+          kind: f.kind,
+          reason: f.reason,
+          backlog: d.queue.depth,
+          attempt: f.attempt,
+          outage: f.outage,
+        };
         if (f.outageStarts) d.log.warn(detail, 'link to the server lost; reconnecting with backoff');
         else d.log.debug(detail, 'connection attempt failed');
       },

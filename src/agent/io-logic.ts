@@ -22,6 +22,7 @@ export function readerLogic(d: { input: InputPump; log: Logger; onEnded: () => v
       reportPaused: () => d.log.debug('input paused: the queue refuses records'),
       reportResumed: () => d.log.debug('input resumed: the queue has room'),
       reportEnded: () => d.onEnded(),
+      reportEndOfInput: () => d.onEnded(),
     },
   });
 }
@@ -65,7 +66,8 @@ export function queueLogic(d: {
       // overflow_action runs, as upstream's does when its queue is full. Once per episode (machines/queue.ts).
       reportFull: () => {
         const action = d.settings().actions.overflow;
-        const message = 'queue is full: input paused until the server acknowledges records (nothing is dropped)';
+        const message =
+          'queue is full: input paused until the server acknowledges records (nothing is dropped)';
         const detail = { depth: queue.depth, bytes: queue.bytes, held: d.held() };
         if (action.kind === 'ignore') d.log.info(detail, message);
         else d.actions.run('overflow_action', action, message, detail);

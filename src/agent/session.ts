@@ -5,10 +5,10 @@
  * reply arrives within the deadline. It reports link-level outcomes to the connection machine:
  *
  * - `ESTABLISHED` at the first reply the server accepts a message with (an ACK, DISKLOW, …): the
- *   session works. A link that starts with nothing to send gets one heartbeat at once, so that an idle
- *   agent learns as soon as a busy one whether the server really talks to it (and the reply deadline
- *   covers a server that accepts the connection and then says nothing). In ascii format nothing is
- *   ever answered: the link counts as working once open.
+ *   session works. The first message on every link is a heartbeat (the probe; auditd answers it with an
+ *   ACK and logs nothing), so an idle agent learns as soon as a busy one whether the server really talks
+ *   to it, and the reply deadline covers a server that accepts the connection and then says nothing. In
+ *   ascii format nothing is ever answered: the link counts as working once open.
  * - the failures (`LINK_LOST`, `REPLY_TIMEOUT`, …), `DRAINED`, and `FAULT` when an invariant broke
  *   inside the session (an exception from the queue in a socket or timer callback): the machine hands
  *   that to the supervisor instead of letting it escape as an uncaught exception.
@@ -125,10 +125,10 @@ export class Session {
         const check = Math.max(10, Math.min(1000, Math.floor(this.#deadlineMs / 4)));
         this.#timers.push(setInterval(() => this.#guarded(() => this.#checkDeadline()), check));
       }
+      // The probe: the first message on every managed link, so its answer says the session works.
       if (ascii) this.#establish();
+      else this.#sendHeartbeat();
       this.#pump();
-      // Nothing to send: ask the server for a reply anyway (see the module comment).
-      if (!ascii && !this.#ended && this.inFlight === 0) this.#sendHeartbeat();
     });
   }
 

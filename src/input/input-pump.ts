@@ -219,5 +219,6 @@ export class InputPump {
 
   #maybeEnded(): void {
     if (this.ended) this.#send?.({ type: 'EOF' });
+    else if (this.#eof) this.#send?.({ type: 'END_OF_INPUT' });
   }
 }

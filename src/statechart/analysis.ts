@@ -37,7 +37,12 @@ export function statePath(value: unknown): string {
     return Object.entries(value as Record<string, unknown>)
       .map(([k, v]) => {
         const rest = statePath(v);
-        return rest ? rest.split(', ').map((r) => `${k}.${r}`).join(', ') : k;
+        return rest
+          ? rest
+              .split(', ')
+              .map((r) => `${k}.${r}`)
+              .join(', ')
+          : k;
       })
       .join(', ');
   }

@@ -186,7 +186,10 @@ describe('connection facts', () => {
       diagnostics: () => a.logs.map((l) => l.msg).join('\n'),
     });
     a.write(records(4, 1));
-    await pollUntil(() => new Set(seqs(server!.lines())).size === 4, { timeoutMs: 10_000, what: '4 records' });
+    await pollUntil(() => new Set(seqs(server!.lines())).size === 4, {
+      timeoutMs: 10_000,
+      what: '4 records',
+    });
     expect(a.logs.some((l) => /not the oldest in flight/.test(String(l.error ?? l.msg)))).toBe(true);
     expect(await a.finish()).toBe(0);
     expect(a.agent.queue.depth).toBe(0);

@@ -3,6 +3,7 @@
  * overflow_action; nothing is lost once the server acknowledges again.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { MessageType } from '../../src/protocol/constants.js';
 import { type RunningAgent, records, seqs, startAgent } from '../helpers/agent-harness.js';
 import { ScriptServer } from '../helpers/script-server.js';
 import { pollUntil } from '../helpers/wait.js';
@@ -19,9 +20,12 @@ afterEach(async () => {
 describe('queue bound', () => {
   it('pauses input at the bound, runs overflow_action, and loses nothing', async () => {
     server = new ScriptServer();
+    // Every message held, in order: the link's probe heartbeat, then the records.
     const held: number[] = [];
+    const heldRecords: number[] = [];
     server.reply = (m) => {
       held.push(m.sequence);
+      if (m.type === MessageType.MESSAGE) heldRecords.push(m.sequence);
       return 'none';
     };
     agent = startAgent(await server.start(), {
@@ -40,7 +44,7 @@ describe('queue bound', () => {
     expect(a.agent.queue.depth).toBe(5);
     expect(a.agent.status().held).toBeGreaterThan(0);
     await server.waitForRecords(5);
-    expect(held).toHaveLength(5);
+    expect(heldRecords).toHaveLength(5);
     // The server acknowledges again: everything read arrives, in order.
     server.reply = () => 'ack';
     const sock = server.current!.socket;

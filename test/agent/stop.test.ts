@@ -63,6 +63,17 @@ describe('stop', () => {
     expect(a.logs.some((l) => /drain deadline/.test(l.msg))).toBe(true);
   });
 
+  it('ends within drain_timeout + margin when the input ends with records held and the server down', async () => {
+    agent = startAgent(await deadPort(), { queueDepth: 5, drainTimeout: 1 });
+    const a = agent;
+    a.write(records(1, 50));
+    await pollUntil(() => a.agent.status().held > 0, { timeoutMs: 10_000, what: 'records held' });
+    a.input.end(); // end of file: the records the queue refused are still held
+    const code = await within(a.done, 1000 + STOP_MARGIN_MS, 'the exit');
+    expect(code).toBe(1);
+    expect(a.logs.some((l) => /drain deadline/.test(l.msg))).toBe(true);
+  });
+
   it('mode = forward: SIGTERM with the queue full and the server down exits in time and frees the queue', async () => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'auditrelay-stop-'));
     const conf = path.join(dir, 'agent.conf');

@@ -5,8 +5,8 @@
  * without losing the partial line or the queue.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { MemoryQueue } from '../../src/queue/memory-queue.js';
 import { ExitCodes } from '../../src/errors.js';
+import { MemoryQueue } from '../../src/queue/memory-queue.js';
 import { type RunningAgent, records, seqs, startAgent } from '../helpers/agent-harness.js';
 import { ScriptServer } from '../helpers/script-server.js';
 import { pollUntil } from '../helpers/wait.js';
@@ -31,7 +31,7 @@ const readerStarts = (a: RunningAgent) =>
 /** A memory queue whose next `appendMany` throws (a fault of the queue, not of the input). */
 class FaultyAppendQueue extends MemoryQueue {
   armed = false;
-  override appendMany(payloads: readonly Buffer[]): number {
+  appendMany(payloads: readonly Buffer[]): number {
     if (this.armed) {
       this.armed = false;
       throw new Error('injected append failure');

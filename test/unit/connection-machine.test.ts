@@ -195,7 +195,9 @@ describe('connection machine', () => {
     expect(h.failures.map((f) => f.outage)).toEqual([1, 2, 3, 4, 5]);
     expect(h.failures.map((f) => f.outageStarts)).toEqual([true, false, false, false, false]);
     // max_tries_per_record = 2: the third failed attempt in a row runs it, once.
-    expect(h.actions).toEqual([{ key: 'network_failure_action', message: expect.stringMatching(/after 3 attempts/) }]);
+    expect(h.actions).toEqual([
+      { key: 'network_failure_action', message: expect.stringMatching(/after 3 attempts/) },
+    ]);
     h.session({ type: 'ESTABLISHED' });
     expect(h.ctx().outage).toBe(0);
   });
