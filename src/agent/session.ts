@@ -61,6 +61,7 @@ interface InFlight {
 }
 
 const HEARTBEAT = 0;
+const NOTHING = Buffer.alloc(0);
 
 export class Session {
   readonly #o: SessionOptions;
@@ -79,7 +80,13 @@ export class Session {
   #records = 0;
   #timers: NodeJS.Timeout[] = [];
   /** Records being gathered for one write. */
-  readonly #out: { payloads: Buffer[]; seqs: number[] } = { payloads: [], seqs: [] };
+  readonly #out: { payloads: Buffer[]; seqs: number[]; types: number[] } = {
+    payloads: [],
+    seqs: [],
+    types: [],
+  };
+  /** The probe heartbeat is still to be sent: it goes first, in the same write as the first records. */
+  #probe = false;
   /** After replies, the window is refilled once no more than this many are in flight (fewer, larger writes). */
   readonly #refillAt: number;
   /** min(replyTimeoutMs, heartbeatMs) with heartbeats on, else replyTimeoutMs. */
@@ -127,7 +134,7 @@ export class Session {
       }
       // The probe: the first message on every managed link, so its answer says the session works.
       if (ascii) this.#establish();
-      else this.#sendHeartbeat();
+      else this.#probe = true;
       this.#pump();
     });
   }
@@ -185,6 +192,16 @@ export class Session {
     if (this.#records < maxInFlight && queue.unsent > 0) queue.flushAcks?.();
     const out = this.#out;
     let total = 0;
+    if (this.#probe) {
+      this.#probe = false;
+      const seq = sequence.next();
+      if (this.inFlight === 0) this.#progressAt = this.#now();
+      this.#inflight.push({ seq, id: HEARTBEAT });
+      out.payloads.push(NOTHING);
+      out.seqs.push(seq);
+      out.types.push(MessageType.HEARTBEAT);
+      total += HEADER_SIZE;
+    }
     while (this.#records < maxInFlight) {
       const rec = queue.takeNext();
       if (!rec) break;
@@ -194,6 +211,7 @@ export class Session {
       this.#inflight.push({ seq, id: rec.id });
       out.payloads.push(rec.payload);
       out.seqs.push(seq);
+      out.types.push(MessageType.MESSAGE);
       total += (ascii ? 0 : HEADER_SIZE) + rec.payload.length;
       // Write in batches of about 256 KiB so a large backlog does not build one huge buffer.
       if (total >= 262_144) {
@@ -209,7 +227,7 @@ export class Session {
 
   /** Writes the records collected in #out (framed, unless ascii) with one write. */
   #write(total: number): void {
-    const { payloads, seqs } = this.#out;
+    const { payloads, seqs, types } = this.#out;
     let data: Buffer;
     if (this.#o.ascii) {
       data = payloads.length === 1 ? payloads[0]! : Buffer.concat(payloads, total);
@@ -218,13 +236,14 @@ export class Session {
       let off = 0;
       for (let i = 0; i < payloads.length; i++) {
         const p = payloads[i]!;
-        writeHeader(data, off, MessageType.MESSAGE, seqs[i]!, p.length);
+        writeHeader(data, off, types[i]!, seqs[i]!, p.length);
         p.copy(data, off + HEADER_SIZE);
         off += HEADER_SIZE + p.length;
       }
     }
     payloads.length = 0;
     seqs.length = 0;
+    types.length = 0;
     if (!this.#o.transport.write(data)) this.#blocked = true;
   }
 

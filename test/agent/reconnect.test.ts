@@ -62,7 +62,7 @@ describe('reconnect without new input', () => {
     const a = await setup();
     // The first connection acknowledges 3 records, then announces shutdown instead of acking the 4th.
     server.reply = (_msg, conn) => {
-      if (conn.id === 1 && conn.messages.length === 4) {
+      if (conn.id === 1 && conn.messages.filter((m) => m.type === MessageType.MESSAGE).length === 4) {
         conn.socket.write(Buffer.from([0xfe, 0, 0, 0xff, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0, 0, 0]));
         conn.socket.end();
         return 'none';
@@ -85,7 +85,10 @@ describe('reconnect without new input', () => {
 describe('dead links are detected by the reply deadline', () => {
   it('declares the link dead when acks stop, reconnects and resends', async () => {
     const a = await setup({ maxTimePerRecord: 1 });
-    server.reply = (_m, conn) => (conn.id === 1 && conn.messages.length > 2 ? 'none' : 'ack');
+    // The first connection acknowledges its probe heartbeat and two records, then nothing.
+    const records_ = (conn: { messages: { type: number }[] }) =>
+      conn.messages.filter((m) => m.type === MessageType.MESSAGE).length;
+    server.reply = (_m, conn) => (conn.id === 1 && records_(conn) > 2 ? 'none' : 'ack');
     a.write(records(1, 5));
     await server.waitForConnections(2, 10_000);
     await pollUntil(() => new Set(seqs(server.lines())).size === 5, {

@@ -42,6 +42,7 @@ const PACKAGE_OF: Record<string, string> = {
   bash: 'bash',
   mkfifo: 'coreutils',
   env: 'coreutils',
+  strace: 'strace',
 };
 
 /** Absolute path of an executable: `name` itself if absolute and executable, else the first hit in SEARCH_DIRS. */
