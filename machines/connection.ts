@@ -220,6 +220,7 @@ function failureReactions(
 ): FailureReaction[] {
   const f = context.lastFailure;
   if (!f) return [];
+  const reply = REPLY_ACTIONS[f.kind];
   const out: FailureReaction[] = [
     {
       type: 'reportFailure',
@@ -228,11 +229,11 @@ function failureReactions(
         reason: f.reason,
         attempt: context.attempt,
         outage: context.outage,
-        outageStarts: context.outage === 1 && context.connectedOnce,
+        // A reply of the server (disk full, ending) is reported by its own action, not as a lost link.
+        outageStarts: !reply && context.outage === 1 && context.connectedOnce,
       },
     },
   ];
-  const reply = REPLY_ACTIONS[f.kind];
   if (reply) {
     const message = f.kind === 'remote-ending' ? 'server is shutting down (ENDING)' : f.reason;
     out.push({ type: 'runFailureAction', params: { key: reply, message } });
