@@ -185,6 +185,7 @@ export class Agent {
   }
 
   #finish(out: SupervisorOutput | null): number {
+    this.#input.detach();
     this.#krb5?.dispose();
     this.#links.closeAll();
     if (!out) return ExitCodes.FAILURE;

@@ -21,7 +21,8 @@ export function readerLogic(d: { input: InputPump; log: Logger; onEnded: () => v
       // The queue machine logs the full episode once; these flip at the rate of acknowledgements.
       reportPaused: () => d.log.debug('input paused: the queue refuses records'),
       reportResumed: () => d.log.debug('input resumed: the queue has room'),
-      reportEnded: () => d.onEnded(),
+      // After the reader's own completion has reached the supervisor (a stop can end the run at once).
+      reportEnded: () => queueMicrotask(d.onEnded),
       reportEndOfInput: () => d.onEnded(),
     },
   });

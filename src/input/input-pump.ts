@@ -30,6 +30,7 @@ export class InputPump {
   #yield: NodeJS.Immediate | null = null;
   #eof = false;
   #send: ((e: ReaderEvent) => void) | null = null;
+  #eofSent = false;
   #detach: (() => void) | null = null;
   bytesRead = 0;
 
@@ -69,6 +70,7 @@ export class InputPump {
     // One consumer at a time: a reader that failed may not have had its cleanup run.
     this.#detach?.();
     this.#send = send;
+    this.#eofSent = false;
     const broken = this.#broken();
     if (broken) {
       const detach = () => {
@@ -152,6 +154,11 @@ export class InputPump {
     return detach;
   }
 
+  /** The run is over: nothing is reported any more (a reader that failed may never have detached). */
+  detach(): void {
+    this.#detach?.();
+  }
+
   /** Why the stream can never be read again (it failed, or was destroyed before its end), or null. */
   #broken(): string | null {
     const { stream, name } = this.#o;
@@ -217,8 +224,11 @@ export class InputPump {
     this.#maybeEnded();
   }
 
+  /** EOF once per attached reader (it ends the reader); END_OF_INPUT while records are still held. */
   #maybeEnded(): void {
-    if (this.ended) this.#send?.({ type: 'EOF' });
-    else if (this.#eof) this.#send?.({ type: 'END_OF_INPUT' });
+    if (this.ended) {
+      if (!this.#eofSent) this.#send?.({ type: 'EOF' });
+      this.#eofSent = this.#send !== null;
+    } else if (this.#eof) this.#send?.({ type: 'END_OF_INPUT' });
   }
 }
