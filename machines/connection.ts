@@ -1,20 +1,36 @@
 /**
- * The connection statechart: one socket at a time, and every way of losing it leads back to
- * `backoff` and a new attempt. No state is without a way out (DESIGN §1).
+ * The connection statechart: the single owner of every fact about the link to the server. One link at a
+ * time; every way of losing it leads back to `backoff` and a new attempt. No state is without a way out
+ * (DESIGN §1) except `failed`, which hands a broken invariant to the supervisor.
  *
- *   disconnected ─CONNECT─▶ connecting ─dial done─▶ authenticating ─auth done─▶ online.connected
+ *   connecting ─done(dial)─▶ authenticating ─done(authenticate)─▶ online.confirming ─ESTABLISHED─▶ online.connected
  *        connecting / authenticating: error or deadline ─▶ backoff
  *        online: LINK_LOST / REMOTE_ENDING / REPLY_TIMEOUT / PROTOCOL_ERROR / DISK_FULL / DISK_ERROR ─▶ backoff
  *        backoff ─after(backoffDelay)─▶ connecting
  *        suspended ─RESUME or after(suspendRetry)─▶ connecting
- *   STOP: online.connected ─▶ online.draining ─DRAINED─▶ closed; elsewhere, with nothing pending ─▶ closed
- *   DEADLINE (the drain deadline, from the runtime) ─▶ closed from anywhere.
+ *   RELINK (a SIGHUP that needs a new link): connecting / authenticating / online ─▶ connecting, not a failure
+ *   STOP: online ─▶ online.draining ─DRAINED─▶ closed; elsewhere, with nothing pending ─▶ closed
+ *   FAULT (an invariant of the session broke) ─▶ failed: the entry throws, the supervisor restarts the actor.
  *
- * The machine holds only serialisable data. Sockets, queues and timers live in the actors and
- * actions that the runtime provides (`machine.provide`); the defaults here are inert so the
+ * "Connected" means the session works: the server answered on the link (`ESTABLISHED`, sent by the session
+ * at the first reply, to a record or to the heartbeat it sends on a link that starts idle), not that TCP
+ * connected. The facts the runtime used to keep beside the machine are context here:
+ *
+ * - `attempt`: the backoff exponent; consecutive failures, reset once a link stayed up `stableLinkMs`;
+ * - `outage`: consecutive failed attempts since the server last answered; at `maxTriesPerRecord + 1` the
+ *   machine runs `network_failure_action` (once per outage: the count passes that value once);
+ * - `connectedOnce`: the server has answered at least once; until then a failure runs
+ *   `startup_failure_action` instead;
+ * - `confirmed`: the server has answered on the current link;
+ * - `stopping`, `link` (the id of the open link in the runtime's registry: dial's output is the handshake's
+ *   input, whose output is the session's input), `server` (the index of the server in use; one server now).
+ *
+ * The machine holds only serialisable data. Sockets, queues and timers live in the actors and actions that
+ * the runtime provides (`machine.provide`, src/agent/connection-logic.ts); the defaults here are inert so the
  * machine can be traversed, tested and drawn on its own.
  */
-import { assign, fromCallback, fromPromise, sendTo, setup } from 'xstate';
+import { assign, enqueueActions, fromCallback, fromPromise, sendTo, setup } from 'xstate';
+import { ActorFailedError } from '../src/errors.js';
 
 /** Exponential backoff with full jitter (named constants, as grpc-js does). */
 export const BACKOFF_INITIAL_MS = 200;
@@ -24,8 +40,11 @@ export const BACKOFF_FACTOR = 2;
 export const STABLE_LINK_MS = 10_000;
 /** A suspended connection tries again after this long even without SIGUSR2. */
 export const SUSPEND_RETRY_MS = 60_000;
-/** Attempts are counted up to this value only, which keeps the state space finite. */
+/** Attempts are counted up to this value only, which keeps the backoff exponent finite. */
 export const MAX_COUNTED_ATTEMPTS = 16;
+/** upstream's `network_retry_time` default (1 s) and `max_tries_per_record` default (3). */
+export const RETRY_FLOOR_MS = 1_000;
+export const MAX_TRIES_PER_RECORD = 3;
 
 export type FailureKind =
   | 'dial'
@@ -39,74 +58,137 @@ export type FailureKind =
   | 'disk-full'
   | 'disk-error';
 
+/** The failure actions (audisp-remote.conf names) the machine decides to run. */
+export type FailureActionKey =
+  | 'startup_failure_action'
+  | 'network_failure_action'
+  | 'remote_ending_action'
+  | 'disk_full_action'
+  | 'disk_error_action';
+
 export interface ConnectionPolicy {
   backoffInitialMs: number;
   backoffMaxMs: number;
   backoffFactor: number;
+  /**
+   * `network_retry_time`: from the third consecutive attempt on, attempts are at least this far apart
+   * (at most `backoffMaxMs`: the cap wins), as upstream sleeps between send attempts from the third on.
+   */
+  retryFloorMs: number;
   connectTimeoutMs: number;
   authTimeoutMs: number;
   stableLinkMs: number;
   suspendRetryMs: number;
+  /** `max_tries_per_record`: `network_failure_action` runs when this many + 1 attempts in a row got no reply. */
+  maxTriesPerRecord: number;
   /** Failures after which the configured action is `suspend` (sending stops until RESUME or the retry timer). */
   suspendOn: FailureKind[];
 }
 
 export interface ConnectionInput {
   policy?: Partial<ConnectionPolicy>;
-  /** Start connecting at once instead of waiting for CONNECT. */
-  autoConnect?: boolean;
+  /** The agent is stopping (a connection restarted by the supervisor during a stop). */
+  stopping?: boolean;
+  /** Index of the server to use (one server for now). */
+  server?: number;
 }
 
 export interface ConnectionContext {
   policy: ConnectionPolicy;
-  /** Consecutive failed attempts since the last stable link (clamped to MAX_COUNTED_ATTEMPTS). */
+  /** Consecutive failed attempts since the last stable link (clamped to MAX_COUNTED_ATTEMPTS): the backoff exponent. */
   attempt: number;
+  /** Consecutive failed attempts since the server last answered. */
+  outage: number;
+  /** The server has answered at least once since the agent started. */
+  connectedOnce: boolean;
+  /** The server has answered on the current link. */
+  confirmed: boolean;
   stopping: boolean;
-  autoConnect: boolean;
+  /** Id of the current link in the runtime's link registry (null: none). */
+  link: number | null;
+  /** Index of the server in use. */
+  server: number;
   lastFailure: { kind: FailureKind; reason: string } | null;
 }
 
 export type SessionEvent =
+  | { type: 'ESTABLISHED' }
   | { type: 'LINK_LOST'; reason: string }
   | { type: 'REMOTE_ENDING' }
   | { type: 'REPLY_TIMEOUT'; reason: string }
   | { type: 'PROTOCOL_ERROR'; reason: string }
   | { type: 'DISK_FULL'; reason: string }
   | { type: 'DISK_ERROR'; reason: string }
+  | { type: 'FAULT'; reason: string }
   | { type: 'DRAINED' };
 
 export type ConnectionEvent =
-  | { type: 'CONNECT' }
   | { type: 'STOP'; pending: number }
-  | { type: 'DEADLINE' }
   | { type: 'RESUME' }
   | { type: 'CONFIGURE'; policy: Partial<ConnectionPolicy> }
+  | { type: 'RELINK'; reason: string }
   | SessionEvent;
 
+/** What the actors pass along: the id of a link in the runtime's registry. */
+export interface LinkRef {
+  link: number;
+}
+export interface DialInput {
+  server: number;
+}
 /** A session that starts while stopping reports DRAINED as soon as nothing is left. */
-export interface SessionInput {
+export interface SessionInput extends LinkRef {
   draining: boolean;
 }
 
 /** Events the machine sends down to its session actor. */
 export type SessionCommand = { type: 'DRAIN' };
 
+/** What the runtime reports about a failure (its log line, counters and status). */
+export interface FailureReport {
+  kind: FailureKind;
+  reason: string;
+  attempt: number;
+  outage: number;
+  /** The first failure after the server had answered: the start of an outage. */
+  outageStarts: boolean;
+}
+
+export interface FailureActionRun {
+  key: FailureActionKey;
+  message: string;
+}
+
 export const DEFAULT_POLICY: ConnectionPolicy = {
   backoffInitialMs: BACKOFF_INITIAL_MS,
   backoffMaxMs: BACKOFF_MAX_MS,
   backoffFactor: BACKOFF_FACTOR,
+  retryFloorMs: RETRY_FLOOR_MS,
   connectTimeoutMs: 5_000,
   authTimeoutMs: 5_000,
   stableLinkMs: STABLE_LINK_MS,
   suspendRetryMs: SUSPEND_RETRY_MS,
+  maxTriesPerRecord: MAX_TRIES_PER_RECORD,
   suspendOn: [],
 };
 
-/** Full jitter: uniform in [0, min(max, initial × factor^attempt)]. */
+/**
+ * Full jitter: uniform in [0, min(max, initial × factor^attempt)]; from the third consecutive attempt on
+ * (attempt ≥ 2) at least min(retryFloorMs, backoffMaxMs).
+ */
 export function backoffDelay(policy: ConnectionPolicy, attempt: number, random: () => number = Math.random) {
   const ceiling = Math.min(policy.backoffMaxMs, policy.backoffInitialMs * policy.backoffFactor ** attempt);
-  return Math.floor(random() * ceiling);
+  const jittered = Math.floor(random() * ceiling);
+  if (attempt < 2) return jittered;
+  return Math.max(jittered, Math.min(policy.retryFloorMs, policy.backoffMaxMs));
 }
+
+/** The failures that are a reply of the server, each with its own failure action. */
+const REPLY_ACTIONS: Partial<Record<FailureKind, FailureActionKey>> = {
+  'remote-ending': 'remote_ending_action',
+  'disk-full': 'disk_full_action',
+  'disk-error': 'disk_error_action',
+};
 
 /** A readable reason: the event's own, or one that says what the deadline or reply meant. */
 function describe(
@@ -123,10 +205,59 @@ function describe(
   return event.type;
 }
 
-/** The actions of every failure transition: remember the failure, then let the runtime report it. */
+type FailureReaction =
+  | { type: 'reportFailure'; params: FailureReport }
+  | { type: 'runFailureAction'; params: FailureActionRun };
+
+/**
+ * Which failure action applies: a server reply's own (disk full, disk error, ending); before the server ever
+ * answered, `startup_failure_action`; when the outage reaches `maxTriesPerRecord + 1` attempts,
+ * `network_failure_action`. Always a report first.
+ */
+function failureReactions(
+  context: ConnectionContext,
+  check: (guard: 'neverConnected' | 'outageLimitReached') => boolean,
+): FailureReaction[] {
+  const f = context.lastFailure;
+  if (!f) return [];
+  const reply = REPLY_ACTIONS[f.kind];
+  const out: FailureReaction[] = [
+    {
+      type: 'reportFailure',
+      params: {
+        kind: f.kind,
+        reason: f.reason,
+        attempt: context.attempt,
+        outage: context.outage,
+        // A reply of the server (disk full, ending) is reported by its own action, not as a lost link.
+        outageStarts: !reply && context.outage === 1 && context.connectedOnce,
+      },
+    },
+  ];
+  if (reply) {
+    const message = f.kind === 'remote-ending' ? 'server is shutting down (ENDING)' : f.reason;
+    out.push({ type: 'runFailureAction', params: { key: reply, message } });
+  } else if (check('neverConnected')) {
+    out.push({
+      type: 'runFailureAction',
+      params: { key: 'startup_failure_action', message: `cannot reach the server: ${f.reason}` },
+    });
+  } else if (check('outageLimitReached')) {
+    out.push({
+      type: 'runFailureAction',
+      params: {
+        key: 'network_failure_action',
+        message: `server unreachable after ${context.outage} attempts without a reply; records stay queued and reconnection continues`,
+      },
+    });
+  }
+  return out;
+}
+
+/** The actions of every failure transition: remember the failure, then react to it. */
 const failure = (kind: FailureKind) => [
   { type: 'recordFailure' as const, params: { kind } },
-  'reportFailure' as const,
+  'reactToFailure' as const,
 ];
 
 /** To `suspended` when the configured action for this failure is `suspend`, else to `backoff`. */
@@ -135,6 +266,15 @@ const suspendOrBackoff = (kind: FailureKind) => [
   { target: 'backoff', actions: failure(kind) },
 ];
 
+/** STOP outside `online`: with nothing pending, close; else remember it and drain once online. */
+const stopOffline = [
+  { guard: 'nothingPending' as const, target: 'closed' },
+  { actions: 'markStopping' as const },
+];
+
+/** The first reply on a link: report "connected" (before the facts change), then record it. */
+const established = ['reportConnected' as const, 'markEstablished' as const];
+
 export const connectionMachine = setup({
   types: {
     context: {} as ConnectionContext,
@@ -142,19 +282,22 @@ export const connectionMachine = setup({
     events: {} as ConnectionEvent,
   },
   actors: {
-    /** Opens the transport (TCP connect). Provided by the runtime. */
-    dial: fromPromise<void>(async () => {}),
-    /** Runs the transport's handshake (nothing for tcp; GSS-API for krb5). Provided by the runtime. */
-    authenticate: fromPromise<void>(async () => {}),
-    /** Owns the open link: sends queued records, reads replies, heartbeats. Provided by the runtime. */
+    /** Opens a link to the server (TCP connect) and registers it. Provided by the runtime. */
+    dial: fromPromise<LinkRef, DialInput>(async () => ({ link: 0 })),
+    /** Runs the transport's handshake on the link (nothing for tcp; GSS-API for krb5). Provided by the runtime. */
+    authenticate: fromPromise<LinkRef, LinkRef>(async ({ input }) => ({ link: input.link })),
+    /** Owns the open link: sends queued records, reads replies, heartbeats; its cleanup closes the link. */
     session: fromCallback<SessionCommand, SessionInput>(() => () => {}),
   },
   guards: {
     stopping: ({ context }) => context.stopping,
-    autoConnect: ({ context }) => context.autoConnect,
     nothingPending: ({ event }) => event.type === 'STOP' && event.pending === 0,
     suspendsOn: ({ context }, params: { kind: FailureKind }) =>
       context.policy.suspendOn.includes(params.kind),
+    /** The server has never answered: a failure is a startup failure. */
+    neverConnected: ({ context }) => !context.connectedOnce,
+    /** This failure makes the outage `maxTriesPerRecord + 1` attempts long. */
+    outageLimitReached: ({ context }) => context.outage === context.policy.maxTriesPerRecord + 1,
   },
   delays: {
     backoffDelay: ({ context }) => backoffDelay(context.policy, context.attempt),
@@ -164,12 +307,19 @@ export const connectionMachine = setup({
     suspendRetry: ({ context }) => context.policy.suspendRetryMs,
   },
   actions: {
-    /** The runtime logs, counts and runs the configured failure action. */
-    reportFailure: () => {},
-    /** The runtime notes a usable link (metrics, startup_failure_action bookkeeping). */
+    /** The runtime logs and counts a failure. */
+    reportFailure: (_, _params: FailureReport) => {},
+    /** The runtime runs the configured failure action `key` (actions.ts). */
+    runFailureAction: (_, _params: FailureActionRun) => {},
+    /** The runtime logs "connected"/"reconnected" and re-arms the warn_once actions. */
     reportConnected: () => {},
+    /** Throws, so the supervisor sees the failure and restarts the connection within its intensity. */
+    escalate: ({ event }) => {
+      const reason = 'reason' in event ? event.reason : event.type;
+      throw new ActorFailedError(`connection: ${reason}`);
+    },
     markStopping: assign({ stopping: true }),
-    /** SIGHUP: new timeouts and backoff apply from the next transition that uses them. */
+    /** SIGHUP: new timeouts, backoff and limits apply from the next transition that uses them. */
     applyPolicy: assign({
       policy: ({ context, event }) =>
         event.type === 'CONFIGURE' ? { ...context.policy, ...event.policy } : context.policy,
@@ -177,54 +327,70 @@ export const connectionMachine = setup({
     /** The session reports DRAINED once the queue is empty and nothing is in flight. */
     askSessionToDrain: sendTo('session', { type: 'DRAIN' } satisfies SessionCommand),
     resetAttempts: assign({ attempt: 0 }),
+    /** The link the dial or the handshake handed over. */
+    takeLink: assign(({ event }) => ({
+      link: (event as { output?: LinkRef }).output?.link ?? null,
+      confirmed: false,
+    })),
+    /** RELINK: the session's cleanup closes the link. */
+    forgetLink: assign({ link: null, confirmed: false }),
+    markEstablished: assign({ connectedOnce: true, confirmed: true, outage: 0 }),
     recordFailure: assign(({ context, event }, params: { kind: FailureKind }) => ({
       attempt: Math.min(context.attempt + 1, MAX_COUNTED_ATTEMPTS),
+      outage: context.outage + 1,
+      link: null,
+      confirmed: false,
       lastFailure: { kind: params.kind, reason: describe(params.kind, context.policy, event) },
     })),
+    /** The reactions `failureReactions` decides on, run in order. */
+    // (`enqueue` is typed by hand: XState 5.33 cannot type it against the actions of the same `setup`.)
+    reactToFailure: enqueueActions(({ context, enqueue, check }) => {
+      for (const a of failureReactions(context as ConnectionContext, (guard) => check(guard))) enqueue(a);
+    }) as never,
   },
 }).createMachine({
   id: 'connection',
   context: ({ input }) => ({
     policy: { ...DEFAULT_POLICY, ...input.policy },
     attempt: 0,
-    stopping: false,
-    autoConnect: input.autoConnect ?? true,
+    outage: 0,
+    connectedOnce: false,
+    confirmed: false,
+    stopping: input.stopping ?? false,
+    link: null,
+    server: input.server ?? 0,
     lastFailure: null,
   }),
-  initial: 'disconnected',
+  initial: 'connecting',
   on: {
-    DEADLINE: { target: '.closed' },
     CONFIGURE: { actions: 'applyPolicy' },
   },
   states: {
-    disconnected: {
-      always: { guard: 'autoConnect', target: 'connecting' },
-      on: {
-        CONNECT: { target: 'connecting' },
-        STOP: { target: 'closed' },
-      },
-    },
     connecting: {
       invoke: {
         id: 'dial',
         src: 'dial',
-        onDone: { target: 'authenticating' },
+        input: ({ context }) => ({ server: context.server }),
+        onDone: { target: 'authenticating', actions: 'takeLink' },
         onError: { target: 'backoff', actions: failure('dial') },
       },
       after: {
         connectTimeout: { target: 'backoff', actions: failure('dial-timeout') },
       },
       on: {
-        STOP: [{ guard: 'nothingPending', target: 'closed' }, { actions: 'markStopping' }],
+        STOP: stopOffline,
+        // A new address or transport: the dial under way goes to the old one; start again.
+        RELINK: { target: 'connecting', reenter: true },
       },
     },
     authenticating: {
       invoke: {
         id: 'authenticate',
         src: 'authenticate',
+        input: ({ context }) => ({ link: context.link ?? 0 }),
         onDone: [
-          { guard: 'stopping', target: 'online.draining', actions: 'reportConnected' },
-          { target: 'online.connected', actions: 'reportConnected' },
+          { guard: 'stopping', target: 'online.draining', actions: 'takeLink' },
+          { target: 'online.confirming', actions: 'takeLink' },
         ],
         onError: { target: 'backoff', actions: failure('auth') },
       },
@@ -232,21 +398,36 @@ export const connectionMachine = setup({
         authTimeout: { target: 'backoff', actions: failure('auth-timeout') },
       },
       on: {
-        STOP: [{ guard: 'nothingPending', target: 'closed' }, { actions: 'markStopping' }],
+        STOP: stopOffline,
+        RELINK: { target: 'connecting', actions: 'forgetLink' },
       },
     },
     online: {
-      invoke: { id: 'session', src: 'session', input: ({ context }) => ({ draining: context.stopping }) },
+      invoke: {
+        id: 'session',
+        src: 'session',
+        input: ({ context }) => ({ link: context.link ?? 0, draining: context.stopping }),
+      },
       on: {
+        // While draining the first reply still counts (the server works), without changing state.
+        ESTABLISHED: { actions: established },
         LINK_LOST: { target: 'backoff', actions: failure('link-lost') },
         REPLY_TIMEOUT: { target: 'backoff', actions: failure('reply-timeout') },
         PROTOCOL_ERROR: { target: 'backoff', actions: failure('protocol') },
         REMOTE_ENDING: suspendOrBackoff('remote-ending'),
         DISK_FULL: suspendOrBackoff('disk-full'),
         DISK_ERROR: suspendOrBackoff('disk-error'),
+        RELINK: { target: 'connecting', actions: 'forgetLink' },
+        FAULT: { target: 'failed' },
       },
-      initial: 'connected',
+      initial: 'confirming',
       states: {
+        confirming: {
+          on: {
+            ESTABLISHED: { target: 'connected', actions: established },
+            STOP: { target: 'draining', actions: 'markStopping' },
+          },
+        },
         connected: {
           after: { stableLink: { actions: 'resetAttempts' } },
           on: {
@@ -266,7 +447,7 @@ export const connectionMachine = setup({
         backoffDelay: { target: 'connecting' },
       },
       on: {
-        STOP: [{ guard: 'nothingPending', target: 'closed' }, { actions: 'markStopping' }],
+        STOP: stopOffline,
       },
     },
     suspended: {
@@ -281,6 +462,9 @@ export const connectionMachine = setup({
           { target: 'connecting', actions: 'markStopping' },
         ],
       },
+    },
+    failed: {
+      entry: 'escalate',
     },
     closed: {
       type: 'final',

@@ -10,8 +10,9 @@ import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { Agent } from './agent/agent.js';
+import { Agent, STOP_MARGIN_MS } from './agent/agent.js';
 import { Krb5Client } from './agent/krb5-transport.js';
+import { keepRestartKeys, reloadPlan } from './agent/reload-policy.js';
 import { settingsFromConfig } from './agent/settings.js';
 import { Collector } from './collector/collector.js';
 import { collectorSettings } from './collector/settings.js';
@@ -220,9 +221,20 @@ async function runAgent(args: string[]): Promise<number> {
   log.info({ config: configPath, input: input.name, server, transport: cfg.transport }, 'agent starting');
   // systemd (service mode): READY once the queue and the input are open, never waiting for the network.
   const notifier = new SdNotifier({ log, unsetEnvironment: true });
+  let failsafe: NodeJS.Timeout | undefined;
   const onStop = (signal: string) => () => {
     void notifier.stopping(`draining ${agent.queue.depth} record(s)`);
     agent.stop(signal);
+    // The agent's machines stop at drain_timeout; the process goes at most STOP_MARGIN_MS later, whatever
+    // closing the queue or the listeners takes (a held queue lock would keep the replacement out).
+    failsafe ??= setTimeout(
+      () => {
+        log.fatal(`did not exit within drain_timeout + ${STOP_MARGIN_MS} ms of ${signal}; exiting now`);
+        log.flush?.();
+        process.exit(ExitCodes.FAILURE);
+      },
+      current.drainTimeout * 1000 + STOP_MARGIN_MS,
+    ).unref();
   };
   const handlers: [NodeJS.Signals, () => void][] = [
     ['SIGTERM', onStop('SIGTERM')],
@@ -244,21 +256,19 @@ async function runAgent(args: string[]): Promise<number> {
       );
       return;
     }
-    const needRestart = RESTART_ONLY_KEYS.filter(
-      ([, k]) => JSON.stringify(current[k]) !== JSON.stringify(next[k]),
-    ).map(([name]) => name);
-    if (needRestart.length > 0) {
+    const plan = reloadPlan(current, next);
+    if (plan.restart.length > 0) {
       log.warn(
-        { keys: needRestart },
-        `SIGHUP: ${needRestart.join(', ')} can only change with a restart; kept as they were`,
+        { keys: plan.restart },
+        `SIGHUP: ${plan.restart.join(', ')} can only change with a restart; kept as they were`,
       );
-      for (const [, k] of RESTART_ONLY_KEYS) (next as unknown as Record<string, unknown>)[k] = current[k];
+      next = keepRestartKeys(current, next);
     }
     void notifier.reloading();
     log.level = next.logLevel;
     const nextSettings = settingsFromConfig(next);
     nextSettings.inputName = input.name;
-    const changed = agent.reconfigure(nextSettings);
+    const changed = agent.reconfigure(nextSettings, plan);
     current = next;
     log.info({ changed }, 'SIGHUP: configuration reloaded');
     void notifier.ready();
@@ -299,6 +309,7 @@ async function runAgent(args: string[]): Promise<number> {
   for (const [sig, fn] of handlers) process.off(sig, fn);
   log.info({ code, ...agent.status() }, 'agent exiting');
   log.flush?.();
+  clearTimeout(failsafe);
   return code;
 }
 
@@ -716,23 +727,6 @@ function checkStateFileDirectory(file: string): void {
   }
   checkParentDirectory(file, 'state_file');
 }
-
-/** Keys whose change needs a restart: the queue, the transport's credentials, the status listener. */
-const RESTART_ONLY_KEYS: [string, keyof AgentConfig][] = [
-  ['mode', 'mode'],
-  ['queue_dir', 'queueDir'],
-  ['queue_depth', 'queueDepth'],
-  ['queue_max_bytes', 'queueMaxBytes'],
-  ['fsync', 'fsync'],
-  ['fsync_interval_ms', 'fsyncIntervalMs'],
-  ['status_listen', 'statusListen'],
-  ['state_file', 'stateFile'],
-  ['transport', 'transport'],
-  ['input', 'input'],
-  ['tail_state_file', 'tailStateFile'],
-  ['tail_start', 'tailStart'],
-  ['tail_poll_ms', 'tailPollMs'],
-];
 
 /** SIGUSR1: the state report, like upstream's /run/audit/remote.state (written atomically). */
 function writeStateReport(agent: Agent, file: string, log: Logger): void {

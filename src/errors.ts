@@ -16,6 +16,8 @@ export const ErrorCodes = {
   QUEUE: 'AR_QUEUE',
   /** A supervised actor failed more often than the restart intensity allows. */
   ESCALATED: 'AR_ESCALATED',
+  /** A supervised actor failed (its input broke, an invariant of the session broke); it is restarted. */
+  ACTOR_FAILED: 'AR_ACTOR_FAILED',
   /** A file or directory is not safe to use (a symlink, not a regular file, writable by others). */
   UNSAFE_PATH: 'AR_UNSAFE_PATH',
   /**
@@ -107,6 +109,13 @@ export class UnavailableError extends AuditRelayError {
 export class EvidenceError extends AuditRelayError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(ErrorCodes.EVIDENCE, message, options);
+  }
+}
+
+/** Thrown inside an actor so that its supervisor restarts it (within the restart intensity). */
+export class ActorFailedError extends AuditRelayError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCodes.ACTOR_FAILED, message, options);
   }
 }
 

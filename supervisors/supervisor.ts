@@ -6,6 +6,14 @@
  *   running ─error, within intensity─▶ restarting ─after(restartDelay)─▶ running
  *   running ─error, past intensity──▶ failed ⇒ the whole supervisor goes to `escalated` (final)
  *   running ─done─▶ done (final); when every region is done the supervisor is `stopped` (final)
+ *   a significant child done ─▶ `stopped` at once (Erlang's auto_shutdown = any_significant)
+ *
+ *   SHUTDOWN (once): the supervisor is `stopping`; the runtime is told (`onShutdown`: it asks the children
+ *   to finish) and after `timeoutMs` the supervisor is `stopped` whatever the children do (SHUTDOWN_TIMEOUT),
+ *   which stops every child. That bound cannot be lost by a restart: it is the supervisor's own timer.
+ *
+ * A child's input is computed at every (re)start from what the supervisor knows then (`stopping`), so a
+ * restarted child starts with the current facts, not with those of the first start.
  *
  * Restart intensity is Erlang's: at most `maxRestarts` restarts of one child within `windowMs`.
  * The process owning the supervisor exits non-zero on `escalated`, so auditd or systemd restart it;
@@ -17,11 +25,20 @@ export const DEFAULT_MAX_RESTARTS = 5;
 export const DEFAULT_RESTART_WINDOW_MS = 60_000;
 export const DEFAULT_RESTART_DELAY_MS = 100;
 
+/** What the supervisor tells a child's input function at each (re)start. */
+export interface SupervisorFacts {
+  /** SHUTDOWN was received: the system is stopping. */
+  stopping: boolean;
+}
+
 export interface ChildSpec {
   /** Region name, invoke id and systemId (so the runtime finds it with `system.get(id)`). */
   id: string;
   logic: AnyActorLogic;
-  input?: unknown;
+  /** The child's input, evaluated at every (re)start. */
+  input?: (facts: SupervisorFacts) => unknown;
+  /** When this child finishes, the supervisor stops (and every other child with it). */
+  significant?: boolean;
 }
 
 export interface SupervisorOptions {
@@ -32,6 +49,8 @@ export interface SupervisorOptions {
   now?: () => number;
   /** Called when a child is about to be restarted (for logs and metrics). */
   onRestart?: (child: string, error: string, restartsInWindow: number) => void;
+  /** Called once, when SHUTDOWN is received (with its reason): the runtime asks its children to finish. */
+  onShutdown?: (reason: string) => void;
 }
 
 export interface SupervisorContext {
@@ -41,7 +60,23 @@ export interface SupervisorContext {
   lastError: Record<string, string>;
   /** The child that exceeded its restart intensity, if any. */
   escalatedBy: string | null;
+  stopping: boolean;
+  /** How long a shutdown may take before everything is stopped. */
+  shutdownTimeoutMs: number;
+  /** The shutdown ran out of time. */
+  timedOut: boolean;
 }
+
+export interface SupervisorOutput {
+  escalatedBy: string | null;
+  lastError: Record<string, string>;
+  timedOut: boolean;
+}
+
+export type SupervisorEvent =
+  | { type: 'ESCALATE' }
+  | { type: 'SHUTDOWN'; timeoutMs: number; reason: string }
+  | { type: 'SHUTDOWN_TIMEOUT' };
 
 type ChildErrorEvent = { type: `xstate.error.actor.${string}`; error: unknown };
 
@@ -49,6 +84,7 @@ export function createSupervisor(children: ChildSpec[], options: SupervisorOptio
   const maxRestarts = options.maxRestarts ?? DEFAULT_MAX_RESTARTS;
   const windowMs = options.windowMs ?? DEFAULT_RESTART_WINDOW_MS;
   const now = options.now ?? Date.now;
+  const anySignificant = children.some((c) => c.significant);
 
   const recent = (times: number[] | undefined, t: number) => (times ?? []).filter((x) => t - x < windowMs);
 
@@ -63,8 +99,9 @@ export function createSupervisor(children: ChildSpec[], options: SupervisorOptio
               id: child.id,
               systemId: child.id,
               src: child.id,
-              input: child.input,
-              onDone: { target: 'done' },
+              input: ({ context }: { context: SupervisorContext }) =>
+                child.input?.({ stopping: context.stopping }),
+              onDone: child.significant ? { target: '#supervisor.stopped' } : { target: 'done' },
               onError: [
                 {
                   guard: { type: 'withinIntensity' as const, params: { child: child.id } },
@@ -81,7 +118,7 @@ export function createSupervisor(children: ChildSpec[], options: SupervisorOptio
           restarting: {
             after: { restartDelay: { target: 'running' } },
           },
-          done: { type: 'final' as const },
+          ...(child.significant ? {} : { done: { type: 'final' as const } }),
           failed: {
             entry: 'escalate' as const,
           },
@@ -93,18 +130,28 @@ export function createSupervisor(children: ChildSpec[], options: SupervisorOptio
   return setup({
     types: {
       context: {} as SupervisorContext,
-      events: {} as { type: 'ESCALATE' } | ChildErrorEvent,
+      events: {} as SupervisorEvent | ChildErrorEvent,
+      output: {} as SupervisorOutput,
     },
     actors: Object.fromEntries(children.map((c) => [c.id, c.logic])),
     guards: {
       withinIntensity: ({ context }, params: { child: string }) =>
         recent(context.restarts[params.child], now()).length < maxRestarts,
+      notStopping: ({ context }) => !context.stopping,
     },
     delays: {
       restartDelay: options.restartDelayMs ?? DEFAULT_RESTART_DELAY_MS,
+      shutdownTimeout: ({ context }) => context.shutdownTimeoutMs,
     },
     actions: {
       escalate: raise({ type: 'ESCALATE' }),
+      beginShutdown: assign({
+        stopping: true,
+        shutdownTimeoutMs: ({ event }) => (event.type === 'SHUTDOWN' ? event.timeoutMs : 0),
+      }),
+      notifyShutdown: ({ event }) => options.onShutdown?.(event.type === 'SHUTDOWN' ? event.reason : ''),
+      armShutdownTimer: raise({ type: 'SHUTDOWN_TIMEOUT' }, { delay: 'shutdownTimeout' }),
+      markTimedOut: assign({ timedOut: true }),
       recordRestart: assign(({ context, event }, params: { child: string }) => {
         const t = now();
         const restarts = [...recent(context.restarts[params.child], t), t];
@@ -121,19 +168,39 @@ export function createSupervisor(children: ChildSpec[], options: SupervisorOptio
     },
   }).createMachine({
     id: 'supervisor',
-    context: { restarts: {}, lastError: {}, escalatedBy: null },
+    context: {
+      restarts: {},
+      lastError: {},
+      escalatedBy: null,
+      stopping: false,
+      shutdownTimeoutMs: 0,
+      timedOut: false,
+    },
     initial: 'supervising',
     states: {
       supervising: {
         type: 'parallel',
         states: regions,
-        onDone: { target: 'stopped' },
-        on: { ESCALATE: { target: 'escalated' } },
+        // With a significant child, the supervisor stops when that child finishes (every region being
+        // done would need it done too).
+        ...(anySignificant ? {} : { onDone: { target: 'stopped' } }),
+        on: {
+          ESCALATE: { target: 'escalated' },
+          SHUTDOWN: {
+            guard: 'notStopping',
+            actions: ['beginShutdown', 'notifyShutdown', 'armShutdownTimer'],
+          },
+          SHUTDOWN_TIMEOUT: { target: 'stopped', actions: 'markTimedOut' },
+        },
       },
       stopped: { type: 'final' },
       escalated: { type: 'final' },
     },
-    output: ({ context }) => ({ escalatedBy: context.escalatedBy, lastError: context.lastError }),
+    output: ({ context }) => ({
+      escalatedBy: context.escalatedBy,
+      lastError: context.lastError,
+      timedOut: context.timedOut,
+    }),
   });
 }
 

@@ -2,7 +2,16 @@
  * The data path of one open link: pipelines queued records to the server, reads every reply as it
  * arrives (a real auditd drops acks it cannot write), matches replies to requests by sequence
  * number, sends heartbeats on a timer whatever the traffic, and declares the link dead when no
- * reply arrives within the deadline. It reports link-level outcomes to the connection machine.
+ * reply arrives within the deadline. It reports link-level outcomes to the connection machine:
+ *
+ * - `ESTABLISHED` at the first reply the server accepts a message with (an ACK, DISKLOW, …): the
+ *   session works. The first message on every link is a heartbeat (the probe; auditd answers it with an
+ *   ACK and logs nothing), so an idle agent learns as soon as a busy one whether the server really talks
+ *   to it, and the reply deadline covers a server that accepts the connection and then says nothing. In
+ *   ascii format nothing is ever answered: the link counts as working once open.
+ * - the failures (`LINK_LOST`, `REPLY_TIMEOUT`, …), `DRAINED`, and `FAULT` when an invariant broke
+ *   inside the session (an exception from the queue in a socket or timer callback): the machine hands
+ *   that to the supervisor instead of letting it escape as an uncaught exception.
  */
 import type { SessionEvent } from '../../machines/connection.js';
 import { FrameDecoder, writeHeader } from '../protocol/codec.js';
@@ -52,6 +61,7 @@ interface InFlight {
 }
 
 const HEARTBEAT = 0;
+const NOTHING = Buffer.alloc(0);
 
 export class Session {
   readonly #o: SessionOptions;
@@ -64,9 +74,19 @@ export class Session {
   #draining = false;
   #blocked = false;
   #ended = false;
+  /** The server has accepted a message on this link. */
+  #established = false;
+  /** Records in flight (the window counts records; a heartbeat does not take a record's place). */
+  #records = 0;
   #timers: NodeJS.Timeout[] = [];
   /** Records being gathered for one write. */
-  readonly #out: { payloads: Buffer[]; seqs: number[] } = { payloads: [], seqs: [] };
+  readonly #out: { payloads: Buffer[]; seqs: number[]; types: number[] } = {
+    payloads: [],
+    seqs: [],
+    types: [],
+  };
+  /** The probe heartbeat is still to be sent: it goes first, in the same write as the first records. */
+  #probe = false;
   /** After replies, the window is refilled once no more than this many are in flight (fewer, larger writes). */
   readonly #refillAt: number;
   /** min(replyTimeoutMs, heartbeatMs) with heartbeats on, else replyTimeoutMs. */
@@ -91,31 +111,40 @@ export class Session {
   /** Starts the data path; `sendBack` receives the session's outcome events. */
   start(sendBack: (event: SessionEvent) => void): void {
     this.#send = sendBack;
-    const { transport, queue } = this.#o;
-    // Everything not acknowledged on the previous link is sent again, in order.
-    queue.rewind();
-    transport.onClose = (reason) => this.#finish({ type: 'LINK_LOST', reason });
-    transport.onDrain = () => {
-      this.#blocked = false;
+    this.#guarded(() => {
+      const { transport, queue, ascii } = this.#o;
+      // Everything not acknowledged on the previous link is sent again, in order.
+      queue.rewind();
+      transport.onClose = (reason) => this.#finish({ type: 'LINK_LOST', reason });
+      transport.onDrain = () =>
+        this.#guarded(() => {
+          this.#blocked = false;
+          this.#pump();
+        });
+      // Last: setting onMessage delivers bytes (or a close) that arrived before the session started.
+      transport.onMessage = (frame) => this.#guarded(() => this.#onFrame(frame));
+      if (this.#ended) return;
+      queue.on('readable', this.#pump);
+      if (this.#o.heartbeatMs > 0 && !ascii) {
+        this.#timers.push(setInterval(() => this.#guarded(() => this.#sendHeartbeat()), this.#o.heartbeatMs));
+      }
+      if (!ascii) {
+        const check = Math.max(10, Math.min(1000, Math.floor(this.#deadlineMs / 4)));
+        this.#timers.push(setInterval(() => this.#guarded(() => this.#checkDeadline()), check));
+      }
+      // The probe: the first message on every managed link, so its answer says the session works.
+      if (ascii) this.#establish();
+      else this.#probe = true;
       this.#pump();
-    };
-    // Last: setting onMessage delivers bytes (or a close) that arrived before the session started.
-    transport.onMessage = (frame) => this.#onFrame(frame);
-    queue.on('readable', this.#pump);
-    if (this.#o.heartbeatMs > 0 && !this.#o.ascii) {
-      this.#timers.push(setInterval(() => this.#sendHeartbeat(), this.#o.heartbeatMs));
-    }
-    if (!this.#o.ascii) {
-      const check = Math.max(10, Math.min(1000, Math.floor(this.#deadlineMs / 4)));
-      this.#timers.push(setInterval(() => this.#checkDeadline(), check));
-    }
-    this.#pump();
+    });
   }
 
   /** From the machine: report DRAINED once nothing is left. */
   drain(): void {
-    this.#draining = true;
-    this.#checkDrained();
+    this.#guarded(() => {
+      this.#draining = true;
+      this.#checkDrained();
+    });
   }
 
   /** Stops timers and listeners; the caller closes the transport. */
@@ -136,22 +165,52 @@ export class Session {
     this.#send?.(event);
   }
 
-  readonly #pump = (): void => {
+  /** Runs `fn`; an exception (a broken invariant, e.g. of the queue) ends the session with FAULT. */
+  #guarded(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.#finish({ type: 'FAULT', reason: err instanceof Error ? err.message : String(err) });
+    }
+  }
+
+  /** The first accepted reply: the session works. */
+  #establish(): void {
+    if (this.#established || this.#ended) return;
+    this.#established = true;
+    this.#send?.({ type: 'ESTABLISHED' });
+  }
+
+  readonly #pump = (): void => this.#guarded(() => this.#fill());
+
+  #fill(): void {
     if (this.#ended || this.#blocked) return;
     const { queue, sequence, maxInFlight, ascii } = this.#o;
     // Acknowledgements are made crash-safe before more records go out, so what a restart after a crash
     // sends again is at most one window.
-    if (this.inFlight < maxInFlight && queue.unsent > 0) queue.flushAcks();
+    if (this.#records < maxInFlight && queue.unsent > 0) queue.flushAcks();
     const out = this.#out;
     let total = 0;
-    while (this.inFlight < maxInFlight) {
+    if (this.#probe) {
+      this.#probe = false;
+      const seq = sequence.next();
+      if (this.inFlight === 0) this.#progressAt = this.#now();
+      this.#inflight.push({ seq, id: HEARTBEAT });
+      out.payloads.push(NOTHING);
+      out.seqs.push(seq);
+      out.types.push(MessageType.HEARTBEAT);
+      total += HEADER_SIZE;
+    }
+    while (this.#records < maxInFlight) {
       const rec = queue.takeNext();
       if (!rec) break;
       const seq = sequence.next();
       if (!ascii && this.inFlight === 0) this.#progressAt = this.#now();
+      this.#records++;
       this.#inflight.push({ seq, id: rec.id });
       out.payloads.push(rec.payload);
       out.seqs.push(seq);
+      out.types.push(MessageType.MESSAGE);
       total += (ascii ? 0 : HEADER_SIZE) + rec.payload.length;
       // Write in batches of about 256 KiB so a large backlog does not build one huge buffer.
       if (total >= 262_144) {
@@ -163,11 +222,11 @@ export class Session {
     if (out.payloads.length > 0) this.#write(total);
     if (ascii) this.#ackAllWritten();
     this.#checkDrained();
-  };
+  }
 
   /** Writes the records collected in #out (framed, unless ascii) with one write. */
   #write(total: number): void {
-    const { payloads, seqs } = this.#out;
+    const { payloads, seqs, types } = this.#out;
     let data: Buffer;
     if (this.#o.ascii) {
       data = payloads.length === 1 ? payloads[0]! : Buffer.concat(payloads, total);
@@ -176,13 +235,14 @@ export class Session {
       let off = 0;
       for (let i = 0; i < payloads.length; i++) {
         const p = payloads[i]!;
-        writeHeader(data, off, MessageType.MESSAGE, seqs[i]!, p.length);
+        writeHeader(data, off, types[i]!, seqs[i]!, p.length);
         p.copy(data, off + HEADER_SIZE);
         off += HEADER_SIZE + p.length;
       }
     }
     payloads.length = 0;
     seqs.length = 0;
+    types.length = 0;
     if (!this.#o.transport.write(data)) this.#blocked = true;
   }
 
@@ -190,6 +250,7 @@ export class Session {
   #ackAllWritten(): void {
     while (this.inFlight > 0) {
       const f = this.#inflight[this.#inflightHead++]!;
+      this.#records--;
       this.#o.queue.ack(f.id);
     }
     this.#compact();
@@ -246,7 +307,11 @@ export class Session {
       if (m.type === MessageType.ACK) {
         this.#inflightHead++;
         replied = true;
-        if (head.id !== HEARTBEAT) this.#o.queue.ack(head.id);
+        this.#establish();
+        if (head.id !== HEARTBEAT) {
+          this.#records--;
+          this.#o.queue.ack(head.id);
+        }
         continue;
       }
       const text = m.payload.toString('latin1');
@@ -260,7 +325,11 @@ export class Session {
       }
       this.#inflightHead++;
       replied = true;
-      if (head.id !== HEARTBEAT) this.#o.queue.ack(head.id);
+      this.#establish();
+      if (head.id !== HEARTBEAT) {
+        this.#records--;
+        this.#o.queue.ack(head.id);
+      }
       if (m.type === MessageType.DISKLOW) this.#o.onReply?.('disk-low', text);
       else if (m.type & TypeMask.FATAL) this.#o.onReply?.('generic-error', `${typeName(m.type)} ${text}`);
       else if (m.type & TypeMask.WARN) this.#o.onReply?.('generic-warning', `${typeName(m.type)} ${text}`);
@@ -274,7 +343,7 @@ export class Session {
       return;
     }
     this.#compact();
-    if (this.inFlight <= this.#refillAt) this.#pump();
+    if (this.#records <= this.#refillAt) this.#fill();
   }
 
   #compact(): void {

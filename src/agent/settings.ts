@@ -25,7 +25,7 @@ export interface AgentSettings {
   maxRecord: number;
   forwardEoe: boolean;
   drainTimeoutMs: number;
-  maxTriesPerRecord: number;
+  /** The connection machine's timings and limits (backoff, network_retry_time, max_tries_per_record, …). */
   policy: Partial<ConnectionPolicy>;
   supervisor: SupervisorOptions;
   actions: {
@@ -67,10 +67,11 @@ export function settingsFromConfig(cfg: AgentConfig, inputName = 'stdin'): Agent
     maxRecord: cfg.transport === 'krb5' ? KRB5_MAX_RECORD : MAX_SERVER_PAYLOAD,
     forwardEoe: cfg.forwardEoe,
     drainTimeoutMs: secondsMs(cfg.drainTimeout),
-    maxTriesPerRecord: cfg.maxTriesPerRecord,
     policy: {
       backoffInitialMs: cfg.reconnectInitialMs,
       backoffMaxMs: cfg.reconnectMaxMs,
+      retryFloorMs: secondsMs(cfg.networkRetryTime),
+      maxTriesPerRecord: cfg.maxTriesPerRecord,
       connectTimeoutMs: secondsMs(cfg.maxTimePerRecord),
       authTimeoutMs: secondsMs(cfg.maxTimePerRecord),
       suspendOn,

@@ -26,6 +26,16 @@ export interface DialOptions {
   signal: AbortSignal;
 }
 
+/**
+ * TCP keepalive on every link: the first probe after this long without traffic. libuv (≥ 1.46, Node 20)
+ * sets the probe interval to 1 s and the count to 10 on the same call, so a link that died while idle
+ * (nothing in flight, so no reply deadline runs) is reset by the kernel (ETIMEDOUT, LINK_LOST) at most
+ * KEEPALIVE_IDLE_MS + 10 × 1 s ≈ 40 s after its last traffic, heartbeats or not. A link with something
+ * in flight is bounded by the reply deadline instead (max_time_per_record). test/agent/keepalive.test.ts
+ * checks the socket options.
+ */
+export const KEEPALIVE_IDLE_MS = 30_000;
+
 /** Opens a TCP connection (the name is resolved on every attempt, every address tried in turn). */
 export function dialTcp(options: DialOptions): Promise<TcpTransport> {
   return new Promise((resolve, reject) => {
@@ -35,7 +45,7 @@ export function dialTcp(options: DialOptions): Promise<TcpTransport> {
       ...(options.localPort > 0 ? { localPort: options.localPort } : {}),
       noDelay: true,
       keepAlive: true,
-      keepAliveInitialDelay: 30_000,
+      keepAliveInitialDelay: KEEPALIVE_IDLE_MS,
       autoSelectFamily: true,
     });
     const onAbort = () => {

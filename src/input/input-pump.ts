@@ -30,6 +30,7 @@ export class InputPump {
   #yield: NodeJS.Immediate | null = null;
   #eof = false;
   #send: ((e: ReaderEvent) => void) | null = null;
+  #eofSent = false;
   #detach: (() => void) | null = null;
   bytesRead = 0;
 
@@ -64,12 +65,32 @@ export class InputPump {
     return this.#eof && this.#held.length === 0;
   }
 
-  /** Starts (or resumes, after a reader restart) feeding the queue; returns the detach function. */
+  /**
+   * Starts (or resumes, after a reader restart) feeding the queue; returns the detach function. A stream
+   * that has failed cannot be read again: attaching to it reports READ_ERROR at once, so a restarted reader
+   * fails fast and the supervisor escalates instead of waiting forever for data that cannot come.
+   */
   attach(send: (e: ReaderEvent) => void): () => void {
     const { stream, queue } = this.#o;
     // One consumer at a time: a reader that failed may not have had its cleanup run.
     this.#detach?.();
     this.#send = send;
+    this.#eofSent = false;
+    const broken = this.#broken();
+    if (broken) {
+      const detach = () => {
+        if (this.#detach === detach) {
+          this.#detach = null;
+          this.#send = null;
+        }
+      };
+      this.#detach = detach;
+      // After the actor has started: an event sent while it starts would reach a machine not yet running.
+      queueMicrotask(() => {
+        if (this.#detach === detach) send({ type: 'READ_ERROR', reason: broken });
+      });
+      return detach;
+    }
     const onData = (chunk: Buffer) => {
       this.bytesRead += chunk.length;
       const batch: Buffer[] = [];
@@ -79,7 +100,14 @@ export class InputPump {
       } finally {
         this.#batch = null;
       }
-      this.#offerMany(batch);
+      try {
+        this.#offerMany(batch);
+      } catch (err) {
+        // The queue failed (not the input): what it did not take is held, and the reader is restarted.
+        stream.pause();
+        send({ type: 'READ_ERROR', reason: `the queue refused records: ${(err as Error).message}` });
+        return;
+      }
       // Let replies and sends have their turn between input chunks: a stream with a lot buffered would
       // otherwise deliver chunk after chunk (megabytes) in one go while the server waits for records.
       if (this.#held.length === 0 && !this.#eof) {
@@ -96,12 +124,20 @@ export class InputPump {
       this.#maybeEnded();
     };
     const onError = (err: NodeJS.ErrnoException) =>
-      send({ type: 'READ_ERROR', reason: err.code ?? err.message });
-    const onQueueDrain = () => this.#flushHeld();
+      send({ type: 'READ_ERROR', reason: `${this.#o.name}: ${err.code ?? err.message}` });
+    const onQueueDrain = () => {
+      try {
+        this.#flushHeld();
+      } catch (err) {
+        send({ type: 'READ_ERROR', reason: `the queue refused records: ${(err as Error).message}` });
+      }
+    };
     stream.on('data', onData);
     stream.on('end', onEnd);
     stream.on('error', onError);
     queue.on('drain', onQueueDrain);
+    // The stream ended while no reader was attached (between a failure and the restart).
+    if (stream.readableEnded && !this.#eof) onEnd();
     if (this.#held.length > 0) {
       send({ type: 'QUEUE_FULL' });
       this.#flushHeld();
@@ -123,6 +159,20 @@ export class InputPump {
     return detach;
   }
 
+  /** The run is over: nothing is reported any more (a reader that failed may never have detached). */
+  detach(): void {
+    this.#detach?.();
+  }
+
+  /** Why the stream can never be read again (it failed, or was destroyed before its end), or null. */
+  #broken(): string | null {
+    const { stream, name } = this.#o;
+    const err = stream.errored as NodeJS.ErrnoException | null;
+    if (err) return `${name}: ${err.code ?? err.message}`;
+    if (stream.destroyed && !stream.readableEnded && !this.#eof) return `${name} was closed before its end`;
+    return null;
+  }
+
   /** Stop reading (SIGTERM): what was read stays queued; nothing more is read. */
   close(): void {
     const { stream } = this.#o;
@@ -139,10 +189,19 @@ export class InputPump {
     else this.#offerMany([record]);
   }
 
-  /** Appends in order; what the queue refuses is held (and the input paused) until it has room. */
+  /**
+   * Appends in order; what the queue refuses is held (and the input paused) until it has room. If the
+   * queue throws, every record of this call is held before the error goes on.
+   */
   #offerMany(records: Buffer[]): void {
     if (records.length === 0) return;
-    const accepted = this.#held.length === 0 ? this.#append(records) : 0;
+    let accepted = 0;
+    try {
+      accepted = this.#held.length === 0 ? this.#append(records) : 0;
+    } catch (err) {
+      for (const r of records) this.#held.push(r);
+      throw err;
+    }
     if (accepted === records.length) return;
     const wasEmpty = this.#held.length === 0;
     for (let i = accepted; i < records.length; i++) this.#held.push(records[i]!);
@@ -165,7 +224,11 @@ export class InputPump {
     this.#maybeEnded();
   }
 
+  /** EOF once per attached reader (it ends the reader); END_OF_INPUT while records are still held. */
   #maybeEnded(): void {
-    if (this.ended) this.#send?.({ type: 'EOF' });
+    if (this.ended) {
+      if (!this.#eofSent) this.#send?.({ type: 'EOF' });
+      this.#eofSent = this.#send !== null;
+    } else if (this.#eof) this.#send?.({ type: 'END_OF_INPUT' });
   }
 }

@@ -67,7 +67,8 @@ export function openInput(spec: InputSpec, o: OpenInputOptions): OpenedInput {
   switch (spec.kind) {
     case 'stdin': {
       const stream = o.stdin ?? process.stdin;
-      return { stream, name, close: () => {} };
+      // Released when the agent is done: a pipe auditd keeps open would otherwise keep the process alive.
+      return { stream, name, close: () => stream.destroy() };
     }
     case 'af_unix': {
       const stream = new AfUnixInput({ path: spec.path, log: o.log });

@@ -60,7 +60,12 @@ export function agentMetrics(src: AgentMetricsSource): Registry {
     'Records acknowledged by the server',
     () => s().recordsAcked,
   );
-  mirroredCounter(r, 'auditrelay_connects_total', 'Successful connections to the server', () => s().connects);
+  mirroredCounter(
+    r,
+    'auditrelay_connects_total',
+    'Links on which the server answered (the first reply: the session works)',
+    () => s().connects,
+  );
   mirroredCounter(r, 'auditrelay_link_failures_total', 'Failed attempts and lost links', () => s().failures);
   mirroredCounter(
     r,

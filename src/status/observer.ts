@@ -5,6 +5,9 @@
  */
 import { EventEmitter } from 'node:events';
 import type { AnyActorRef, InspectionEvent } from 'xstate';
+import { statePath } from '../statechart/analysis.js';
+
+export { statePath };
 
 export interface Transition {
   time: string;
@@ -30,7 +33,13 @@ export class StateObserver extends EventEmitter<{ transition: [Transition]; fail
   readonly states = new Map<string, string>();
   readonly transitions: Transition[] = [];
   readonly errors: ErrorEntry[] = [];
-  readonly #bySession = new Map<string, string>();
+  /** Per watched actor: the session (an actor restarted by the supervisor is a new one) and its state. */
+  readonly #last = new Map<string, { session: string; state: string }>();
+
+  /** How many actors are tracked: one per watched actor id, however often they are restarted. */
+  get tracked(): number {
+    return this.#last.size;
+  }
 
   inspect = (ev: InspectionEvent): void => {
     if (ev.type !== '@xstate.snapshot') return;
@@ -38,8 +47,9 @@ export class StateObserver extends EventEmitter<{ transition: [Transition]; fail
     if (!WATCHED.has(ref.id)) return;
     const snap = ev.snapshot as { value?: unknown; status?: string };
     const to = statePath(snap.value);
-    if (this.#bySession.get(ref.sessionId) === to) return;
-    this.#bySession.set(ref.sessionId, to);
+    const last = this.#last.get(ref.id);
+    if (last?.session === ref.sessionId && last.state === to) return;
+    this.#last.set(ref.id, { session: ref.sessionId, state: to });
     const t: Transition = {
       time: new Date().toISOString(),
       actor: ref.id,
@@ -57,19 +67,6 @@ export class StateObserver extends EventEmitter<{ transition: [Transition]; fail
     push(this.errors, e, KEEP_ERRORS);
     this.emit('failure', e);
   }
-}
-
-/** `{ online: 'connected' }` → `online.connected`. */
-export function statePath(value: unknown): string {
-  if (typeof value === 'string') return value;
-  if (value && typeof value === 'object') {
-    const [k, v] = Object.entries(value as Record<string, unknown>)[0] ?? [];
-    if (k !== undefined) {
-      const rest = statePath(v);
-      return rest ? `${k}.${rest}` : k;
-    }
-  }
-  return '';
 }
 
 function push<T>(list: T[], item: T, keep: number): void {

@@ -62,7 +62,7 @@ describe('reconnect without new input', () => {
     const a = await setup();
     // The first connection acknowledges 3 records, then announces shutdown instead of acking the 4th.
     server.reply = (_msg, conn) => {
-      if (conn.id === 1 && conn.messages.length === 4) {
+      if (conn.id === 1 && conn.messages.filter((m) => m.type === MessageType.MESSAGE).length === 4) {
         conn.socket.write(Buffer.from([0xfe, 0, 0, 0xff, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0, 0, 0]));
         conn.socket.end();
         return 'none';
@@ -85,7 +85,10 @@ describe('reconnect without new input', () => {
 describe('dead links are detected by the reply deadline', () => {
   it('declares the link dead when acks stop, reconnects and resends', async () => {
     const a = await setup({ maxTimePerRecord: 1 });
-    server.reply = (_m, conn) => (conn.id === 1 && conn.messages.length > 2 ? 'none' : 'ack');
+    // The first connection acknowledges its probe heartbeat and two records, then nothing.
+    const records_ = (conn: { messages: { type: number }[] }) =>
+      conn.messages.filter((m) => m.type === MessageType.MESSAGE).length;
+    server.reply = (_m, conn) => (conn.id === 1 && records_(conn) > 2 ? 'none' : 'ack');
     a.write(records(1, 5));
     await server.waitForConnections(2, 10_000);
     await pollUntil(() => new Set(seqs(server.lines())).size === 5, {
@@ -185,17 +188,20 @@ describe('heartbeats and pipelining', () => {
 
   it('has several records in flight before the first ack', async () => {
     const a = await setup({ maxInFlight: 64 });
-    const held: { seq: number }[] = [];
+    const held: { seq: number; record: boolean }[] = [];
     server.reply = (m) => {
-      held.push({ seq: m.sequence });
+      held.push({ seq: m.sequence, record: m.type === MessageType.MESSAGE });
       return 'none';
     };
+    const inFlight = () => held.filter((h) => h.record).length;
     a.write(records(1, 100));
-    await pollUntil(() => held.length >= 64, {
+    await pollUntil(() => inFlight() >= 64, {
       timeoutMs: 10_000,
       what: '64 unacknowledged records in flight',
     });
-    expect(held.length).toBe(64);
+    expect(inFlight()).toBe(64);
+    // The link's first message is the session's probe heartbeat; the window counts records only.
+    expect(held[0]!.record).toBe(false);
     // Release them: ack in order; the rest follows.
     server.reply = () => 'ack';
     const sock = server.current!.socket;

@@ -7,6 +7,7 @@ import { pino } from 'pino';
 import { Agent } from '../../src/agent/agent.js';
 import { type AgentSettings, settingsFromConfig } from '../../src/agent/settings.js';
 import { type AgentConfig, defaultAgentConfig } from '../../src/config/agent-config.js';
+import type { RecordQueue } from '../../src/queue/types.js';
 import { pollUntil } from './wait.js';
 
 export interface LogEntry {
@@ -31,6 +32,8 @@ export function startAgent(
   port: number,
   config: Partial<AgentConfig> = {},
   tweak: (s: AgentSettings) => void = () => {},
+  /** The queue to use (fault injection); by default the agent makes its memory queue. */
+  queue?: RecordQueue,
 ): RunningAgent {
   const cfg: AgentConfig = {
     ...defaultAgentConfig(),
@@ -52,7 +55,7 @@ export function startAgent(
     },
   );
   const input = new PassThrough();
-  const agent = new Agent(settings, { input, log });
+  const agent = new Agent(settings, { input, log, ...(queue ? { queue } : {}) });
   const done = agent.run();
   return {
     agent,

@@ -57,6 +57,7 @@ const PACKAGE_OF: Record<string, string> = {
   python3: 'python3',
   'systemd-analyze': 'systemd',
   'systemd-notify': 'systemd',
+  strace: 'strace',
 };
 
 /** Absolute path of an executable: `name` itself if absolute and executable, else the first hit in SEARCH_DIRS. */

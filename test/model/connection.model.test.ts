@@ -17,14 +17,15 @@ import { requireOrSkip } from '../helpers/prereq.js';
 import { installKeytab, tempDir } from '../krb5/support.js';
 import { type Krb5Env, PathRun } from './executor.js';
 import { buildModel, chooseCovering, edgesOf, insertLoops, joinedCandidates } from './model.js';
-import { allowEvent, EVENT_PAYLOADS, type PathPlan, planPath } from './plan.js';
+import { allowEvent, type PathPlan, planPath } from './plan.js';
 import { NOT_EXECUTABLE, renderCoverage, replaceGenerated } from './report.js';
 
 const model = buildModel(connectionMachine, {
-  payloads: EVENT_PAYLOADS,
   allow: allowEvent,
-  // What src/agent/agent.ts gives the connection machine (the policy's timings do not matter to the model).
-  input: (policy) => ({ policy: { suspendOn: policy.suspendOn }, autoConnect: true }),
+  notOnSimplePaths: ['RELINK', 'FAULT'],
+  // What src/agent/children.ts gives the connection machine at its first start (the policy's timings do
+  // not matter to the model).
+  input: (policy) => ({ policy: { suspendOn: policy.suspendOn }, stopping: false }),
 });
 const cost = (plan: PathPlan) => plan.estimateMs;
 // First every transition, then every edge of the explored graph (source state × transition) that some

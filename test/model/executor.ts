@@ -11,13 +11,15 @@
 import { expect } from 'vitest';
 import type { AnyActorRef, EventObject, InspectionEvent } from 'xstate';
 import { MAX_COUNTED_ATTEMPTS } from '../../machines/connection.js';
+import type { ReloadPlan } from '../../src/agent/reload-policy.js';
 import type { AgentSettings } from '../../src/agent/settings.js';
 import type { AgentConfig } from '../../src/config/agent-config.js';
 import { MessageType } from '../../src/protocol/constants.js';
+import { transitionKey } from '../../src/statechart/analysis.js';
 import { type RunningAgent, records, startAgent } from '../helpers/agent-harness.js';
 import { pollUntil } from '../helpers/wait.js';
 import { Blackhole, type ModelConn, ModelServer, synSentTo } from './environment.js';
-import { abstractOf, keyOf, transitionKey } from './model.js';
+import { abstractOf, keyOf } from './model.js';
 import type { DialMode, PathPlan, PlannedStep } from './plan.js';
 
 /** One macrostep of the real connection actor. */
@@ -38,6 +40,8 @@ interface Probe {
   acked: number;
   appended: number;
   lastFailure: string | null;
+  /** Times the agent said "connected" (the server's first reply on a link). */
+  connects: number;
   /** Links the server had accepted. */
   accepted: number;
   attempt: number;
@@ -224,7 +228,8 @@ export class PathRun {
     if (ev.type !== '@xstate.snapshot') return;
     const transitions = this.#micro;
     this.#micro = [];
-    if (transitions.length === 0) return;
+    // A macrostep that took no transition, except the start (the initial state has no `always`).
+    if (transitions.length === 0 && ev.event.type !== 'xstate.init') return;
     const snapshot = ev.snapshot as unknown as { value: unknown; context: Record<string, unknown> };
     this.#lastContext = snapshot.context;
     const event = ev.event as EventObject & { pending?: number };
@@ -275,7 +280,8 @@ export class PathRun {
       bytes: a.queue.bytes,
       acked: a.queue.totalAcked,
       appended: a.queue.totalAppended,
-      lastFailure: a.stats.lastFailure,
+      lastFailure: a.status().lastFailure,
+      connects: a.stats.connects,
       accepted: this.server.conns.length,
       attempt: Number(this.#lastContext.attempt ?? 0),
       policy: { ...(this.#lastContext.policy as Record<string, unknown>) },
@@ -331,6 +337,7 @@ export class PathRun {
     }
     if (step.action === 'stop-now') agent.stop('model test: STOP');
     else if (step.action === 'resume') agent.resume();
+    else if (step.action === 'relink') this.#relink();
     else throw new Error(`no sync action ${step.action}`);
   }
 
@@ -390,9 +397,20 @@ export class PathRun {
     this.#agent!.write(lines);
   }
 
-  /** Arranges unacknowledged records on the open link: some (in flight, held) or none (all acked). */
-  async #arrange(want: 'some' | 'none', conn: ModelConn): Promise<void> {
+  /**
+   * Arranges unacknowledged records on the open link: some (in flight, held) or none (all acked). Before
+   * the server's first reply on the link (`confirmed` false) nothing may be acknowledged: `none` is then
+   * only checked (the plan guarantees it), `some` writes records the server holds like its probe.
+   */
+  async #arrange(want: 'some' | 'none', conn: ModelConn, confirmed: boolean): Promise<void> {
     const agent = this.#agent!.agent;
+    if (!confirmed) {
+      expect(this.server.replies).toBe('hold');
+      if (want === 'none') {
+        expect(agent.queue.depth).toBe(0);
+        return;
+      }
+    }
     if (want === 'some') {
       this.server.replies = 'hold';
       const before = conn.messages.length;
@@ -424,7 +442,8 @@ export class PathRun {
     if (isOnline(from.value)) {
       conn = await this.#link();
       this.#switchListener(true);
-      if (step.prep) await this.#arrange(step.prep, conn);
+      const confirmed = from.value === 'online.connected' || from.confirmed;
+      if (step.prep) await this.#arrange(step.prep, conn, confirmed);
       if (step.needs === 'some') expect(agent.queue.depth).toBeGreaterThan(0);
       if (this.#pos !== k) throw new Error(`the agent left step ${k}'s state while the test prepared it`);
     }
@@ -454,11 +473,20 @@ export class PathRun {
         // Nothing is answered any more; the reply deadline does the rest.
         await this.#held(conn!);
         return;
+      case 'answer':
+        // The oldest unanswered message is the link's probe heartbeat: its ACK is the first reply.
+        await this.#held(conn!);
+        expect(conn!.unreplied[0]?.type).toBe(MessageType.HEARTBEAT);
+        this.server.reply(conn!, MessageType.ACK);
+        return;
       case 'release':
         this.server.release(conn);
         return;
       case 'configure':
         this.#configure(conn!);
+        return;
+      case 'relink':
+        this.#relink();
         return;
       case 'swap-listener':
         await this.#swapBlackhole(k);
@@ -482,11 +510,21 @@ export class PathRun {
     const backoffMaxMs = (settings.policy.backoffMaxMs ?? 0) + 1;
     const next: AgentSettings = { ...settings, policy: { ...settings.policy, backoffMaxMs } };
     const links = this.server.conns.length;
-    const changed = this.#agent!.agent.reconfigure(next);
-    expect(changed).toEqual(['policy']);
+    const plan: ReloadPlan = { live: ['reconnect_max_ms'], relink: [], restart: [] };
+    const changed = this.#agent!.agent.reconfigure(next, plan);
+    expect(changed).toEqual(['reconnect_max_ms']);
     expect((this.#lastContext.policy as { backoffMaxMs: number }).backoffMaxMs).toBe(backoffMaxMs);
     expect(conn.socket.destroyed).toBe(false);
     expect(this.server.conns.length).toBe(links);
+    this.#settings = next;
+  }
+
+  /** SIGHUP with a new window (max_in_flight): the link is re-opened, not failed. */
+  #relink(): void {
+    const settings = this.#settings!;
+    const next: AgentSettings = { ...settings, maxInFlight: settings.maxInFlight === 64 ? 65 : 64 };
+    const plan: ReloadPlan = { live: [], relink: ['max_in_flight'], restart: [] };
+    expect(this.#agent!.agent.reconfigure(next, plan)).toEqual(['max_in_flight']);
     this.#settings = next;
   }
 
@@ -590,6 +628,26 @@ export class PathRun {
       case 'after(stableLink)':
         expect(probe.attempt).toBe(0);
         break;
+      case 'ESTABLISHED':
+        // The agent says "connected" at the server's first reply on the link, once.
+        expect(probe.connects).toBe((before?.connects ?? 0) + 1);
+        break;
+      case 'RELINK': {
+        // Not a failure: nothing recorded, no backoff, every record kept; the link it held is closed.
+        expect(probe.lastFailure).toBe(before?.lastFailure ?? null);
+        expect(probe.attempt).toBe(before?.attempt ?? 0);
+        this.#expectQueue(probe);
+        const source = step.model.fromState!.value;
+        if (source === 'authenticating' || isOnline(source)) {
+          const conn = this.server.conns[this.#connectedAt(k) - 1]!;
+          await pollUntil(() => conn.closed, {
+            timeoutMs: 5_000,
+            intervalMs: 5,
+            what: 'the old link to close',
+          });
+        }
+        break;
+      }
       default:
         break;
     }

@@ -1,182 +1,69 @@
 /**
- * The connection machine as a test model: the inventory of its transitions, the abstract state the path
- * search compares, the candidate paths (`xstate/graph`: simple paths and shortest paths; joined ones for
- * the edges those miss) and the greedy choice of the paths the model-based tests run against the real
- * agent. Nothing here runs the agent;
- * see `plan.ts` (what can be executed for real, and how) and `executor.ts` (running a path).
+ * The connection machine as a test model: the abstract state the path search compares, the candidate paths
+ * (`xstate/graph`: simple paths and shortest paths; joined ones for the edges those miss) and the greedy
+ * choice of the paths the model-based tests run against the real agent. Nothing here runs the agent; see
+ * `plan.ts` (what can be executed for real, and how) and `executor.ts` (running a path).
  *
- * Like `scripts/diagrams.ts`, everything is read from the machine itself: the event types (including
- * XState's synthetic `xstate.after.*`, `xstate.done.actor.*`, `xstate.error.actor.*`), the transitions
- * (including `always`, which `toJSON()` leaves out) and the failure kinds `suspendsOn` is consulted for.
+ * Everything about the machine itself (its transitions, their names, the events and their payloads, the
+ * transitions a step takes) comes from src/statechart/analysis.ts, the module the diagrams use too.
  */
+import type { AnyMachineSnapshot, AnyStateMachine, EventObject } from 'xstate';
+import { getAdjacencyMap, getShortestPaths, getSimplePaths, type StatePath } from 'xstate/graph';
 import {
-  type AnyActorScope,
-  type AnyMachineSnapshot,
-  type AnyStateMachine,
-  type AnyTransitionDefinition,
-  createEmptyActor,
-  type EventObject,
-  type InspectionEvent,
-} from 'xstate';
-import {
-  getAdjacencyMap,
-  getShortestPaths,
-  getSimplePaths,
-  getStateNodes,
-  type StatePath,
-} from 'xstate/graph';
-import { actionLabel, eventLabel, guardLabel } from '../../scripts/diagrams.js';
+  eventText,
+  explorationEvents,
+  guardParamValues,
+  initialTransitions,
+  machineTransitions,
+  statePath,
+  type TransitionInfo,
+  transitionsTaken,
+} from '../../src/statechart/analysis.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Abstract state
 
 /**
- * What the path search tells states apart by: the state value, the `stopping` flag (read by the guards
- * on the way out), and whether `attempt` is above zero. `attempt` itself is clamped by the machine
- * (MAX_COUNTED_ATTEMPTS), but every retry would still be a new state; "above zero" is the coarsest view
- * in which `after(stableLink) / resetAttempts` is an edge and not a loop, so the search can cover it.
+ * What the path search tells states apart by: the state value, the `stopping` flag (read by the guards on the
+ * way out), whether `attempt` is above zero, and, while draining, whether the server has answered on the link
+ * (`confirmed`: the first reply is an event of its own, and a drain with nothing left ends at it).
+ * `attempt` itself is clamped by the machine (MAX_COUNTED_ATTEMPTS), but every retry would still be a new
+ * state; "above zero" is the coarsest view in which `after(stableLink) / resetAttempts` is an edge and not a
+ * loop, so the search can cover it. `outage` and `connectedOnce` choose failure actions, not transitions.
  */
 export interface Abstract {
   value: string;
   stopping: boolean;
   attempted: boolean;
-}
-
-/** `{ online: 'connected' }` → `online.connected`. */
-export function valuePath(value: unknown): string {
-  if (typeof value === 'string') return value;
-  if (value && typeof value === 'object') {
-    const [k, v] = Object.entries(value as Record<string, unknown>)[0] ?? [];
-    if (k !== undefined) {
-      const rest = valuePath(v);
-      return rest ? `${k}.${rest}` : k;
-    }
-  }
-  return '';
+  confirmed: boolean;
 }
 
 export function abstractOf(snapshot: { value: unknown; context: unknown }): Abstract {
-  const ctx = snapshot.context as { stopping?: boolean; attempt?: number };
+  const ctx = snapshot.context as { stopping?: boolean; attempt?: number; confirmed?: boolean };
   return {
-    value: valuePath(snapshot.value),
+    value: statePath(snapshot.value),
     stopping: ctx.stopping === true,
     attempted: (ctx.attempt ?? 0) > 0,
+    confirmed: ctx.confirmed === true,
   };
 }
 
-/** `backoff`, `backoff (stopping)`, `online.connected (attempt>0)`, `backoff (stopping, attempt>0)`. */
+/**
+ * `backoff`, `backoff (stopping)`, `online.connected (attempt>0)`, `online.draining (stopping, confirmed)`.
+ * `confirmed` is shown (and compared) only while draining: elsewhere the state value says it.
+ */
 export function keyOf(a: Abstract): string {
-  const flags = [a.stopping ? 'stopping' : null, a.attempted ? 'attempt>0' : null].filter(Boolean);
+  const flags = [
+    a.stopping ? 'stopping' : null,
+    a.attempted ? 'attempt>0' : null,
+    a.value === 'online.draining' && a.confirmed ? 'confirmed' : null,
+  ].filter(Boolean);
   return flags.length ? `${a.value} (${flags.join(', ')})` : a.value;
 }
 
 export const snapshotKey = (s: AnyMachineSnapshot) => keyOf(abstractOf(s));
 
-// ---------------------------------------------------------------------------------------------------------
-// Transitions
-
-const ANY_STATE = '(any state)';
-
-function pathOf(root: string, id: string): string {
-  return id === root ? ANY_STATE : id.startsWith(`${root}.`) ? id.slice(root.length + 1) : id;
-}
-
-/**
- * A transition's stable name, the same for the machine and for `machine.provide(...)` (whose state nodes
- * are new objects): `backoff: STOP [nothingPending] → closed`, `online.connected: after(stableLink) →
- * (stays) / resetAttempts`, `(any state): DEADLINE → closed`, `disconnected: always [autoConnect] → connecting`.
- */
-export function transitionKey(t: AnyTransitionDefinition): string {
-  const root = t.source.machine.root.id;
-  const source = pathOf(root, t.source.id);
-  const event = eventLabel(t.eventType, undefined, t.source.id);
-  const guard = guardLabel(t.guard);
-  const targets = (t.target ?? []).map((n) => pathOf(root, n.id));
-  const actions = (t.actions ?? []).map(actionLabel).filter((a): a is string => a !== null);
-  const to = targets.length
-    ? targets.join(', ')
-    : `(stays)${actions.length ? ` / ${actions.join(', ')}` : ''}`;
-  return `${source}: ${event}${guard ? ` ${guard}` : ''} → ${to}`;
-}
-
-export interface TransitionInfo {
-  key: string;
-  /** `STOP`, `after(backoffDelay)`, `done(dial)`, `always`. */
-  event: string;
-  eventType: string;
-  source: string;
-  targetless: boolean;
-}
-
-/** Every transition of the machine, in definition order (state by state, `always` last). */
-export function machineTransitions(machine: AnyStateMachine): TransitionInfo[] {
-  const out: TransitionInfo[] = [];
-  for (const node of [machine.root, ...getStateNodes(machine.root)]) {
-    for (const t of [...[...node.transitions.values()].flat(), ...(node.always ?? [])]) {
-      out.push({
-        key: transitionKey(t),
-        event: eventLabel(t.eventType, undefined, t.source.id),
-        eventType: t.eventType,
-        source: pathOf(machine.root.id, node.id),
-        targetless: !t.target?.length,
-      });
-    }
-  }
-  const keys = out.map((t) => t.key);
-  const dup = keys.find((k, i) => keys.indexOf(k) !== i);
-  if (dup) throw new Error(`two transitions have the same name: ${dup}`);
-  return out;
-}
-
-/** The failure kinds a `suspendsOn` guard is consulted for (they go to `suspended` when suspended on). */
-export function suspendableKinds(machine: AnyStateMachine): string[] {
-  const kinds = new Set<string>();
-  for (const node of [machine.root, ...getStateNodes(machine.root)]) {
-    for (const t of [...node.transitions.values()].flat()) {
-      const g = t.guard as { type?: string; params?: { kind?: string } } | undefined;
-      if (g && typeof g === 'object' && g.type === 'suspendsOn' && g.params?.kind) kinds.add(g.params.kind);
-    }
-  }
-  return [...kinds].sort();
-}
-
-/**
- * An actor scope like the one `xstate/graph` steps the machine with (inert: no actor is started, no
- * action runs), except that it reports which transitions each microstep took.
- */
-function recordingScope(sink: AnyTransitionDefinition[][]): AnyActorScope {
-  const empty = createEmptyActor();
-  const system = Object.create(empty.system) as typeof empty.system;
-  (system as unknown as { _sendInspectionEvent: (ev: InspectionEvent) => void })._sendInspectionEvent = (
-    ev,
-  ) => {
-    if (ev.type === '@xstate.microstep') sink.push(ev._transitions);
-  };
-  return {
-    self: empty,
-    logger: () => {},
-    id: '',
-    sessionId: 'model',
-    defer: () => {},
-    system,
-    stopChild: () => {},
-    emit: () => {},
-    actionExecutor: () => {},
-  } as unknown as AnyActorScope;
-}
-
-/** The transitions the machine takes from `snapshot` on `event` (all microsteps), by name. */
-export function transitionsTaken(machine: AnyStateMachine, snapshot: AnyMachineSnapshot, event: EventObject) {
-  const sink: AnyTransitionDefinition[][] = [];
-  const next = machine.transition(snapshot, event, recordingScope(sink)) as AnyMachineSnapshot;
-  return { next, transitions: sink.flat().map(transitionKey) };
-}
-
-export function initialTransitions(machine: AnyStateMachine, input: unknown) {
-  const sink: AnyTransitionDefinition[][] = [];
-  const initial = machine.getInitialSnapshot(recordingScope(sink), input) as AnyMachineSnapshot;
-  return { initial, transitions: sink.flat().map(transitionKey) };
-}
+export type { TransitionInfo };
 
 // ---------------------------------------------------------------------------------------------------------
 // Paths
@@ -208,23 +95,18 @@ export interface ModelPath {
   steps: ModelStep[];
 }
 
-export function eventText(event: EventObject): string {
-  const { type, ...rest } = event as EventObject & Record<string, unknown>;
-  const label = type === 'xstate.init' ? 'init' : eventLabel(type);
-  const args = Object.entries(rest)
-    .filter(([, v]) => v === null || typeof v !== 'object')
-    .map(([k, v]) => `${k}=${String(v)}`);
-  return args.length ? `${label}(${args.join(', ')})` : label;
-}
-
 export function pathText(path: ModelPath): string {
   const [first, ...rest] = path.steps;
   return [first!.to, ...rest.map((s) => `—${s.label}→ ${s.to}`)].join(' ');
 }
 
 export interface ModelOptions {
-  /** Payloads per event type (types not listed are sent as `{ type }`). */
-  payloads: Record<string, Record<string, unknown>[]>;
+  /**
+   * Events left out of the simple-path search (their edges still get shortest-path candidates): ones that
+   * only multiply the ways around the graph (RELINK goes back to `connecting` from everywhere) or lead
+   * nowhere (FAULT).
+   */
+  notOnSimplePaths?: string[];
   /** Which of the events may be sent in a state (e.g. the runtime sends STOP only once). */
   allow: (snapshot: AnyMachineSnapshot, event: EventObject) => boolean;
   /** The agent's input to the machine for a policy. */
@@ -248,17 +130,25 @@ const isClosed = (s: AnyMachineSnapshot) => s.status === 'done';
 
 export function buildModel(machine: AnyStateMachine, options: ModelOptions): ConnectionModel {
   const transitions = machineTransitions(machine);
-  const eventTypes = [...new Set(transitions.map((t) => t.eventType).filter((t) => t !== ''))].sort();
-  const events: EventObject[] = eventTypes.flatMap((type) =>
-    (options.payloads[type] ?? [{}]).map((payload) => ({ type, ...payload })),
-  );
-  const kinds = suspendableKinds(machine);
+  const events = explorationEvents(machine);
+  const kinds = guardParamValues(machine, 'suspendsOn', 'kind');
   const policies: Policy[] = [
     { name: 'suspendOn: []', suspendOn: [] },
     { name: `suspendOn: [${kinds.join(', ')}]`, suspendOn: kinds },
   ];
-  const serializeState = (s: AnyMachineSnapshot) => snapshotKey(s);
+  // xstate/graph serialises the same snapshots over and over while it enumerates paths.
+  const keys = new WeakMap<AnyMachineSnapshot, string>();
+  const serializeState = (s: AnyMachineSnapshot) => {
+    let key = keys.get(s);
+    if (key === undefined) {
+      key = snapshotKey(s);
+      keys.set(s, key);
+    }
+    return key;
+  };
   const eventsFor = (s: AnyMachineSnapshot) => events.filter((e) => options.allow(s, e));
+  const simpleEvents = (s: AnyMachineSnapshot) =>
+    eventsFor(s).filter((e) => !options.notOnSimplePaths?.includes(e.type));
 
   const memo = new Map<string, { next: AnyMachineSnapshot; transitions: string[] }>();
   const step = (policy: Policy, from: AnyMachineSnapshot, event: EventObject): ModelStep => {
@@ -305,7 +195,7 @@ export function buildModel(machine: AnyStateMachine, options: ModelOptions): Con
     };
     const traversal = { input, events: eventsFor, serializeState } as const;
 
-    const simple = getSimplePaths(machine, { ...traversal, toState: isClosed });
+    const simple = getSimplePaths(machine, { ...traversal, events: simpleEvents, toState: isClosed });
     for (const p of simple) candidates.push({ policy, origin: 'simple', steps: convert(policy, init, p) });
 
     // Shortest paths: to the source of each edge, the edge, then the shortest way from its target to `closed`.
@@ -434,9 +324,10 @@ export function chooseCovering<P>(
 }
 
 /**
- * Transitions that do not change the abstract state (targetless ones such as `CONFIGURE / applyPolicy`)
- * are never on a simple or shortest path. Each one still uncovered is inserted, as a step that stays
- * where it is, into the first chosen path with a state where it applies and where the plan accepts it.
+ * Transitions that do not change the abstract state (targetless ones such as `CONFIGURE / applyPolicy`, and
+ * re-entries such as `connecting: RELINK → connecting`) are never on a simple or shortest path. Each one
+ * still uncovered is inserted, as a step that stays where it is, into the first chosen path with a state
+ * where it applies and where the plan accepts it.
  */
 export function insertLoops<P>(
   model: ConnectionModel,
@@ -448,7 +339,7 @@ export function insertLoops<P>(
   const inserted: string[] = [];
   for (const key of uncovered) {
     const info = model.transitions.find((t) => t.key === key);
-    if (!info?.targetless) continue;
+    if (!info) continue;
     const candidates = model.events.filter((e) => e.type === info.eventType);
     let done = false;
     for (let c = 0; c < out.length && !done; c++) {

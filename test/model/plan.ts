@@ -1,22 +1,28 @@
 /**
  * What each event of the connection machine is for real, and whether a model path can be executed
  * against the real agent deterministically. `planPath` turns a model path into an execution plan (the
- * agent's timing, what the listener on the server's port does at each dial, when records are written and
- * acknowledged) or says why it cannot be executed. The rules are the event → action mapping of
- * docs/model-based-tests.md.
+ * agent's timing, what the listener on the server's port does at each dial, how the server answers on each
+ * link, when records are written and acknowledged) or says why it cannot be executed. The rules are the
+ * event → action mapping of docs/model-based-tests.md.
  *
  * Three kinds of step:
  * - **passive**: the agent does it by itself once the environment is set (a dial's outcome, a timer,
- *   `done(authenticate)`, the drain deadline);
+ *   `done(authenticate)`, the first reply on a link whose server acknowledges at once);
  * - **sync**: the test acts in the same turn of the event loop in which the agent enters the step's
  *   source state (from the inspection hook), so that no timer of that state can fire first: STOP
- *   (`agent.stop()`, SIGTERM's handler) outside `online`, RESUME (`agent.resume()`, SIGUSR2's);
+ *   (`agent.stop()`, SIGTERM's handler) outside `online`, RESUME (`agent.resume()`, SIGUSR2's), RELINK
+ *   (`agent.reconfigure()`, SIGHUP's) outside `online`;
  * - **awaited**: the test waits until the agent is in the source state (and the server holds its
  *   connection), prepares, then acts: everything the server does to an open link, STOP while online
- *   (end of input), SIGHUP, and the connect timeout (the listener behind the hanging dial is swapped).
+ *   (end of input), SIGHUP while online, and the connect timeout (the listener behind the hanging dial is
+ *   swapped).
+ *
+ * Every link starts with a heartbeat (the session's probe, src/agent/session.ts): its answer is the first
+ * reply, `ESTABLISHED`. A link whose server acknowledges at once goes to `online.connected` by itself;
+ * on a link whose server holds its replies, the probe waits until the test answers it.
  */
 import type { EventObject } from 'xstate';
-import { eventLabel } from '../../scripts/diagrams.js';
+import { eventLabel } from '../../src/statechart/analysis.js';
 import type { Handshake } from './environment.js';
 import type { ModelPath, ModelStep, Rejected } from './model.js';
 
@@ -37,8 +43,10 @@ export type Action =
   | 'disk-full'
   | 'disk-error'
   | 'withhold'
+  | 'answer'
   | 'release'
   | 'configure'
+  | 'relink'
   | 'swap-listener';
 
 export interface PlannedStep {
@@ -59,9 +67,12 @@ export interface Dial {
   entry: number;
   /** Index of the step that resolves it (its outcome, or leaving `connecting` otherwise). */
   exit: number;
-  /** Null when `connecting` is left before the dial ends (STOP with nothing pending, the deadline). */
+  /** Null when `connecting` is left before the dial ends (STOP with nothing pending, RELINK). */
   mode: DialMode | null;
-  /** How the server answers on the link this dial opens: `hold` when `online.draining` must not drain at once. */
+  /**
+   * How the server answers on the link this dial opens: `ack` when the path's next step on it is its first
+   * reply (`ESTABLISHED`, passive), `hold` when something must happen on the link before any reply.
+   */
   replies: 'ack' | 'hold';
   /** What the server does with the agent's handshake on that link (transport = krb5). */
   handshake: Handshake;
@@ -87,7 +98,7 @@ export interface PathPlan {
   dials: Dial[];
   /** Records to write right after the agent starts (some sync STOP before any awaited step needs them). */
   prewrite: boolean;
-  /** Whether the path ends with exit status 0 (everything delivered) or 1 (drain deadline). */
+  /** Every path ends in `closed`, with everything delivered: exit status 0. */
   exitCode: number;
   estimateMs: number;
 }
@@ -105,9 +116,8 @@ export const AUTH_TIMEOUT_MS = 600;
 export const STABLE_LINK_MS = 400;
 export const SUSPEND_RETRY_MS = 150;
 export const REPLY_TIMEOUT_MS = 250;
-export const DRAIN_TIMEOUT_MS = 1_200;
-/** The drain deadline is at least this much later than the estimated time from STOP to its source state. */
-export const DEADLINE_MARGIN_MS = 700;
+/** The drain deadline (the supervisor's) never ends a model path: every path ends in `closed`. */
+export const DRAIN_TIMEOUT_MS = 60_000;
 /** Events on an open link with `attempt` above zero must come this quickly when `stableLink` is short. */
 const PROMPT_MS = 100;
 /** Fixed cost of one path (agent and server start, teardown). */
@@ -116,21 +126,15 @@ export const PATH_OVERHEAD_MS = 150;
 // ---------------------------------------------------------------------------------------------------------
 // The mapping
 
-/** Payloads for the events whose guards read them; the runtime's SIGHUP sends CONFIGURE with a policy. */
-export const EVENT_PAYLOADS: Record<string, Record<string, unknown>[]> = {
-  STOP: [{ pending: 0 }, { pending: 1 }],
-  CONFIGURE: [{ policy: {} }],
-};
-
 /**
  * What the runtime can send in a state, as far as the machine's own context tells: STOP once, when the
- * input ends (end of file or SIGTERM); DEADLINE only after it (the drain timer starts with STOP, and a
- * STOP that does not close the connection marks it `stopping`).
+ * input ends (end of file or SIGTERM: a STOP that does not close the connection marks it `stopping`); the
+ * session's first reply (`ESTABLISHED`) once per link (`confirmed`).
  */
 export const allowEvent = (snapshot: { context: unknown }, event: EventObject) => {
-  const stopping = (snapshot.context as { stopping: boolean }).stopping;
-  if (event.type === 'STOP') return !stopping;
-  if (event.type === 'DEADLINE') return stopping;
+  const ctx = snapshot.context as { stopping: boolean; confirmed: boolean };
+  if (event.type === 'STOP') return !ctx.stopping;
+  if (event.type === 'ESTABLISHED') return !ctx.confirmed;
   return true;
 };
 
@@ -152,8 +156,8 @@ const ACTION_OF: Record<string, Action> = {
  * path; the transitions that only these events take are the ones listed as not executable.
  */
 export const NEVER_EXECUTABLE: Record<string, string> = {
-  CONNECT:
-    'the agent starts the connection with `autoConnect: true` (src/agent/agent.ts), so `always [autoConnect]` leaves `disconnected` during initialisation and nothing ever sends CONNECT',
+  FAULT:
+    'a broken invariant inside the session (an exception from the queue in a socket callback) cannot be produced against the real queue; test/agent/connection-facts.test.ts produces it with a faulty queue and checks that the supervisor restarts the connection actor',
 };
 
 const isOnline = (value: string) => value.startsWith('online');
@@ -172,8 +176,6 @@ function estimate(event: string, step: ModelStep, p: Profile): number {
       return p.stableLinkMs;
     case 'REPLY_TIMEOUT':
       return p.replyTimeoutMs + Math.max(10, Math.floor(p.replyTimeoutMs / 4)) + 20;
-    case 'DEADLINE':
-      return p.drainTimeoutMs;
     case 'STOP':
       return isOnline(step.fromState?.value ?? '') ? 30 : 1;
     case 'RESUME':
@@ -206,8 +208,13 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
     stableLinkMs: long(STABLE_LINK_MS, has('after(stableLink)')),
     suspendRetryMs: long(SUSPEND_RETRY_MS, has('after(suspendRetry)')),
     replyTimeoutMs: has('REPLY_TIMEOUT') ? REPLY_TIMEOUT_MS : 60_000,
-    drainTimeoutMs: has('DEADLINE') ? DRAIN_TIMEOUT_MS : 60_000,
+    drainTimeoutMs: DRAIN_TIMEOUT_MS,
   };
+  /** The first reply on a link whose server acknowledges at once: right after the handshake. */
+  const passiveEstablish = (k: number) =>
+    events[k] === 'ESTABLISHED' &&
+    events[k - 1] === 'done(authenticate)' &&
+    model[k]!.fromState?.value === 'online.confirming';
 
   // Pass 1: how each step is executed.
   const steps: PlannedStep[] = [];
@@ -232,11 +239,6 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
     if (!from) return no(k, `step ${k} has no source state`);
     const never = NEVER_EXECUTABLE[event];
     if (never) return no(k, `${at}: ${never}`);
-    if (from.value === 'disconnected')
-      return no(
-        k,
-        `${at}: the agent is never in \`disconnected\` when an event arrives (always [autoConnect])`,
-      );
     switch (event) {
       case 'done(authenticate)':
         if (krb5)
@@ -253,7 +255,6 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
       case 'after(backoffDelay)':
       case 'after(suspendRetry)':
       case 'after(stableLink)':
-      case 'DEADLINE':
         steps.push(planned('passive'));
         break;
       case 'after(connectTimeout)':
@@ -265,13 +266,25 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
       case 'RESUME':
         steps.push(planned('sync', 'resume'));
         break;
+      case 'ESTABLISHED':
+        // The server answers the oldest unanswered message, the link's probe heartbeat.
+        steps.push(passiveEstablish(k) ? planned('passive') : planned('awaited', 'answer'));
+        break;
       case 'DRAINED':
+        if (!from.confirmed)
+          return no(
+            k,
+            `${at}: the server answers the link's first message (its probe heartbeat) before the drain can end, so ESTABLISHED comes first`,
+          );
         steps.push(planned('awaited', 'release'));
         break;
       case 'CONFIGURE':
         if (!isOnline(from.value))
           return no(k, `${at}: SIGHUP is only sent while the link is open (a stable state)`);
         steps.push(planned('awaited', 'configure'));
+        break;
+      case 'RELINK':
+        steps.push(isOnline(from.value) ? planned('awaited', 'relink') : planned('sync', 'relink'));
         break;
       default: {
         const action = ACTION_OF[event];
@@ -287,7 +300,7 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
   for (let k = 0; k < model.length; k++) {
     const s = model[k]!;
     const entering = s.toState.value === 'connecting' && s.fromState?.value !== 'connecting';
-    if (entering) dials.push({ entry: k, exit: -1, mode: null, replies: 'ack', handshake: 'none' });
+    if (entering) dials.push({ entry: k, exit: -1, mode: null, replies: 'hold', handshake: 'none' });
     const dial = dials.at(-1);
     if (k === 0 || s.fromState?.value !== 'connecting' || !dial || dial.exit >= 0) continue;
     const outcome: Record<string, DialMode> = {
@@ -311,9 +324,7 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
       dial.handshake = events[end] === 'error(authenticate)' ? 'reset' : 'silent';
     }
     const online = model.findIndex((s, i) => i > dial.exit && isOnline(s.toState.value));
-    const next = events[online + 1];
-    if (online > 0 && model[online]!.toState.value === 'online.draining' && next && next !== 'DRAINED')
-      dial.replies = 'hold';
+    if (online > 0 && passiveEstablish(online + 1)) dial.replies = 'ack';
   }
   for (let d = 1; d < dials.length; d++) {
     const prev = dials[d - 1]!;
@@ -342,23 +353,26 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
   if (hangWithoutTimeout)
     return no(hangWithoutTimeout.exit, 'a hanging dial must end with its connect timeout');
 
-  // Pass 2: pending records. Awaited steps on an open link (not stopping) can arrange either; the
-  // steps after them up to the next such step need what they need.
+  // Pass 2: pending records. Awaited steps on an open link (not stopping) can arrange them: on a link the
+  // server has answered, either way (held in flight, or all acknowledged); before its first reply only by
+  // writing records (acknowledging them would be the first reply). The steps after an arranging step, up
+  // to the next one, need what they need.
+  const confirmedAt = (i: number) => {
+    const from = steps[i]!.model.fromState!;
+    return from.value === 'online.connected' || from.confirmed;
+  };
   const adjusts = (i: number) => {
     const s = steps[i]!;
     const from = s.model.fromState!;
-    return s.mode === 'awaited' && isOnline(from.value) && !from.stopping;
+    return s.mode === 'awaited' && isOnline(from.value) && !from.stopping && s.action !== 'answer';
   };
   const requirement = (i: number): Pending | null => {
     const s = steps[i]!;
     const from = s.model.fromState!;
-    const next = steps[i + 1];
     if (s.action === 'stop-now') return (s.model.event as { pending?: number }).pending ? 'some' : 'none';
-    if (s.event === 'DEADLINE') return 'some';
-    if (s.mode === 'awaited' && from.value === 'online.draining' && s.event !== 'DRAINED') return 'some';
-    if (s.event === 'done(authenticate)' && s.model.toState.value === 'online.draining' && next) {
-      return next.event === 'DRAINED' ? null : 'some';
-    }
+    // On a link the server has answered, a drain with nothing left ends at once.
+    if (s.mode === 'awaited' && from.value === 'online.draining' && from.confirmed && s.event !== 'DRAINED')
+      return 'some';
     return null;
   };
   const lookahead = (from: number): Pending | null => {
@@ -366,14 +380,14 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
       if (adjusts(j)) return null;
       const r = requirement(j);
       if (r) return r;
-      if (steps[j]!.event === 'done(authenticate)' && steps[j]!.model.toState.value === 'online.connected')
-        return null;
+      if (steps[j]!.mode === 'passive' && steps[j]!.event === 'ESTABLISHED') return null;
     }
     return null;
   };
   const prewrite = lookahead(1) === 'some';
   let pending: Pending = prewrite ? 'some' : 'none';
-  let stopAt = -1;
+  /** Something on the open link waits for a reply (the reply deadline runs). */
+  let held = false;
   for (let k = 1; k < steps.length; k++) {
     const s = steps[k]!;
     const from = s.model.fromState!;
@@ -391,7 +405,14 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
       } else {
         s.prep = ahead;
       }
+      if (s.prep === 'none' && pending === 'some' && !confirmedAt(k))
+        return no(
+          k,
+          `${at}: nothing may be pending, but acknowledging the queued records would be the link's first reply`,
+        );
       if (s.prep) pending = s.prep;
+      if (s.prep === 'some') held = true;
+      if (s.prep === 'none' && confirmedAt(k)) held = false;
     }
     const need = requirement(k);
     if (need) {
@@ -403,29 +424,39 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
           `${at}: records written after the agent starts are not read before its first state is left`,
         );
     }
-    if (s.action === 'withhold' || s.action === 'disk-full' || s.action === 'disk-error') pending = 'some';
-    if (s.event === 'done(authenticate)' && s.model.toState.value === 'online.connected') pending = 'none';
-    if (s.event === 'STOP') stopAt = k;
-    if (s.event === 'DEADLINE') {
-      const src = from.value;
-      if (src === 'online.draining' && has('REPLY_TIMEOUT'))
-        return no(
-          k,
-          `${at}: the reply deadline (short in this path) would end the link before the drain deadline`,
-        );
-      if (src === 'suspended' && has('after(suspendRetry)'))
-        return no(k, `${at}: the suspend retry (short in this path) would leave \`suspended\` first`);
-      if (src === 'backoff' && has('after(backoffDelay)'))
-        return no(
-          k,
-          `${at}: the backoff (short, jittered from 0, in this path) would leave \`backoff\` first`,
-        );
-      if (!['online.draining', 'suspended', 'backoff'].includes(src))
-        return no(k, `${at}: the agent does not stay in \`${src}\` until the drain deadline`);
-      const elapsed = steps.slice(stopAt + 1, k).reduce((t, x) => t + x.estimateMs, 0);
-      profile.drainTimeoutMs = Math.max(DRAIN_TIMEOUT_MS, elapsed + DEADLINE_MARGIN_MS);
-      s.estimateMs = profile.drainTimeoutMs - elapsed;
+    if (s.action === 'answer' && from.value === 'online.draining') {
+      // The probe's answer: with nothing else in flight the drain ends with it.
+      const next = steps[k + 1];
+      if (pending === 'none' && next?.event !== 'DRAINED')
+        return no(k, `${at}: with nothing pending the first reply ends the drain at once`);
+      if (pending === 'some' && next?.event === 'DRAINED') {
+        // released by the DRAINED step
+      }
     }
+    if (s.action === 'withhold' || s.action === 'disk-full' || s.action === 'disk-error') {
+      pending = 'some';
+      held = true;
+    }
+    if (s.mode === 'passive' && s.event === 'ESTABLISHED') {
+      pending = 'none';
+      held = false;
+    }
+    if (s.event === 'done(authenticate)') held = !passiveEstablish(k + 1);
+    if (s.action === 'release') {
+      pending = 'none';
+      held = false;
+    }
+    if (!isOnline(s.model.toState.value)) held = false;
+    if (
+      s.event === 'after(stableLink)' &&
+      has('REPLY_TIMEOUT') &&
+      held &&
+      profile.stableLinkMs > profile.replyTimeoutMs
+    )
+      return no(
+        k,
+        `${at}: a message waits for its reply while after(stableLink) (${profile.stableLinkMs} ms) runs, and the reply deadline is ${profile.replyTimeoutMs} ms in this path`,
+      );
     if (
       profile.stableLinkMs === STABLE_LINK_MS &&
       from.value === 'online.connected' &&
@@ -441,5 +472,5 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
   const last = model.at(-1)!;
   if (last.toState.value !== 'closed') return no(model.length - 1, 'the path does not end in `closed`');
   const estimateMs = PATH_OVERHEAD_MS + steps.reduce((t, s) => t + s.estimateMs, 0);
-  return { profile, steps, dials, prewrite, exitCode: events.at(-1) === 'DEADLINE' ? 1 : 0, estimateMs };
+  return { profile, steps, dials, prewrite, exitCode: 0, estimateMs };
 }

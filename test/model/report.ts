@@ -11,10 +11,8 @@ import type { PathPlan } from './plan.js';
  * the chosen paths leave out differ (in either direction), so it cannot go stale.
  */
 export const NOT_EXECUTABLE: Record<string, string> = {
-  'disconnected: CONNECT → connecting':
-    'The agent gives the machine `autoConnect: true` (src/agent/agent.ts), so `always [autoConnect]` leaves `disconnected` during initialisation, and nothing in the runtime sends CONNECT.',
-  'disconnected: STOP → closed':
-    'Same reason: the agent is never in `disconnected` when an event arrives. Its first reported state is already `connecting`.',
+  'online: FAULT → failed':
+    'A broken invariant inside the session (an exception from the queue in a socket callback) cannot be produced against the real queue. `test/agent/connection-facts.test.ts` produces it with a faulty queue and checks that the supervisor restarts the connection actor and nothing is lost; `test/unit/connection-machine.test.ts` checks the transition.',
 };
 
 const BEGIN =

@@ -3,26 +3,37 @@ import { createActor, fromCallback, fromPromise } from 'xstate';
 import {
   backoffDelay,
   type ConnectionEvent,
+  type ConnectionInput,
   connectionMachine,
   DEFAULT_POLICY,
+  type FailureActionRun,
+  type FailureReport,
   MAX_COUNTED_ATTEMPTS,
   type SessionEvent,
 } from '../../machines/connection.js';
+import { settingsFromConfig } from '../../src/agent/settings.js';
+import { defaultAgentConfig } from '../../src/config/agent-config.js';
 
 /** The machine with scripted actors and no waiting. */
-function harness(opts: { dialFails?: () => boolean } = {}) {
+function harness(opts: { dialFails?: () => boolean; input?: ConnectionInput } = {}) {
   let send: ((e: SessionEvent) => void) | null = null;
   const commands: string[] = [];
-  const failures: string[] = [];
+  const failures: FailureReport[] = [];
+  const actions: FailureActionRun[] = [];
+  let connected = 0;
   let sessions = 0;
+  let links = 0;
+  const sessionLinks: number[] = [];
   const machine = connectionMachine.provide({
     actors: {
       dial: fromPromise(async () => {
         if (opts.dialFails?.()) throw new Error('ECONNREFUSED');
+        return { link: ++links };
       }),
-      authenticate: fromPromise(async () => {}),
-      session: fromCallback(({ sendBack, receive }) => {
+      authenticate: fromPromise(async ({ input }) => input),
+      session: fromCallback(({ sendBack, receive, input }) => {
         sessions++;
+        sessionLinks.push((input as { link: number }).link);
         send = sendBack as (e: SessionEvent) => void;
         receive((e) => commands.push(e.type));
         return () => {
@@ -32,10 +43,14 @@ function harness(opts: { dialFails?: () => boolean } = {}) {
     },
     delays: { backoffDelay: 1, suspendRetry: 1_000_000 },
     actions: {
-      reportFailure: ({ context }) => failures.push(context.lastFailure?.kind ?? '?'),
+      reportFailure: (_, p) => failures.push(p),
+      runFailureAction: (_, p) => actions.push(p),
+      reportConnected: () => connected++,
     },
   });
-  const actor = createActor(machine, { input: { policy: { suspendOn: ['disk-full'] } } });
+  const actor = createActor(machine, {
+    input: opts.input ?? { policy: { suspendOn: ['disk-full'], maxTriesPerRecord: 2 } },
+  });
   const state = () => JSON.stringify(actor.getSnapshot().value);
   const until = async (want: string) => {
     const end = Date.now() + 5000;
@@ -44,23 +59,38 @@ function harness(opts: { dialFails?: () => boolean } = {}) {
       await new Promise((r) => setTimeout(r, 2));
     }
   };
+  const ctx = () => actor.getSnapshot().context;
   return {
     actor,
     state,
     until,
+    ctx,
     session: (e: SessionEvent) => send?.(e),
     send: (e: ConnectionEvent) => actor.send(e),
+    /** Waits for the link, then the server's first reply. */
+    online: async () => {
+      await until('{"online":"confirming"}');
+      send?.({ type: 'ESTABLISHED' });
+      await until('{"online":"connected"}');
+    },
     commands,
     failures,
+    actions,
+    connected: () => connected,
     sessions: () => sessions,
+    sessionLinks,
   };
 }
 
 describe('connection machine', () => {
-  it('connects, and every way of losing the link leads back through backoff to online', async () => {
+  it('connects, says so at the first reply, and every way of losing the link leads back to online', async () => {
     const h = harness();
     h.actor.start();
-    await h.until('{"online":"connected"}');
+    await h.until('{"online":"confirming"}');
+    expect(h.connected()).toBe(0);
+    h.session({ type: 'ESTABLISHED' });
+    expect(h.state()).toBe('{"online":"connected"}');
+    expect(h.connected()).toBe(1);
     const losses: SessionEvent[] = [
       { type: 'LINK_LOST', reason: 'ECONNRESET' },
       { type: 'REMOTE_ENDING' },
@@ -70,34 +100,42 @@ describe('connection machine', () => {
     ];
     for (const loss of losses) {
       h.session(loss);
-      await h.until('{"online":"connected"}');
+      await h.online();
     }
-    expect(h.failures).toEqual(['link-lost', 'remote-ending', 'reply-timeout', 'protocol', 'disk-error']);
+    expect(h.failures.map((f) => f.kind)).toEqual([
+      'link-lost',
+      'remote-ending',
+      'reply-timeout',
+      'protocol',
+      'disk-error',
+    ]);
     expect(h.sessions()).toBe(6);
+    // The dial's link is the handshake's and the session's.
+    expect(h.sessionLinks).toEqual([1, 2, 3, 4, 5, 6]);
   });
 
   it('retries a failing dial with backoff until it succeeds', async () => {
     let n = 0;
     const h = harness({ dialFails: () => ++n <= 3 });
     h.actor.start();
-    await h.until('{"online":"connected"}');
-    expect(h.failures).toEqual(['dial', 'dial', 'dial']);
+    await h.online();
+    expect(h.failures.map((f) => f.kind)).toEqual(['dial', 'dial', 'dial']);
   });
 
   it('suspends on a configured failure and leaves on RESUME', async () => {
     const h = harness();
     h.actor.start();
-    await h.until('{"online":"connected"}');
+    await h.online();
     h.session({ type: 'DISK_FULL', reason: 'DISKFULL' });
     expect(h.state()).toBe('"suspended"');
     h.send({ type: 'RESUME' });
-    await h.until('{"online":"connected"}');
+    await h.online();
   });
 
   it('drains on STOP and closes when the session reports DRAINED', async () => {
     const h = harness();
     h.actor.start();
-    await h.until('{"online":"connected"}');
+    await h.online();
     h.send({ type: 'STOP', pending: 3 });
     expect(h.state()).toBe('{"online":"draining"}');
     expect(h.commands).toEqual(['DRAIN']);
@@ -105,31 +143,106 @@ describe('connection machine', () => {
     expect(h.actor.getSnapshot().status).toBe('done');
   });
 
-  it('closes at once on STOP with nothing pending while disconnected, and on DEADLINE from anywhere', async () => {
+  it('closes at once on STOP with nothing pending while offline; started stopping, it drains once online', async () => {
     let fail = true;
     const h = harness({ dialFails: () => fail });
     h.actor.start();
     await h.until('backoff');
     h.send({ type: 'STOP', pending: 2 });
-    expect(h.actor.getSnapshot().context.stopping).toBe(true);
+    expect(h.ctx().stopping).toBe(true);
     fail = false;
-    // Stopping and reconnected: it goes straight to draining.
+    // Stopping and reconnected: it goes straight to draining, and the first reply still counts.
     await h.until('{"online":"draining"}');
-    h.send({ type: 'DEADLINE' });
-    expect(h.actor.getSnapshot().status).toBe('done');
+    h.session({ type: 'ESTABLISHED' });
+    expect(h.ctx().connectedOnce).toBe(true);
+    expect(h.state()).toBe('{"online":"draining"}');
 
     const h2 = harness({ dialFails: () => true });
     h2.actor.start();
     await h2.until('backoff');
     h2.send({ type: 'STOP', pending: 0 });
     expect(h2.actor.getSnapshot().status).toBe('done');
+
+    // A connection restarted during a stop starts stopping (the supervisor's input).
+    const h3 = harness({ input: { stopping: true } });
+    h3.actor.start();
+    await h3.until('{"online":"draining"}');
+  });
+
+  it('runs startup_failure_action until the server first answers, then network_failure_action once per outage', async () => {
+    let fail = true;
+    const h = harness({ dialFails: () => fail });
+    h.actor.start();
+    await h.until('backoff');
+    await new Promise((r) => setTimeout(r, 20));
+    expect(h.actions.length).toBeGreaterThan(0);
+    expect(new Set(h.actions.map((a) => a.key))).toEqual(new Set(['startup_failure_action']));
+    fail = false;
+    // TCP connects, but no reply yet: still a startup failure when the link is lost.
+    await h.until('{"online":"confirming"}');
+    const before = h.actions.length;
+    h.session({ type: 'LINK_LOST', reason: 'ECONNRESET' });
+    expect(h.actions.slice(before).map((a) => a.key)).toEqual(['startup_failure_action']);
+    await h.online();
+    expect(h.ctx()).toMatchObject({ connectedOnce: true, outage: 0 });
+    h.actions.length = 0;
+    h.failures.length = 0;
+    // Now a server that accepts and resets: TCP connects every time, but no session works.
+    for (let i = 0; i < 5; i++) {
+      h.session({ type: 'LINK_LOST', reason: 'ECONNRESET' });
+      await h.until('{"online":"confirming"}');
+    }
+    expect(h.failures.map((f) => f.outage)).toEqual([1, 2, 3, 4, 5]);
+    expect(h.failures.map((f) => f.outageStarts)).toEqual([true, false, false, false, false]);
+    // max_tries_per_record = 2: the third failed attempt in a row runs it, once.
+    expect(h.actions).toEqual([
+      { key: 'network_failure_action', message: expect.stringMatching(/after 3 attempts/) },
+    ]);
+    h.session({ type: 'ESTABLISHED' });
+    expect(h.ctx().outage).toBe(0);
+  });
+
+  it('re-opens the link on RELINK without a failure or backoff, from every state that holds a link', async () => {
+    const h = harness();
+    h.actor.start();
+    await h.online();
+    h.send({ type: 'RELINK', reason: 'SIGHUP' });
+    expect(h.state()).toBe('"connecting"');
+    await h.online();
+    expect(h.failures).toEqual([]);
+    expect(h.ctx().attempt).toBe(0);
+    expect(h.sessionLinks).toEqual([1, 2]);
+  });
+
+  it('hands a broken invariant of the session to the supervisor (the actor fails)', async () => {
+    const h = harness();
+    const errors: unknown[] = [];
+    h.actor.subscribe({ error: (e) => errors.push(e) });
+    h.actor.start();
+    await h.online();
+    h.session({ type: 'FAULT', reason: 'acknowledged record 3 is not the oldest in flight' });
+    expect(h.actor.getSnapshot().status).toBe('error');
+    expect(String(errors[0])).toMatch(/connection: acknowledged record 3/);
   });
 
   it('clamps the attempt counter and computes full-jitter backoff within the cap', () => {
-    const p = { ...DEFAULT_POLICY, backoffInitialMs: 100, backoffMaxMs: 5000 };
+    const p = { ...DEFAULT_POLICY, backoffInitialMs: 100, backoffMaxMs: 5000, retryFloorMs: 0 };
     expect(backoffDelay(p, 0, () => 0.999)).toBe(99);
     expect(backoffDelay(p, 3, () => 0.5)).toBe(400);
     expect(backoffDelay(p, MAX_COUNTED_ATTEMPTS, () => 0.999)).toBe(4995);
     expect(backoffDelay(p, 5, () => 0)).toBe(0);
+  });
+});
+
+describe('network_retry_time', () => {
+  it('is the least delay between attempts from the third consecutive attempt on (capped by reconnect_max_ms)', () => {
+    const s = settingsFromConfig({ ...defaultAgentConfig(), networkRetryTime: 2, reconnectMaxMs: 30_000 });
+    expect(s.policy.retryFloorMs).toBe(2000);
+    const p = { ...DEFAULT_POLICY, ...s.policy };
+    expect(backoffDelay(p, 0, () => 0)).toBe(0);
+    expect(backoffDelay(p, 1, () => 0)).toBe(0);
+    expect(backoffDelay(p, 2, () => 0)).toBe(2000);
+    expect(backoffDelay(p, 8, () => 0.999)).toBeGreaterThan(2000);
+    expect(backoffDelay({ ...p, backoffMaxMs: 500 }, 5, () => 0)).toBe(500);
   });
 });

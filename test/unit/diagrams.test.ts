@@ -1,34 +1,43 @@
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { AnyStateMachine } from 'xstate';
+import { type AnyStateMachine, setup } from 'xstate';
 import { getStateNodes } from 'xstate/graph';
 import { connectionMachine } from '../../machines/connection.js';
+import { queueMachine } from '../../machines/queue.js';
+import { findings, GOAL_STATE, reconnectTable } from '../../scripts/diagram-notes.js';
+import { mermaidId } from '../../scripts/diagram-render.js';
 import {
   checkDiagrams,
   DIAGRAMS_DIR,
   diagramSources,
-  eventLabel,
-  GOAL_STATE,
   generateAll,
-  guardLabel,
-  mermaidId,
-  reconnectTable,
   repoRoot,
-  stateSvgId,
+  runtimeSources,
 } from '../../scripts/diagrams.js';
+import {
+  eventLabel,
+  eventsNeverSent,
+  extractGraph,
+  guardLabel,
+  reachableStates,
+  statePath,
+  stateSvgId,
+} from '../../src/statechart/analysis.js';
 
 /** The connection's event types (ConnectionEvent in machines/connection.ts). */
 const CONNECTION_EVENTS = [
-  'CONNECT',
   'STOP',
-  'DEADLINE',
   'RESUME',
+  'CONFIGURE',
+  'RELINK',
+  'ESTABLISHED',
   'LINK_LOST',
   'REMOTE_ENDING',
   'REPLY_TIMEOUT',
   'PROTOCOL_ERROR',
   'DISK_FULL',
   'DISK_ERROR',
+  'FAULT',
   'DRAINED',
 ];
 
@@ -150,7 +159,6 @@ describe('diagrams', () => {
     expect(labels).toEqual(expect.arrayContaining(CONNECTION_EVENTS));
     expect(labels).toEqual(
       expect.arrayContaining([
-        'always',
         'done(dial)',
         'error(dial)',
         'done(authenticate)',
@@ -170,7 +178,7 @@ describe('diagrams', () => {
       expect(drawn(mmdLabels, label), `${label} in connection.mmd`).toBe(true);
     }
     expect(svgLabels).toContain('DISK_FULL [suspendsOn(kind=disk-full)]');
-    expect(mmdLabels).toContain('always [autoConnect]');
+    expect(mmdLabels).toContain('done(authenticate) [stopping]');
   });
 });
 
@@ -194,12 +202,16 @@ describe('reconnect paths', () => {
       table.failureStates
         .find((s) => s.state === state)!
         .paths.map((p) => p.map((s) => `${s.event}>${s.state}`));
-    expect(steps('backoff')).toEqual([
-      ['after(backoffDelay)>connecting', 'done(dial)>authenticating', 'done(authenticate)>online.connected'],
-    ]);
+    // "Connected" is the server's first reply (ESTABLISHED), not the end of the handshake.
+    const back = [
+      'done(dial)>authenticating',
+      'done(authenticate)>online.confirming',
+      'ESTABLISHED>online.connected',
+    ];
+    expect(steps('backoff')).toEqual([['after(backoffDelay)>connecting', ...back]]);
     expect(steps('suspended')).toEqual([
-      ['RESUME>connecting', 'done(dial)>authenticating', 'done(authenticate)>online.connected'],
-      ['after(suspendRetry)>connecting', 'done(dial)>authenticating', 'done(authenticate)>online.connected'],
+      ['RESUME>connecting', ...back],
+      ['after(suspendRetry)>connecting', ...back],
     ]);
     for (const row of table.failures.filter((r) => ['connecting', 'authenticating'].includes(r.source))) {
       expect(row.failureState).toBe('backoff');
@@ -232,5 +244,45 @@ describe('freshness', () => {
       stale: [],
       extra: [],
     });
+  });
+});
+
+describe('notes', () => {
+  it('names the events a machine handles that nothing sends', () => {
+    const machine = setup({}).createMachine({
+      id: 'probe',
+      initial: 'a',
+      states: { a: { on: { SENT: 'b', NEVER_SENT: 'b' } }, b: {} },
+    });
+    const graph = extractGraph({ name: 'probe', machine, source: '' });
+    expect(eventsNeverSent(graph, "actor.send({ type: 'SENT' })")).toEqual(['NEVER_SENT']);
+    // A type declaration is not a send: only the runtime's code and the machines' raise/sendTo count.
+    const notes = findings([], [graph], reconnectTable(), runtimeSources());
+    expect(notes.map((n) => n.text)).toContainEqual(
+      expect.stringMatching(/^handles `NEVER_SENT`, `SENT`, which nothing sends/),
+    );
+  });
+
+  it("finds no event of the agent's machines that nothing sends", () => {
+    const sources = runtimeSources();
+    for (const { name, machine } of diagramSources()) {
+      const graph = extractGraph({ name, machine, source: '' });
+      expect(eventsNeverSent(graph, sources), name).toEqual([]);
+    }
+    // What the issue found drawn but never done is gone, or done.
+    const queue = extractGraph({ name: 'queue', machine: queueMachine, source: '' });
+    expect(queue.states.map((s) => s.path)).not.toContain('spilling');
+    expect(queue.transitions.map((t) => t.eventType)).not.toContain('QUEUE_RECOVERED');
+    const supervisor = diagramSources().find((d) => d.name === 'supervisor')!;
+    const graph = extractGraph(supervisor);
+    expect(reachableStates(graph)).toContain('supervisor.stopped');
+    const into = graph.transitions.filter((t) => t.targets.includes('supervisor.stopped'));
+    expect(into.map((t) => t.event).sort()).toEqual(['SHUTDOWN_TIMEOUT', 'done(connection)']);
+  });
+
+  it('has one state-path function for flat, nested and parallel values', () => {
+    expect(statePath('backoff')).toBe('backoff');
+    expect(statePath({ online: 'connected' })).toBe('online.connected');
+    expect(statePath({ s: { a: 'x', b: { c: 'y' } } })).toBe('s.a.x, s.b.c.y');
   });
 });

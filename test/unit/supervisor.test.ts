@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { createActor, fromPromise, setup, toPromise } from 'xstate';
+import { createActor, fromCallback, fromPromise, setup, toPromise } from 'xstate';
 import { createSupervisor } from '../../supervisors/supervisor.js';
 
 /** A child that fails its first `failures` starts, then finishes; `onStart` runs at each start. */
@@ -31,7 +31,11 @@ describe('supervisor', () => {
     const output = await toPromise(sup);
     expect(child.starts()).toBe(4);
     expect(sup.getSnapshot().value).toBe('stopped');
-    expect(output).toEqual({ escalatedBy: null, lastError: { worker: 'deliberate failure #3' } });
+    expect(output).toEqual({
+      escalatedBy: null,
+      lastError: { worker: 'deliberate failure #3' },
+      timedOut: false,
+    });
     expect(sup.getSnapshot().context.restarts.worker).toHaveLength(3);
   });
 
@@ -48,7 +52,11 @@ describe('supervisor', () => {
     const output = await toPromise(sup);
     expect(sup.getSnapshot().value).toBe('escalated');
     expect(child.starts()).toBe(4); // the first start plus three restarts
-    expect(output).toEqual({ escalatedBy: 'worker', lastError: { worker: 'deliberate failure #4' } });
+    expect(output).toEqual({
+      escalatedBy: 'worker',
+      lastError: { worker: 'deliberate failure #4' },
+      timedOut: false,
+    });
   });
 
   it('forgets restarts older than the window', async () => {
@@ -93,5 +101,55 @@ describe('supervisor', () => {
     await toPromise(sup);
     expect(runs).toBe(3);
     expect(sup.getSnapshot().value).toBe('stopped');
+  });
+
+  it('gives a restarted child its input as of the restart (stopping), not as of the first start', async () => {
+    const inputs: unknown[] = [];
+    const logic = fromPromise<string, { stopping: boolean }>(async ({ input }) => {
+      inputs.push(input);
+      if (inputs.length < 3) throw new Error(`failure #${inputs.length}`);
+      return 'ok';
+    });
+    let sup!: ReturnType<typeof createActor<ReturnType<typeof createSupervisor>>>;
+    const machine = createSupervisor(
+      [{ id: 'worker', logic, input: ({ stopping }) => ({ stopping }), significant: true }],
+      {
+        restartDelayMs: 1,
+        onRestart: (_, __, n) => {
+          if (n === 1) sup.send({ type: 'SHUTDOWN', timeoutMs: 60_000, reason: 'test' });
+        },
+      },
+    );
+    sup = createActor(machine);
+    sup.start();
+    await toPromise(sup);
+    expect(inputs).toEqual([{ stopping: false }, { stopping: true }, { stopping: true }]);
+    // A significant child finished: the supervisor stopped with it.
+    expect(sup.getSnapshot().value).toBe('stopped');
+  });
+
+  it('stops everything when a shutdown outlasts its deadline, and tells the runtime once', async () => {
+    let cleanedUp = 0;
+    const forever = fromCallback(() => () => {
+      cleanedUp++;
+    });
+    const shutdowns: string[] = [];
+    const sup = createActor(
+      createSupervisor(
+        [
+          { id: 'a', logic: forever },
+          { id: 'b', logic: forever, significant: true },
+        ],
+        { onShutdown: (reason) => shutdowns.push(reason) },
+      ),
+    );
+    sup.start();
+    sup.send({ type: 'SHUTDOWN', timeoutMs: 20, reason: 'SIGTERM' });
+    sup.send({ type: 'SHUTDOWN', timeoutMs: 20, reason: 'input ended' });
+    const output = await toPromise(sup);
+    expect(sup.getSnapshot().value).toBe('stopped');
+    expect(output).toEqual({ escalatedBy: null, lastError: {}, timedOut: true });
+    expect(shutdowns).toEqual(['SIGTERM']);
+    expect(cleanedUp).toBe(2);
   });
 });
