@@ -3,7 +3,9 @@
  * "What is escaped"). The rule is stated once, here, and is reversible:
  *
  * - These bytes are written as `\xHH` (two lowercase hex digits per byte):
- *   - C0 controls except TAB (0x00-0x08, 0x0a-0x1f): NUL, LF, CR, VT, FF, ESC (terminal escape sequences), ...;
+ *   - C0 controls except TAB and GS (0x00-0x08, 0x0a-0x1c, 0x1e-0x1f): NUL, LF, CR, VT, FF, ESC (terminal escape
+ *     sequences), ...; GS (0x1d) is auditd's own separator of the interpreted fields of an ENRICHED record
+ *     (`log_format = ENRICHED`) and is written as received, as auditd writes it;
  *   - DEL (0x7f);
  *   - C1 controls encoded as UTF-8 (U+0080-U+009F: `c2 80`-`c2 9f`; NEL is U+0085, CSI is U+009B), every byte of
  *     the sequence;
@@ -40,6 +42,9 @@ export interface SanitizeResult {
 }
 
 const BACKSLASH = 0x5c;
+const TAB = 0x09;
+/** Group separator: auditd's ENRICHED records put it before their interpreted fields. */
+const GS = 0x1d;
 const HEX = '0123456789abcdef';
 /**
  * Quick tests: does the record hold anything the rule may change? The collector runs `--jitless` under systemd,
@@ -48,9 +53,9 @@ const HEX = '0123456789abcdef';
  * longer ones one native search per suspect character (about 450 MB/s interpreted). Only a record that holds one
  * goes through the byte loop below.
  */
-const SUSPECT = /[\x00-\x08\x0a-\x1f\x7f-\x9f\xe2]|\\x/;
+const SUSPECT = /[\x00-\x08\x0a-\x1c\x1e\x1f\x7f-\x9f\xe2]|\\x/;
 const ASCII_SUSPECTS: string[] = [];
-for (let c = 0; c < 0x20; c++) if (c !== 0x09) ASCII_SUSPECTS.push(String.fromCharCode(c));
+for (let c = 0; c < 0x20; c++) if (c !== TAB && c !== GS) ASCII_SUSPECTS.push(String.fromCharCode(c));
 ASCII_SUSPECTS.push('\x7f', '\\x');
 const HIGH_SUSPECTS: string[] = ['\xe2'];
 for (let c = 0x80; c <= 0x9f; c++) HIGH_SUSPECTS.push(String.fromCharCode(c));
@@ -127,7 +132,7 @@ export function sanitizeRecord(record: Buffer): SanitizeResult {
   let i = 0;
   while (i < record.length) {
     const b = record[i]!;
-    if (b < 0x20 && b !== 0x09) {
+    if (b < 0x20 && b !== TAB && b !== GS) {
       start(i);
       count(b === 0 ? 'nul' : lineBreakC0(b) ? 'line-break' : 'control');
       put(b);

@@ -22,7 +22,7 @@ const san = (b: Buffer) => sanitizeRecord(b).line.toString('latin1');
 function dangerous(line: Buffer): string | null {
   for (let i = 0; i < line.length; i++) {
     const b = line[i]!;
-    if ((b < 0x20 && b !== 0x09) || b === 0x7f) return `byte 0x${b.toString(16)} at ${i}`;
+    if ((b < 0x20 && b !== 0x09 && b !== 0x1d) || b === 0x7f) return `byte 0x${b.toString(16)} at ${i}`;
     if (b === 0xc2 && line[i + 1]! >= 0x80 && line[i + 1]! <= 0x9f) return `C1 control at ${i}`;
     if (b === 0xe2 && line[i + 1] === 0x80 && (line[i + 2] === 0xa8 || line[i + 2] === 0xa9))
       return `U+2028/9 at ${i}`;
@@ -42,6 +42,16 @@ describe('sanitizeRecord: the stated rule', () => {
       expect(r.found).toBeNull();
       expect(r.line).toBe(b);
     }
+  });
+
+  it("keeps auditd's ENRICHED separator (GS, 0x1d) byte for byte, as auditd writes it", () => {
+    const b = Buffer.from(
+      'type=USER_ACCT msg=audit(1615113648.981:15220): pid=9460 uid=1000 res=success\x1dUID="user" AUID="user"',
+      'latin1',
+    );
+    const r = sanitizeRecord(b);
+    expect(r.found).toBeNull();
+    expect(r.line).toBe(b);
   });
 
   it('escapes C0 controls, DEL, C1 controls (UTF-8 and raw), U+2028/9 and escape look-alikes as \\xHH', () => {
