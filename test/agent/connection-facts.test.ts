@@ -141,6 +141,11 @@ describe('connection facts', () => {
     const a = agent;
     a.write(records(1, 2));
     await server.waitForRecords(2);
+    // The link worked (the server's replies reached the agent): later failures are an outage, not a start-up failure.
+    await pollUntil(() => a.agent.status().recordsAcked >= 2, {
+      timeoutMs: 10_000,
+      what: 'the agent to see its first two records acknowledged',
+    });
     // The server now accepts every connection and resets it as soon as the agent sends something
     // (auditd refusing a session): TCP connects, but no session ever works.
     const port = server.port;
