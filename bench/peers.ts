@@ -57,6 +57,8 @@ export interface Client {
 }
 
 export interface AgentOptions {
+  /** The server's address (default 127.0.0.1: the namespace's loopback). */
+  host?: string;
   window?: number | undefined;
   mode?: 'forward' | 'immediate';
   queueDepth?: number;
@@ -123,12 +125,12 @@ export class Peers {
     const dir = path.join(this.sandbox.dir, `agent-${++this.#counter}`);
     mkdirSync(dir, { recursive: true });
     const lines = [
-      'remote_server = 127.0.0.1',
+      `remote_server = ${o.host ?? '127.0.0.1'}`,
       `port = ${port}`,
       `mode = ${o.mode ?? 'forward'}`,
       `queue_dir = ${path.join(dir, 'queue')}`,
       `queue_depth = ${o.queueDepth ?? 2048}`,
-      `max_in_flight = ${o.window ?? 1024}`,
+      ...(o.window === undefined ? [] : [`max_in_flight = ${o.window}`]),
       'reconnect_initial_ms = 20',
       'reconnect_max_ms = 200',
       'drain_timeout = 60',
@@ -165,9 +167,9 @@ export class Peers {
    * auditd starts plugins (test/helpers/real-audisp-remote.ts): empty environment, SIGPIPE ignored, stdin a
    * socketpair, its fixed config path bind-mounted over inside the namespace only.
    */
-  async audispRemote(port: number): Promise<Client> {
+  async audispRemote(port: number, host = '127.0.0.1'): Promise<Client> {
     const remote = await startRealAudispRemote(this.sandbox, {
-      confText: audispRemoteConf({ port, extra: { queue_depth: 10240 } }),
+      confText: audispRemoteConf({ port, server: host, extra: { queue_depth: 10240 } }),
     });
     const stderrText = captureStderr(remote.child);
     const sandbox = this.sandbox;
@@ -185,10 +187,10 @@ export class Peers {
   }
 
   /** The reference client: sends `recordsFile` to `port` and exits; stdout is its JSON line. */
-  reference(port: number, recordsFile: string): ChildProcess {
+  reference(port: number, recordsFile: string, host = '127.0.0.1'): ChildProcess {
     return this.sandbox.spawn(
       process.execPath,
-      [REFERENCE, '--port', String(port), '--file', recordsFile, '--window', '8192'],
+      [REFERENCE, '--host', host, '--port', String(port), '--file', recordsFile, '--window', '8192'],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
   }

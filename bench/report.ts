@@ -142,6 +142,20 @@ export function writeReport(file: string, block: string): void {
   writeFileSync(file, next);
 }
 
+/**
+ * Replaces the text between `<!-- NAME:begin … -->` and `<!-- NAME:end -->` in `file` with `block`; throws when
+ * the markers are missing (the hand-written section around them says where the table belongs).
+ */
+export function replaceBetween(file: string, name: string, block: string): void {
+  const doc = readFileSync(file, 'utf8');
+  const a = doc.indexOf(`<!-- ${name}:begin`);
+  const aEnd = a >= 0 ? doc.indexOf('-->', a) + 3 : -1;
+  const b = doc.indexOf(`<!-- ${name}:end -->`);
+  if (a < 0 || b < aEnd)
+    throw new Error(`${file} has no <!-- ${name}:begin --> … <!-- ${name}:end --> markers`);
+  writeFileSync(file, `${doc.slice(0, aEnd)}\n${block}\n${doc.slice(b)}`);
+}
+
 export function report(r: Result): string {
   const t = (k: Kind, s: ServerKind, w?: number) => r.throughput[keyOf(k, s, w)]!;
   const refA = t('reference', 'auditd');

@@ -5,7 +5,9 @@
  *
  *   connecting ─done(dial)─▶ authenticating ─done(authenticate)─▶ online.confirming ─ESTABLISHED─▶ online.connected
  *        connecting / authenticating: error or deadline ─▶ backoff
- *        online: LINK_LOST / REMOTE_ENDING / REPLY_TIMEOUT / PROTOCOL_ERROR / DISK_FULL / DISK_ERROR ─▶ backoff
+ *        online: LINK_LOST / REMOTE_ENDING / REPLY_TIMEOUT / PROTOCOL_ERROR ─▶ backoff
+ *        online.connected / draining: DISK_FULL / DISK_ERROR ─▶ online.serverFull (the link stays; not a failure)
+ *        online.serverFull ─after(diskFullProbe) / probe─▶ online.serverFull ─ACCEPTING─▶ online.connected
  *        backoff ─after(backoffDelay)─▶ connecting
  *        suspended ─RESUME or after(suspendRetry)─▶ connecting
  *   RELINK (a SIGHUP that needs a new link): connecting / authenticating / online ─▶ connecting, not a failure
@@ -24,6 +26,26 @@
  * - `confirmed`: the server has answered on the current link;
  * - `stopping`, `link` (the id of the open link in the runtime's registry: dial's output is the handshake's
  *   input, whose output is the session's input), `server` (the index of the server in use; one server now).
+ *
+ * - `localPort`, `lastSession`, `reclaim`: the stale-session rule (below).
+ *
+ * **A server's stale session.** After a silent outage (packets dropped, no RST) the server may still hold the
+ * agent's old connection: it has nothing to send on it, so only its keepalive (2 hours by default) would ever
+ * clear it, and a server that allows one connection per address (auditd's `tcp_max_per_addr = 1`, Debian's
+ * default) accepts every new connection and closes it at once (`DAEMON_ACCEPT op=dup res=no`). The agent
+ * reconnects **from the local port of the link the server last answered on** (`lastSession`): its SYN then
+ * belongs to the stale connection, the server's TCP stack answers it with a challenge ACK (RFC 5961), our stack
+ * answers that with a RST whose sequence number the server accepts, the stale connection is gone, and the SYN's
+ * retransmission (1 s later) opens a new one. `reclaim` says the next dial does that; it is set when a link the
+ * server had answered on is lost without a word from the server (`LINK_LOST`, `REPLY_TIMEOUT`), and when a new
+ * link is closed by the server before its first reply (`refusedRightAfterAccept`: the `op=dup` pattern); it is
+ * cleared when the server answers. With `local_port` set, every dial uses that port anyway (the dial actor).
+ *
+ * **A full server.** DISKFULL and DISKERROR are replies, not link failures: the server works but cannot write.
+ * The link stays open (`online.serverFull`), the session stops sending, and every `diskFullProbeMs` (1 s) the
+ * machine asks it to send the oldest record alone (`probe`): one record per second, not a window, while the
+ * server stays full; the first record it accepts (`ACCEPTING`) is back to `online.connected` and the full
+ * window. Neither `attempt` (the backoff) nor `outage` counts them; the failure action runs once per episode.
  *
  * The machine holds only serialisable data. Sockets, queues and timers live in the actors and actions that
  * the runtime provides (`machine.provide`, src/agent/connection-logic.ts); the defaults here are inert so the
@@ -45,6 +67,8 @@ export const MAX_COUNTED_ATTEMPTS = 16;
 /** upstream's `network_retry_time` default (1 s) and `max_tries_per_record` default (3). */
 export const RETRY_FLOOR_MS = 1_000;
 export const MAX_TRIES_PER_RECORD = 3;
+/** While the server says its disk is full (or in error), one record is sent this often to see whether it accepts again. */
+export const DISK_FULL_PROBE_MS = 1_000;
 
 export type FailureKind =
   | 'dial'
@@ -83,6 +107,8 @@ export interface ConnectionPolicy {
   maxTriesPerRecord: number;
   /** Failures after which the configured action is `suspend` (sending stops until RESUME or the retry timer). */
   suspendOn: FailureKind[];
+  /** In `online.serverFull`: the time between two probes (one record each). */
+  diskFullProbeMs: number;
 }
 
 export interface ConnectionInput {
@@ -108,11 +134,19 @@ export interface ConnectionContext {
   link: number | null;
   /** Index of the server in use. */
   server: number;
+  /** Local port of the open link (null: none, or not known). */
+  localPort: number | null;
+  /** Where the server last answered: its index and the local port of that link (null: not known). */
+  lastSession: { server: number; port: number | null } | null;
+  /** The next dial binds `lastSession.port`: the server may still hold that session (see above). */
+  reclaim: boolean;
   lastFailure: { kind: FailureKind; reason: string } | null;
 }
 
 export type SessionEvent =
   | { type: 'ESTABLISHED' }
+  /** In `online.serverFull`: the server accepted a record again. */
+  | { type: 'ACCEPTING' }
   | { type: 'LINK_LOST'; reason: string }
   | { type: 'REMOTE_ENDING' }
   | { type: 'REPLY_TIMEOUT'; reason: string }
@@ -135,6 +169,12 @@ export interface LinkRef {
 }
 export interface DialInput {
   server: number;
+  /** A local port to reconnect from (the stale-session rule), or null. `local_port`, when set, wins. */
+  reclaimPort: number | null;
+}
+/** The dial's output: the link, and the local port it was opened from (null when not known). */
+export interface DialOutput extends LinkRef {
+  localPort: number | null;
 }
 /** A session that starts while stopping reports DRAINED as soon as nothing is left. */
 export interface SessionInput extends LinkRef {
@@ -142,7 +182,7 @@ export interface SessionInput extends LinkRef {
 }
 
 /** Events the machine sends down to its session actor. */
-export type SessionCommand = { type: 'DRAIN' };
+export type SessionCommand = { type: 'DRAIN' } | { type: 'PROBE' };
 
 /** What the runtime reports about a failure (its log line, counters and status). */
 export interface FailureReport {
@@ -170,6 +210,7 @@ export const DEFAULT_POLICY: ConnectionPolicy = {
   suspendRetryMs: SUSPEND_RETRY_MS,
   maxTriesPerRecord: MAX_TRIES_PER_RECORD,
   suspendOn: [],
+  diskFullProbeMs: DISK_FULL_PROBE_MS,
 };
 
 /**
@@ -260,10 +301,52 @@ const failure = (kind: FailureKind) => [
   'reactToFailure' as const,
 ];
 
+/**
+ * A link lost without a word from the server. The next dial reclaims the port of the server's last session
+ * (the stale-session rule) when the server had answered on this link, and, for a link it closed before any
+ * reply, when it may be refusing us for that earlier session.
+ */
+const lostLink = (kind: 'link-lost' | 'reply-timeout') => [
+  {
+    guard: 'linkConfirmed' as const,
+    target: 'backoff',
+    actions: [...failure(kind), 'reclaimSession' as const],
+  },
+  ...(kind === 'link-lost'
+    ? [
+        {
+          guard: 'refusedRightAfterAccept' as const,
+          target: 'backoff',
+          actions: [...failure(kind), 'reclaimSession' as const],
+        },
+      ]
+    : []),
+  { target: 'backoff', actions: failure(kind) },
+];
+
 /** To `suspended` when the configured action for this failure is `suspend`, else to `backoff`. */
 const suspendOrBackoff = (kind: FailureKind) => [
   { guard: { type: 'suspendsOn' as const, params: { kind } }, target: 'suspended', actions: failure(kind) },
   { target: 'backoff', actions: failure(kind) },
+];
+
+/** A DISKFULL/DISKERROR reply: remembered and reacted to (report, failure action), but not a link failure. */
+const refusal = (kind: FailureKind) => [
+  { type: 'recordRefusal' as const, params: { kind } },
+  'reactToFailure' as const,
+];
+
+/**
+ * DISKFULL / DISKERROR, on a link the server has answered on (the session reports the first reply before a
+ * refusal): to `suspended` when so configured, else the link stays and the server is probed.
+ */
+const suspendOrProbe = (kind: FailureKind) => [
+  {
+    guard: { type: 'suspendsOn' as const, params: { kind } },
+    target: '#connection.suspended',
+    actions: failure(kind),
+  },
+  { target: 'serverFull', actions: refusal(kind) },
 ];
 
 /** STOP outside `online`: with nothing pending, close; else remember it and drain once online. */
@@ -283,7 +366,7 @@ export const connectionMachine = setup({
   },
   actors: {
     /** Opens a link to the server (TCP connect) and registers it. Provided by the runtime. */
-    dial: fromPromise<LinkRef, DialInput>(async () => ({ link: 0 })),
+    dial: fromPromise<DialOutput, DialInput>(async () => ({ link: 0, localPort: null })),
     /** Runs the transport's handshake on the link (nothing for tcp; GSS-API for krb5). Provided by the runtime. */
     authenticate: fromPromise<LinkRef, LinkRef>(async ({ input }) => ({ link: input.link })),
     /** Owns the open link: sends queued records, reads replies, heartbeats; its cleanup closes the link. */
@@ -298,6 +381,14 @@ export const connectionMachine = setup({
     neverConnected: ({ context }) => !context.connectedOnce,
     /** This failure makes the outage `maxTriesPerRecord + 1` attempts long. */
     outageLimitReached: ({ context }) => context.outage === context.policy.maxTriesPerRecord + 1,
+    /** The server has answered on the link being lost. */
+    linkConfirmed: ({ context }) => context.confirmed,
+    /**
+     * The server closed a new link before answering anything on it, and it has answered us before: it may be
+     * refusing us because it still holds that earlier session (`tcp_max_per_addr`, `op=dup`).
+     */
+    refusedRightAfterAccept: ({ context }) =>
+      !context.confirmed && context.lastSession !== null && context.lastSession.server === context.server,
   },
   delays: {
     backoffDelay: ({ context }) => backoffDelay(context.policy, context.attempt),
@@ -305,6 +396,7 @@ export const connectionMachine = setup({
     authTimeout: ({ context }) => context.policy.authTimeoutMs,
     stableLink: ({ context }) => context.policy.stableLinkMs,
     suspendRetry: ({ context }) => context.policy.suspendRetryMs,
+    diskFullProbe: ({ context }) => context.policy.diskFullProbeMs,
   },
   actions: {
     /** The runtime logs and counts a failure. */
@@ -313,6 +405,8 @@ export const connectionMachine = setup({
     runFailureAction: (_, _params: FailureActionRun) => {},
     /** The runtime logs "connected"/"reconnected" and re-arms the warn_once actions. */
     reportConnected: () => {},
+    /** The runtime logs that the server accepts records again, and re-arms the warn_once actions. */
+    reportAccepting: () => {},
     /** Throws, so the supervisor sees the failure and restarts the connection within its intensity. */
     escalate: ({ event }) => {
       const reason = 'reason' in event ? event.reason : event.type;
@@ -326,20 +420,41 @@ export const connectionMachine = setup({
     }),
     /** The session reports DRAINED once the queue is empty and nothing is in flight. */
     askSessionToDrain: sendTo('session', { type: 'DRAIN' } satisfies SessionCommand),
+    /** The session sends the oldest record alone (when nothing of it is in flight). */
+    askSessionToProbe: sendTo('session', { type: 'PROBE' } satisfies SessionCommand),
     resetAttempts: assign({ attempt: 0 }),
-    /** The link the dial or the handshake handed over. */
+    /** The link the dial opened, and its local port. */
+    takeDialedLink: assign(({ event }) => {
+      const output = (event as { output?: DialOutput }).output;
+      return { link: output?.link ?? null, localPort: output?.localPort ?? null, confirmed: false };
+    }),
+    /** The link the handshake handed over (the same id, secured). */
     takeLink: assign(({ event }) => ({
       link: (event as { output?: LinkRef }).output?.link ?? null,
       confirmed: false,
     })),
     /** RELINK: the session's cleanup closes the link. */
-    forgetLink: assign({ link: null, confirmed: false }),
-    markEstablished: assign({ connectedOnce: true, confirmed: true, outage: 0 }),
+    forgetLink: assign({ link: null, localPort: null, confirmed: false }),
+    /** The server answered: this link's port is where it holds our session; nothing to reclaim any more. */
+    markEstablished: assign(({ context }) => ({
+      connectedOnce: true,
+      confirmed: true,
+      outage: 0,
+      reclaim: false,
+      lastSession: { server: context.server, port: context.localPort },
+    })),
+    /** The next dial reconnects from the port of the server's last session. */
+    reclaimSession: assign({ reclaim: true }),
     recordFailure: assign(({ context, event }, params: { kind: FailureKind }) => ({
       attempt: Math.min(context.attempt + 1, MAX_COUNTED_ATTEMPTS),
       outage: context.outage + 1,
       link: null,
+      localPort: null,
       confirmed: false,
+      lastFailure: { kind: params.kind, reason: describe(params.kind, context.policy, event) },
+    })),
+    /** A DISKFULL/DISKERROR reply: the last failure for the reports; the link, `attempt` and `outage` stay. */
+    recordRefusal: assign(({ context, event }, params: { kind: FailureKind }) => ({
       lastFailure: { kind: params.kind, reason: describe(params.kind, context.policy, event) },
     })),
     /** The reactions `failureReactions` decides on, run in order. */
@@ -359,6 +474,9 @@ export const connectionMachine = setup({
     stopping: input.stopping ?? false,
     link: null,
     server: input.server ?? 0,
+    localPort: null,
+    lastSession: null,
+    reclaim: false,
     lastFailure: null,
   }),
   initial: 'connecting',
@@ -370,8 +488,14 @@ export const connectionMachine = setup({
       invoke: {
         id: 'dial',
         src: 'dial',
-        input: ({ context }) => ({ server: context.server }),
-        onDone: { target: 'authenticating', actions: 'takeLink' },
+        input: ({ context }) => ({
+          server: context.server,
+          reclaimPort:
+            context.reclaim && context.lastSession?.server === context.server
+              ? context.lastSession.port
+              : null,
+        }),
+        onDone: { target: 'authenticating', actions: 'takeDialedLink' },
         onError: { target: 'backoff', actions: failure('dial') },
       },
       after: {
@@ -411,12 +535,10 @@ export const connectionMachine = setup({
       on: {
         // While draining the first reply still counts (the server works), without changing state.
         ESTABLISHED: { actions: established },
-        LINK_LOST: { target: 'backoff', actions: failure('link-lost') },
-        REPLY_TIMEOUT: { target: 'backoff', actions: failure('reply-timeout') },
+        LINK_LOST: lostLink('link-lost'),
+        REPLY_TIMEOUT: lostLink('reply-timeout'),
         PROTOCOL_ERROR: { target: 'backoff', actions: failure('protocol') },
         REMOTE_ENDING: suspendOrBackoff('remote-ending'),
-        DISK_FULL: suspendOrBackoff('disk-full'),
-        DISK_ERROR: suspendOrBackoff('disk-error'),
         RELINK: { target: 'connecting', actions: 'forgetLink' },
         FAULT: { target: 'failed' },
       },
@@ -432,12 +554,33 @@ export const connectionMachine = setup({
           after: { stableLink: { actions: 'resetAttempts' } },
           on: {
             STOP: { target: 'draining', actions: 'markStopping' },
+            DISK_FULL: suspendOrProbe('disk-full'),
+            DISK_ERROR: suspendOrProbe('disk-error'),
+          },
+        },
+        serverFull: {
+          after: {
+            diskFullProbe: { target: 'serverFull', reenter: true, actions: 'askSessionToProbe' },
+          },
+          on: {
+            ACCEPTING: [
+              { guard: 'stopping', target: 'draining', actions: 'reportAccepting' },
+              { target: 'connected', actions: 'reportAccepting' },
+            ],
+            // A probe refused again: remembered for the reports (the episode's first refusal ran the action).
+            DISK_FULL: { actions: { type: 'recordRefusal', params: { kind: 'disk-full' } } },
+            DISK_ERROR: { actions: { type: 'recordRefusal', params: { kind: 'disk-error' } } },
+            // Stopping: the drain starts once the server accepts again (or the supervisor's deadline ends it).
+            STOP: { actions: 'markStopping' },
           },
         },
         draining: {
           entry: 'askSessionToDrain',
           on: {
             DRAINED: { target: '#connection.closed' },
+            // Stopping: probe rather than suspend, so that what is left can still go within the drain deadline.
+            DISK_FULL: { target: 'serverFull', actions: refusal('disk-full') },
+            DISK_ERROR: { target: 'serverFull', actions: refusal('disk-error') },
           },
         },
       },

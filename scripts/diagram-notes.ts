@@ -18,6 +18,7 @@ import {
   pathOf,
   reachableStates,
   statePath,
+  transitionsTaken,
 } from '../src/statechart/analysis.js';
 import type { ChildSpec } from '../supervisors/supervisor.js';
 
@@ -81,14 +82,38 @@ export interface ReconnectTable {
 }
 
 /**
- * States are compared by their value and the `stopping` flag: the only context a guard on the way back reads.
- * `attempt`, `outage` and `lastFailure` only feed the backoff delay, the failure actions and the reports;
- * keeping them would make every retry a new state.
+ * The paths back are compared by state value and the `stopping` flag (the only context a guard on the way back
+ * reads); `attempt`, `outage` and `lastFailure` only feed the backoff delay, the failure actions and the
+ * reports: keeping them would make every retry a new state.
  */
 const serializeConnection = (s: AnyMachineSnapshot) =>
   JSON.stringify({ value: s.value, stopping: (s.context as { stopping?: boolean }).stopping ?? false });
 
+/**
+ * Where failures can happen is explored finer: also by the context the failure transitions' guards read,
+ * `confirmed` (the server has answered on the link) and whether it has answered before (`lastSession`, the
+ * stale-session rule).
+ */
+const serializeOrigin = (s: AnyMachineSnapshot) => {
+  const ctx = s.context as { stopping?: boolean; confirmed?: boolean; lastSession?: unknown };
+  return JSON.stringify({
+    value: s.value,
+    stopping: ctx.stopping ?? false,
+    confirmed: ctx.confirmed ?? false,
+    answeredBefore: (ctx.lastSession ?? null) !== null,
+  });
+};
+
 const snapshotPath = (s: AnyMachineSnapshot) => statePath(s.value);
+
+/** The name `transitionsTaken` gives a transition of the graph (`online: LINK_LOST [linkConfirmed] → backoff`). */
+function transitionKey(
+  root: string,
+  t: { source: string; event: string; guard: string | null; targets: string[] },
+) {
+  const at = (id: string) => pathOf(root, id) || '(any state)';
+  return `${at(t.source)}: ${[t.event, t.guard].filter(Boolean).join(' ')} → ${t.targets.map(at).join(', ')}`;
+}
 
 export function reconnectTable(machine: AnyStateMachine = connectionMachine): ReconnectTable {
   const graph = extractGraph({ name: machine.id, machine, source: '' });
@@ -125,7 +150,7 @@ export function reconnectTable(machine: AnyStateMachine = connectionMachine): Re
   const adjacencies = policies.map((suspendOn) => {
     // What src/agent/children.ts gives the connection at its first start.
     const input = { policy: { suspendOn }, stopping: false };
-    const adjacency = getAdjacencyMap(machine, { input, events, serializeState: serializeConnection });
+    const adjacency = getAdjacencyMap(machine, { input, events, serializeState: serializeOrigin });
     for (const { state } of Object.values(adjacency)) {
       for (const node of (state as AnyMachineSnapshot)._nodes) reached.add(node.id);
     }
@@ -152,6 +177,9 @@ export function reconnectTable(machine: AnyStateMachine = connectionMachine): Re
         const next = step?.state as AnyMachineSnapshot | undefined;
         const last = (next?.context as { lastFailure?: { kind: string } | null } | undefined)?.lastFailure;
         if (!next?._nodes.some((n) => n.id === target) || last?.kind !== kind) continue;
+        // This very transition (its guard held), not a sibling with the same event and target.
+        const taken = transitionsTaken(machine, origin, step!.event).transitions;
+        if (!taken.includes(transitionKey(root, t))) continue;
         row = {
           kind,
           source: pathOf(root, t.source),

@@ -25,6 +25,7 @@ import { LinkRegistry } from './links.js';
 import type { ReloadPlan } from './reload-policy.js';
 import { SequenceCounter } from './session.js';
 import type { AgentSettings } from './settings.js';
+import type { FlowWindow } from './window.js';
 
 /**
  * A stop ends the actor system at `drain_timeout` (the supervisor's own timer); the process exits at most
@@ -43,10 +44,16 @@ export interface AgentStatus {
   queueDepth: number;
   queueBytes: number;
   inFlight: number;
+  /** Records the window allows in flight now (0 while the server refuses records; null before the first link). */
+  window: number | null;
+  /** Smoothed round-trip time of the records acknowledged, in ms (null before the first). */
+  rttMs: number | null;
   held: number;
 }
 
 type Supervisor = ReturnType<typeof createSupervisor>;
+
+const rounded = (ms: number | null) => (ms === null ? null : Math.round(ms * 100) / 100);
 
 /** What becomes of the records left at exit, per queue (RecordQueue.persistence). */
 const UNDELIVERED: Record<QueuePersistence, string> = {
@@ -68,6 +75,8 @@ export class Agent {
   readonly observer = new StateObserver();
   /** Counters for the status report and metrics. */
   readonly #counters = { connects: 0, failures: 0, restarts: 0 };
+  /** The window the connection uses (src/agent/window.ts), for status and metrics. */
+  readonly #flow: { window: FlowWindow | null } = { window: null };
 
   constructor(settings: AgentSettings, io: { input: Readable; log: Logger; queue?: RecordQueue }) {
     this.#s = settings;
@@ -162,6 +171,8 @@ export class Agent {
       queueDepth: this.queue.depth,
       queueBytes: this.queue.bytes,
       inFlight: this.queue.inFlight,
+      window: this.#flow.window?.size ?? null,
+      rttMs: rounded(this.#flow.window?.srttMs ?? null),
       held: this.#input.held,
     };
   }
@@ -248,6 +259,7 @@ export class Agent {
         actions: this.#actions,
         stats: this.#counters,
         recordError: (message) => this.observer.recordError('connection', message),
+        flow: this.#flow,
       }),
     };
     return createSupervisor(

@@ -6,11 +6,17 @@
  *
  * A later transport (TLS) provides its own `dial`/`authenticate`; a server list would map the machine's
  * `server` index to an address in `dial`.
+ *
+ * The dial's local port: `local_port` when set (every link, whatever the machine says: a server may require
+ * it); otherwise the port the machine asks to reclaim (the stale-session rule, machines/connection.ts), falling
+ * back to any port within the same attempt when that one cannot be had now (another socket holds it, or our
+ * own connection from it is still in TIME_WAIT); otherwise any.
  */
 import { fromCallback, fromPromise } from 'xstate';
 import {
   connectionMachine,
   type DialInput,
+  type DialOutput,
   type FailureActionKey,
   type FailureActionRun,
   type FailureReport,
@@ -26,7 +32,8 @@ import type { Krb5Client } from './krb5-transport.js';
 import type { LinkRegistry } from './links.js';
 import { type ReplyKind, type SequenceCounter, Session } from './session.js';
 import type { AgentSettings } from './settings.js';
-import { dialTcp } from './transport.js';
+import { dialTcp, localPortTaken, type TcpTransport } from './transport.js';
+import { FlowWindow, INITIAL_WINDOW } from './window.js';
 
 /** Counters for the status report and the metrics (the machine's facts are read from its context). */
 export interface ConnectionStats {
@@ -46,6 +53,8 @@ export interface ConnectionDeps {
   stats: ConnectionStats;
   /** A failure for the status page's recent errors. */
   recordError: (message: string) => void;
+  /** Where the runtime finds the window in use (status and metrics read it). */
+  flow: { window: FlowWindow | null };
 }
 
 const ACTION_SETTING: Record<FailureActionKey, keyof AgentSettings['actions']> = {
@@ -62,6 +71,18 @@ export function connectionLogic(d: ConnectionDeps) {
    * 5.33), so a new session stops the one such an actor left behind.
    */
   let current: Session | null = null;
+  /**
+   * The window outlives the links (what it measured of the path is kept; a new link starts at its floor); a
+   * new one when `max_in_flight` or the format changed. ascii gets no replies: a fixed batch size.
+   */
+  let window: { key: string; window: FlowWindow } | null = null;
+  const windowFor = (s: AgentSettings): FlowWindow => {
+    const ceiling = s.format === 'ascii' ? INITIAL_WINDOW : s.maxInFlight;
+    const key = `${s.format}:${ceiling}`;
+    if (window?.key !== key) window = { key, window: new FlowWindow({ ceiling }) };
+    d.flow.window = window.window;
+    return window.window;
+  };
   const action = (key: FailureActionKey): FailureAction => d.settings().actions[ACTION_SETTING[key]];
 
   const onReply = (kind: ReplyKind, text: string) => {
@@ -73,21 +94,35 @@ export function connectionLogic(d: ConnectionDeps) {
 
   return connectionMachine.provide({
     actors: {
-      dial: fromPromise<LinkRef, DialInput>(async ({ signal }) => {
+      dial: fromPromise<DialOutput, DialInput>(async ({ input, signal }) => {
         // One link at a time: a link still registered here lost its hand-over (see links.ts).
         d.links.closeAll();
         const { server } = d.settings();
-        const link = await dialTcp({
-          host: server.host,
-          port: server.port,
-          localPort: server.localPort,
-          signal,
-        });
+        const to = { host: server.host, port: server.port, signal };
+        let link: TcpTransport;
+        if (server.localPort > 0 || input.reclaimPort === null) {
+          link = await dialTcp({ ...to, localPort: server.localPort });
+        } else {
+          try {
+            link = await dialTcp({ ...to, localPort: input.reclaimPort });
+            d.log.info(
+              { server: link.peer, localPort: input.reclaimPort },
+              'reconnected from the local port of the last session, so that the server drops it if it still holds it',
+            );
+          } catch (err) {
+            if (!localPortTaken(err) || signal.aborted) throw err;
+            d.log.debug(
+              { localPort: input.reclaimPort, reason: (err as Error).message },
+              'the last session’s local port cannot be had now; connecting from any port',
+            );
+            link = await dialTcp({ ...to, localPort: 0 });
+          }
+        }
         if (signal.aborted) {
           link.close();
           throw new LinkError(`connect to ${link.peer} abandoned`);
         }
-        return { link: d.links.add(link) };
+        return { link: d.links.add(link), localPort: link.localPort };
       }),
       authenticate: fromPromise<LinkRef, LinkRef>(async ({ input, signal }) => {
         // transport = tcp has no handshake.
@@ -117,7 +152,7 @@ export function connectionLogic(d: ConnectionDeps) {
           transport: link,
           queue: d.queue,
           sequence: d.sequence,
-          maxInFlight: s.format === 'ascii' ? 1024 : s.maxInFlight,
+          window: windowFor(s),
           replyTimeoutMs: s.replyTimeoutMs,
           heartbeatMs: s.heartbeatMs,
           ascii: s.format === 'ascii',
@@ -132,6 +167,7 @@ export function connectionLogic(d: ConnectionDeps) {
         if (input.draining) session.drain();
         receive((e) => {
           if (e.type === 'DRAIN') session.drain();
+          else if (e.type === 'PROBE') session.probe();
         });
         return () => {
           session.stop();
@@ -153,6 +189,10 @@ export function connectionLogic(d: ConnectionDeps) {
             context.connectedOnce ? 'reconnected to the server' : 'connected to the server',
           );
         }
+        d.actions.reset();
+      },
+      reportAccepting: () => {
+        d.log.info({ backlog: d.queue.depth }, 'the server accepts records again');
         d.actions.reset();
       },
       reportFailure: (_, f: FailureReport) => {

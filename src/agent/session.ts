@@ -12,6 +12,14 @@
  * - the failures (`LINK_LOST`, `REPLY_TIMEOUT`, …), `DRAINED`, and `FAULT` when an invariant broke
  *   inside the session (an exception from the queue in a socket or timer callback): the machine hands
  *   that to the supervisor instead of letting it escape as an uncaught exception.
+ * - `DISK_FULL` / `DISK_ERROR` when the server refuses a record (the link stays: the machine decides), and
+ *   `ACCEPTING` when it accepts one again (the first record acknowledged after a refusal).
+ *
+ * How many records are in flight is the window's (src/agent/window.ts): sized from the RTT of each
+ * acknowledged record and the acknowledgement rate, `max_in_flight` its ceiling. A refusal closes it: every
+ * record in flight is void (its reply is read and ignored: the records are sent again, in order, from the
+ * oldest), and nothing more is sent until the machine asks for a probe (`probe()`: the oldest record, alone).
+ * A link declared dead (no reply within the deadline) is reset, not closed (`Transport.abort`).
  */
 import type { SessionEvent } from '../../machines/connection.js';
 import { FrameDecoder, writeHeader } from '../protocol/codec.js';
@@ -24,12 +32,14 @@ import {
 } from '../protocol/constants.js';
 import type { RecordQueue } from '../queue/types.js';
 import type { Transport } from './transport.js';
+import type { FlowWindow } from './window.js';
 
 export interface SessionOptions {
   transport: Transport;
   queue: RecordQueue;
   sequence: SequenceCounter;
-  maxInFlight: number;
+  /** How many records may be in flight (kept across links: what it measured of the path stays). */
+  window: FlowWindow;
   /** No reply for this long while something is in flight ⇒ the link is dead (`max_time_per_record`). */
   replyTimeoutMs: number;
   /**
@@ -56,11 +66,16 @@ export class SequenceCounter {
 
 interface InFlight {
   seq: number;
-  /** Queue id, or 0 for a heartbeat. */
+  /** Queue id, 0 for a heartbeat, VOID for a record in flight when the server refused one. */
   id: number;
+  /** When it was written (ms, `now()`). */
+  sentAt: number;
+  bytes: number;
 }
 
 const HEARTBEAT = 0;
+/** A record whose reply no longer counts: it is sent again after a refusal. */
+const VOID = -1;
 const NOTHING = Buffer.alloc(0);
 
 export class Session {
@@ -78,6 +93,8 @@ export class Session {
   #established = false;
   /** Records in flight (the window counts records; a heartbeat does not take a record's place). */
   #records = 0;
+  /** Payload bytes of those records. */
+  #bytes = 0;
   #timers: NodeJS.Timeout[] = [];
   /** Records being gathered for one write. */
   readonly #out: { payloads: Buffer[]; seqs: number[]; types: number[] } = {
@@ -87,8 +104,6 @@ export class Session {
   };
   /** The probe heartbeat is still to be sent: it goes first, in the same write as the first records. */
   #probe = false;
-  /** After replies, the window is refilled once no more than this many are in flight (fewer, larger writes). */
-  readonly #refillAt: number;
   /** min(replyTimeoutMs, heartbeatMs) with heartbeats on, else replyTimeoutMs. */
   readonly #deadlineMs: number;
   readonly #deadlineSource: string;
@@ -101,11 +116,15 @@ export class Session {
     const byHeartbeat = heartbeats && options.heartbeatMs < options.replyTimeoutMs;
     this.#deadlineMs = byHeartbeat ? options.heartbeatMs : options.replyTimeoutMs;
     this.#deadlineSource = byHeartbeat ? 'heartbeat_timeout' : 'max_time_per_record';
-    this.#refillAt = Math.floor(options.maxInFlight / 2);
   }
 
   get inFlight(): number {
     return this.#inflight.length - this.#inflightHead;
+  }
+
+  /** Records the window allows in flight now (0 while the server refuses records). */
+  get window(): number {
+    return this.#o.window.size;
   }
 
   /** Starts the data path; `sendBack` receives the session's outcome events. */
@@ -115,6 +134,7 @@ export class Session {
       const { transport, queue, ascii } = this.#o;
       // Everything not acknowledged on the previous link is sent again, in order.
       queue.rewind();
+      this.#o.window.restart(this.#now());
       transport.onClose = (reason) => this.#finish({ type: 'LINK_LOST', reason });
       transport.onDrain = () =>
         this.#guarded(() => {
@@ -144,6 +164,18 @@ export class Session {
     this.#guarded(() => {
       this.#draining = true;
       this.#checkDrained();
+    });
+  }
+
+  /**
+   * From the machine, while the server refuses records: send the oldest record alone (unless a record is
+   * still in flight: one probe at a time).
+   */
+  probe(): void {
+    this.#guarded(() => {
+      if (this.#ended || this.#records > 0) return;
+      this.#o.window.probe();
+      this.#fill();
     });
   }
 
@@ -185,29 +217,32 @@ export class Session {
 
   #fill(): void {
     if (this.#ended || this.#blocked) return;
-    const { queue, sequence, maxInFlight, ascii } = this.#o;
+    const { queue, sequence, window, ascii } = this.#o;
     // Acknowledgements are made crash-safe before more records go out, so what a restart after a crash
     // sends again is at most one window.
-    if (this.#records < maxInFlight && queue.unsent > 0) queue.flushAcks();
+    if (window.allows(this.#records, this.#bytes) && queue.unsent > 0) queue.flushAcks();
     const out = this.#out;
+    const now = this.#now();
     let total = 0;
     if (this.#probe) {
       this.#probe = false;
       const seq = sequence.next();
-      if (this.inFlight === 0) this.#progressAt = this.#now();
-      this.#inflight.push({ seq, id: HEARTBEAT });
+      if (this.inFlight === 0) this.#progressAt = now;
+      this.#inflight.push({ seq, id: HEARTBEAT, sentAt: now, bytes: 0 });
       out.payloads.push(NOTHING);
       out.seqs.push(seq);
       out.types.push(MessageType.HEARTBEAT);
       total += HEADER_SIZE;
     }
-    while (this.#records < maxInFlight) {
+    while (window.allows(this.#records, this.#bytes)) {
       const rec = queue.takeNext();
       if (!rec) break;
       const seq = sequence.next();
-      if (!ascii && this.inFlight === 0) this.#progressAt = this.#now();
+      if (!ascii && this.inFlight === 0) this.#progressAt = now;
       this.#records++;
-      this.#inflight.push({ seq, id: rec.id });
+      this.#bytes += rec.payload.length;
+      window.sent(this.#records);
+      this.#inflight.push({ seq, id: rec.id, sentAt: now, bytes: rec.payload.length });
       out.payloads.push(rec.payload);
       out.seqs.push(seq);
       out.types.push(MessageType.MESSAGE);
@@ -220,6 +255,8 @@ export class Session {
       }
     }
     if (out.payloads.length > 0) this.#write(total);
+    // More to send than the window allows: the window is what limits (it may grow).
+    if (!this.#blocked && !window.refused && queue.unsent > 0) window.limited();
     if (ascii) this.#ackAllWritten();
     this.#checkDrained();
   }
@@ -251,6 +288,7 @@ export class Session {
     while (this.inFlight > 0) {
       const f = this.#inflight[this.#inflightHead++]!;
       this.#records--;
+      this.#bytes -= f.bytes;
       this.#o.queue.ack(f.id);
     }
     this.#compact();
@@ -261,8 +299,9 @@ export class Session {
     const seq = this.#o.sequence.next();
     const frame = Buffer.allocUnsafe(HEADER_SIZE);
     writeHeader(frame, 0, MessageType.HEARTBEAT, seq, 0);
-    if (this.inFlight === 0) this.#progressAt = this.#now();
-    this.#inflight.push({ seq, id: HEARTBEAT });
+    const now = this.#now();
+    if (this.inFlight === 0) this.#progressAt = now;
+    this.#inflight.push({ seq, id: HEARTBEAT, sentAt: now, bytes: 0 });
     if (!this.#o.transport.write(frame)) this.#blocked = true;
   }
 
@@ -270,6 +309,9 @@ export class Session {
     if (this.#ended || this.inFlight === 0) return;
     const waited = this.#now() - this.#progressAt;
     if (waited >= this.#deadlineMs) {
+      // Dead: reset it, so that nothing of it lingers (stale records retransmitted to the server later) and
+      // its local port is free for the next dial at once.
+      this.#o.transport.abort?.();
       this.#finish({
         type: 'REPLY_TIMEOUT',
         reason: `no reply for ${waited} ms with ${this.inFlight} message(s) in flight (deadline ${this.#deadlineMs} ms, ${this.#deadlineSource})`,
@@ -280,6 +322,7 @@ export class Session {
   #onFrame(chunk: Buffer): void {
     if (this.#ended) return;
     const messages = this.#decoder.push(chunk);
+    const { queue, window } = this.#o;
     let replied = false;
     for (const m of messages) {
       if (this.#ended) return;
@@ -296,40 +339,41 @@ export class Session {
         return;
       }
       if (m.sequence !== head.seq) {
+        // The server dropped a reply it could not write (auditd does, when its socket is full).
+        window.sequenceGap(this.#now());
         this.#finish({
           type: 'PROTOCOL_ERROR',
           reason: `reply sequence ${m.sequence} does not match the oldest request ${head.seq}`,
         });
         return;
       }
-      // Accepted: ACK, DISKLOW (written, but the server is low on space), and, as upstream,
-      // any other reply (an unknown FATAL or WARN reply runs the generic action; the record is done).
-      if (m.type === MessageType.ACK) {
-        this.#inflightHead++;
-        replied = true;
-        this.#establish();
-        if (head.id !== HEARTBEAT) {
-          this.#records--;
-          this.#o.queue.ack(head.id);
-        }
-        continue;
-      }
-      const text = m.payload.toString('latin1');
-      if (m.type === MessageType.DISKFULL) {
-        this.#finish({ type: 'DISK_FULL', reason: `server replied DISKFULL${text ? `: ${text}` : ''}` });
-        return;
-      }
-      if (m.type === MessageType.DISKERROR) {
-        this.#finish({ type: 'DISK_ERROR', reason: `server replied DISKERROR${text ? `: ${text}` : ''}` });
-        return;
-      }
       this.#inflightHead++;
       replied = true;
+      if (head.id === VOID) continue; // sent again after a refusal; its reply no longer counts
+      const text = m.payload.toString('latin1');
+      if (m.type === MessageType.DISKFULL || m.type === MessageType.DISKERROR) {
+        this.#refused(head);
+        const detail = text ? `: ${text}` : '';
+        this.#send?.(
+          m.type === MessageType.DISKFULL
+            ? { type: 'DISK_FULL', reason: `server replied DISKFULL${detail}` }
+            : { type: 'DISK_ERROR', reason: `server replied DISKERROR${detail}` },
+        );
+        if (this.#ended) return;
+        continue;
+      }
+      // Accepted: ACK, DISKLOW (written, but the server is low on space), and, as upstream, any other reply
+      // (an unknown FATAL or WARN reply runs the generic action; the record is done).
       this.#establish();
       if (head.id !== HEARTBEAT) {
         this.#records--;
-        this.#o.queue.ack(head.id);
+        this.#bytes -= head.bytes;
+        queue.ack(head.id);
+        const now = this.#now();
+        if (window.acked(now, now - head.sentAt)) this.#send?.({ type: 'ACCEPTING' });
+        if (this.#ended) return;
       }
+      if (m.type === MessageType.ACK) continue;
       if (m.type === MessageType.DISKLOW) this.#o.onReply?.('disk-low', text);
       else if (m.type & TypeMask.FATAL) this.#o.onReply?.('generic-error', `${typeName(m.type)} ${text}`);
       else if (m.type & TypeMask.WARN) this.#o.onReply?.('generic-warning', `${typeName(m.type)} ${text}`);
@@ -343,7 +387,24 @@ export class Session {
       return;
     }
     this.#compact();
-    if (this.#records <= this.#refillAt) this.#fill();
+    if (this.#records <= window.refillAt) this.#fill();
+  }
+
+  /**
+   * The server refused a record (DISKFULL, DISKERROR): it and every record still in flight are sent again, in
+   * order, once it accepts; their replies no longer count. Nothing more goes out until a probe.
+   */
+  #refused(head: InFlight): void {
+    this.#establish();
+    for (let i = this.#inflightHead; i < this.#inflight.length; i++) {
+      const f = this.#inflight[i]!;
+      if (f.id !== HEARTBEAT) f.id = VOID;
+    }
+    if (head.id !== HEARTBEAT) head.id = VOID;
+    this.#records = 0;
+    this.#bytes = 0;
+    this.#o.queue.rewind();
+    this.#o.window.refuse();
   }
 
   #compact(): void {

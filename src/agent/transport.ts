@@ -16,6 +16,12 @@ export interface Transport {
   onDrain: (() => void) | null;
   readonly peer: string;
   close(): void;
+  /**
+   * Closes at once with a RST (SO_LINGER 0), for a link declared dead: nothing of it lingers in the kernel (no
+   * FIN_WAIT retransmitting stale records to the server later, no TIME_WAIT), so its local port is free for the
+   * next dial at once. Optional: a transport without it is closed.
+   */
+  abort?(): void;
 }
 
 export interface DialOptions {
@@ -36,7 +42,20 @@ export interface DialOptions {
  */
 export const KEEPALIVE_IDLE_MS = 30_000;
 
-/** Opens a TCP connection (the name is resolved on every attempt, every address tried in turn). */
+/** Errors of a dial that asked for a local port that cannot be had now (another socket holds it, or TIME_WAIT). */
+const PORT_TAKEN = new Set(['EADDRINUSE', 'EADDRNOTAVAIL']);
+
+/** The dial failed because its local port could not be bound or used for this peer. */
+export function localPortTaken(err: unknown): boolean {
+  const cause = (err as { cause?: NodeJS.ErrnoException } | null)?.cause;
+  return typeof cause?.code === 'string' && PORT_TAKEN.has(cause.code);
+}
+
+/**
+ * Opens a TCP connection (the name is resolved on every attempt, every address tried in turn). With a local
+ * port, libuv binds it with SO_REUSEADDR first (a port whose last connection is gone can be bound again at
+ * once); EADDRINUSE/EADDRNOTAVAIL (`localPortTaken`) say it cannot be had now.
+ */
 export function dialTcp(options: DialOptions): Promise<TcpTransport> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({
@@ -61,7 +80,15 @@ export function dialTcp(options: DialOptions): Promise<TcpTransport> {
     socket.once('error', (err: NodeJS.ErrnoException) => {
       options.signal.removeEventListener('abort', onAbort);
       socket.destroy();
-      reject(new LinkError(`connect to ${options.host}:${options.port} failed: ${err.code ?? err.message}`));
+      const from = options.localPort > 0 ? ` from local port ${options.localPort}` : '';
+      reject(
+        new LinkError(
+          `connect to ${options.host}:${options.port}${from} failed: ${err.code ?? err.message}`,
+          {
+            cause: err,
+          },
+        ),
+      );
     });
   });
 }
@@ -105,10 +132,13 @@ export class TcpTransport implements Transport {
   onClose: ((reason: string) => void) | null = null;
   onDrain: (() => void) | null = null;
   readonly peer: string;
+  /** The local port of the connection. */
+  readonly localPort: number | null;
 
   constructor(socket: net.Socket) {
     this.#socket = socket;
     this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.localPort = socket.localPort ?? null;
     socket.on('data', (chunk: Buffer) => this.#inbox.deliver(chunk));
     socket.on('drain', () => this.onDrain?.());
     socket.on('end', () => this.#closed('server closed the connection (EOF)'));
@@ -133,6 +163,10 @@ export class TcpTransport implements Transport {
 
   close(): void {
     this.#socket.destroy();
+  }
+
+  abort(): void {
+    if (!this.#socket.destroyed) this.#socket.resetAndDestroy();
   }
 
   #closed(reason: string): void {

@@ -15,6 +15,8 @@ export interface AgentMetricsSource {
     queueDepth: number;
     queueBytes: number;
     inFlight: number;
+    window: number | null;
+    rttMs: number | null;
     held: number;
   };
   states(): Map<string, string>;
@@ -76,6 +78,18 @@ export function agentMetrics(src: AgentMetricsSource): Registry {
   gauge(r, 'auditrelay_queue_records', 'Records not yet acknowledged', () => s().queueDepth);
   gauge(r, 'auditrelay_queue_bytes', 'Payload bytes not yet acknowledged', () => s().queueBytes);
   gauge(r, 'auditrelay_in_flight', 'Records sent and not yet acknowledged', () => s().inFlight);
+  gauge(
+    r,
+    'auditrelay_window_records',
+    'Records the window allows in flight now (sized from the measured RTT and ack rate; max_in_flight is its ceiling; 0 while the server refuses records)',
+    () => s().window ?? 0,
+  );
+  gauge(
+    r,
+    'auditrelay_rtt_seconds',
+    'Smoothed round-trip time of acknowledged records',
+    () => (s().rttMs ?? 0) / 1000,
+  );
   gauge(r, 'auditrelay_input_held', 'Records read but refused by a full queue', () => s().held);
   new Gauge({
     name: 'auditrelay_state',

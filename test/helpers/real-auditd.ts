@@ -40,6 +40,11 @@ export interface RealAuditdOptions {
   extraConf?: Record<string, AuditdConfValue>;
   /** Deadline for auditd to listen. Default 15 s. */
   readyTimeoutMs?: number;
+  /**
+   * The program and its leading arguments, e.g. `[AUDIT42_RUN, 'auditd']` for sid's 4.2.1 (test/helpers/peers.ts).
+   * Default: Debian's auditd (AUDITD_BIN).
+   */
+  command?: readonly string[];
 }
 
 export interface RealAuditd {
@@ -173,7 +178,8 @@ export async function startRealAuditd(
   writeFileSync(confPath, auditdConfText(settings), { mode: 0o640 });
   chmodSync(confPath, 0o640);
 
-  const child = sandbox.spawn(AUDITD_BIN, ['-n', '-c', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const [program, ...leading] = opts.command ?? [AUDITD_BIN];
+  const child = sandbox.spawn(program!, [...leading, '-n', '-c', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (c: string) => {

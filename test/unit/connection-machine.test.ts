@@ -6,6 +6,8 @@ import {
   type ConnectionInput,
   connectionMachine,
   DEFAULT_POLICY,
+  type DialInput,
+  type DialOutput,
   type FailureActionRun,
   type FailureReport,
   MAX_COUNTED_ATTEMPTS,
@@ -21,14 +23,19 @@ function harness(opts: { dialFails?: () => boolean; input?: ConnectionInput } = 
   const failures: FailureReport[] = [];
   const actions: FailureActionRun[] = [];
   let connected = 0;
+  let accepting = 0;
   let sessions = 0;
   let links = 0;
   const sessionLinks: number[] = [];
+  const dials: DialInput[] = [];
   const machine = connectionMachine.provide({
     actors: {
-      dial: fromPromise(async () => {
+      dial: fromPromise<DialOutput, DialInput>(async ({ input }) => {
+        dials.push(input);
         if (opts.dialFails?.()) throw new Error('ECONNREFUSED');
-        return { link: ++links };
+        links++;
+        // The local port the link was opened from: the reclaimed one when asked, else a fresh one.
+        return { link: links, localPort: input.reclaimPort ?? 40000 + links };
       }),
       authenticate: fromPromise(async ({ input }) => input),
       session: fromCallback(({ sendBack, receive, input }) => {
@@ -41,11 +48,12 @@ function harness(opts: { dialFails?: () => boolean; input?: ConnectionInput } = 
         };
       }),
     },
-    delays: { backoffDelay: 1, suspendRetry: 1_000_000 },
+    delays: { backoffDelay: 1, suspendRetry: 1_000_000, diskFullProbe: 5 },
     actions: {
       reportFailure: (_, p) => failures.push(p),
       runFailureAction: (_, p) => actions.push(p),
       reportConnected: () => connected++,
+      reportAccepting: () => accepting++,
     },
   });
   const actor = createActor(machine, {
@@ -77,8 +85,10 @@ function harness(opts: { dialFails?: () => boolean; input?: ConnectionInput } = 
     failures,
     actions,
     connected: () => connected,
+    accepting: () => accepting,
     sessions: () => sessions,
     sessionLinks,
+    dials,
   };
 }
 
@@ -96,7 +106,6 @@ describe('connection machine', () => {
       { type: 'REMOTE_ENDING' },
       { type: 'REPLY_TIMEOUT', reason: 'no reply' },
       { type: 'PROTOCOL_ERROR', reason: 'bad magic' },
-      { type: 'DISK_ERROR', reason: 'DISKERROR' },
     ];
     for (const loss of losses) {
       h.session(loss);
@@ -107,11 +116,10 @@ describe('connection machine', () => {
       'remote-ending',
       'reply-timeout',
       'protocol',
-      'disk-error',
     ]);
-    expect(h.sessions()).toBe(6);
+    expect(h.sessions()).toBe(5);
     // The dial's link is the handshake's and the session's.
-    expect(h.sessionLinks).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(h.sessionLinks).toEqual([1, 2, 3, 4, 5]);
   });
 
   it('retries a failing dial with backoff until it succeeds', async () => {
@@ -120,6 +128,100 @@ describe('connection machine', () => {
     h.actor.start();
     await h.online();
     expect(h.failures.map((f) => f.kind)).toEqual(['dial', 'dial', 'dial']);
+  });
+
+  it('reconnects from the local port of the last session after losing it without a word from the server', async () => {
+    let fail = false;
+    const h = harness({ dialFails: () => fail, input: {} });
+    h.actor.start();
+    await h.online();
+    expect(h.dials.at(-1)!.reclaimPort).toBeNull();
+    expect(h.ctx().lastSession).toEqual({ server: 0, port: 40001 });
+    // A dead link (no reply within the deadline): the next dials, failed or not, come from port 40001.
+    fail = true;
+    h.session({ type: 'REPLY_TIMEOUT', reason: 'no reply' });
+    expect(h.ctx().reclaim).toBe(true);
+    await new Promise((r) => setTimeout(r, 20));
+    fail = false;
+    await h.online();
+    const reclaimed = h.dials.slice(1).map((d) => d.reclaimPort);
+    expect(reclaimed.length).toBeGreaterThan(1);
+    expect(new Set(reclaimed)).toEqual(new Set([40001]));
+    // The server answered on it: nothing to reclaim any more.
+    expect(h.ctx()).toMatchObject({ reclaim: false, lastSession: { server: 0, port: 40001 } });
+    h.send({ type: 'RELINK', reason: 'SIGHUP' });
+    await h.online();
+    expect(h.dials.at(-1)!.reclaimPort).toBeNull();
+    // A link lost after the server answered on it (a reset, keepalive's ETIMEDOUT): the same.
+    const port = h.ctx().lastSession!.port;
+    h.session({ type: 'LINK_LOST', reason: 'ETIMEDOUT' });
+    await h.online();
+    expect(h.dials.at(-1)!.reclaimPort).toBe(port);
+  });
+
+  it('reclaims the port when a new link is closed before any reply by a server that answered before (op=dup)', async () => {
+    const h = harness({ input: {} });
+    h.actor.start();
+    // The very first link closed before a reply: the server never answered us, nothing to reclaim.
+    await h.until('{"online":"confirming"}');
+    h.session({ type: 'LINK_LOST', reason: 'server closed the connection (EOF)' });
+    expect(h.ctx().reclaim).toBe(false);
+    await h.online();
+    const port = h.ctx().lastSession!.port;
+    // RELINK: a new link; the server closes it before answering (as auditd does with `op=dup`).
+    h.send({ type: 'RELINK', reason: 'SIGHUP' });
+    await h.until('{"online":"confirming"}');
+    h.session({ type: 'LINK_LOST', reason: 'server closed the connection (EOF)' });
+    expect(h.ctx().reclaim).toBe(true);
+    await h.until('{"online":"confirming"}');
+    expect(h.dials.at(-1)!.reclaimPort).toBe(port);
+  });
+
+  it('probes a full server on the open link, without counting it as a link failure, and resumes at its first acceptance', async () => {
+    // disk_error_action = suspend: only while draining does a DISKERROR not suspend.
+    const h = harness({ input: { policy: { maxTriesPerRecord: 0, suspendOn: ['disk-error'] } } });
+    h.actor.start();
+    await h.online();
+    const attempt = h.ctx().attempt;
+    h.session({ type: 'DISK_FULL', reason: 'server replied DISKFULL: disk full' });
+    expect(h.state()).toBe('{"online":"serverFull"}');
+    // Not a failure of the link: same link, same session, no backoff, no outage.
+    expect(h.ctx()).toMatchObject({
+      attempt,
+      outage: 0,
+      confirmed: true,
+      lastFailure: { kind: 'disk-full' },
+    });
+    expect(h.sessions()).toBe(1);
+    expect(h.failures.map((f) => [f.kind, f.outageStarts])).toEqual([['disk-full', false]]);
+    expect(h.actions.map((a) => a.key)).toEqual(['disk_full_action']);
+    // The probes: one PROBE per diskFullProbe, whatever the server answers meanwhile.
+    await new Promise((r) => setTimeout(r, 40));
+    h.session({ type: 'DISK_FULL', reason: 'server replied DISKFULL: still full' });
+    h.session({ type: 'DISK_ERROR', reason: 'server replied DISKERROR: disk write error' });
+    expect(h.state()).toBe('{"online":"serverFull"}');
+    expect(h.commands.filter((c) => c === 'PROBE').length).toBeGreaterThanOrEqual(3);
+    // Refusals of probes run no action again (once per episode) and are no failures either.
+    expect(h.actions.map((a) => a.key)).toEqual(['disk_full_action']);
+    expect(h.failures).toHaveLength(1);
+    expect(h.ctx().lastFailure).toMatchObject({ kind: 'disk-error' });
+    h.session({ type: 'ACCEPTING' });
+    expect(h.state()).toBe('{"online":"connected"}');
+    expect(h.accepting()).toBe(1);
+    const probes = h.commands.filter((c) => c === 'PROBE').length;
+    await new Promise((r) => setTimeout(r, 20));
+    expect(h.commands.filter((c) => c === 'PROBE').length).toBe(probes);
+    // Stopping while the server is full: the drain starts once it accepts again.
+    h.session({ type: 'DISK_FULL', reason: 'server replied DISKFULL' });
+    h.send({ type: 'STOP', pending: 5 });
+    expect(h.state()).toBe('{"online":"serverFull"}');
+    expect(h.ctx().stopping).toBe(true);
+    h.session({ type: 'ACCEPTING' });
+    expect(h.state()).toBe('{"online":"draining"}');
+    // While draining, a refusal probes even when the action is `suspend`: the deadline is running.
+    expect(h.commands.filter((c) => c === 'DRAIN')).toHaveLength(1);
+    h.session({ type: 'DISK_ERROR', reason: 'server replied DISKERROR' });
+    expect(h.state()).toBe('{"online":"serverFull"}');
   });
 
   it('suspends on a configured failure and leaves on RESUME', async () => {
