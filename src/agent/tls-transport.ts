@@ -18,6 +18,7 @@ import tls from 'node:tls';
 import { ConfigError, FileSafetyError, LinkError } from '../errors.js';
 import { readOwnedFile } from '../fs/safe-files.js';
 import type { Logger } from '../log.js';
+import { HEADER_SIZE, MAX_AUDIT_MESSAGE_LENGTH } from '../protocol/constants.js';
 import {
   alertNumber,
   alertText,
@@ -284,12 +285,32 @@ function closeReason(err: Error | null, received: number, s: TlsAgentSettings): 
   return 'server closed the connection (EOF)';
 }
 
-/** A secured link: managed frames written and read over the TLS socket. */
+/**
+ * Plaintext of one TLS record at most: auditd's read buffer (MAX_AUDIT_MESSAGE_LENGTH). auditd 4.2.1 reads its TLS
+ * clients with `SSL_read` into that buffer and, when the bytes it got end in the middle of a message, waits for the
+ * socket to become readable again, even when the rest of the message is already decrypted inside OpenSSL: at the
+ * end of a burst of pipelined messages the last ones then wait until the client sends something else (measured:
+ * our agent's reply deadline expired and it resent them, as duplicates). So every TLS record we send holds whole
+ * messages and fits that buffer, and one record is written at a time (Node would otherwise join queued writes into
+ * one large SSL_write, which OpenSSL cuts into 16 KiB records wherever the 16 KiB fall).
+ */
+export const TLS_RECORD_PLAINTEXT = MAX_AUDIT_MESSAGE_LENGTH;
+/** Bytes queued in the transport before write() asks the session to wait for onDrain. */
+const QUEUE_HIGH_WATER = 256 * 1024;
+
+/** A secured link: managed frames written (record by record, see TLS_RECORD_PLAINTEXT) and read over TLS. */
 export class TlsTransport implements Transport {
   readonly #socket: tls.TLSSocket;
   readonly #inbox = new Inbox();
   #closedReason: string | null = null;
   #received = 0;
+  /** Whole messages not yet written, oldest first. */
+  readonly #queue: Buffer[] = [];
+  #queued = 0;
+  /** The start of a message whose rest has not been written to us yet. */
+  #partial: Buffer | null = null;
+  #writing = false;
+  #wantDrain = false;
   onClose: ((reason: string) => void) | null = null;
   onDrain: (() => void) | null = null;
   readonly peer: string;
@@ -302,7 +323,6 @@ export class TlsTransport implements Transport {
       this.#received += chunk.length;
       this.#inbox.deliver(chunk);
     });
-    socket.on('drain', () => this.onDrain?.());
     socket.on('error', (err: Error) => {
       error ??= err;
       this.#closed(closeReason(err, this.#received, settings));
@@ -320,8 +340,47 @@ export class TlsTransport implements Transport {
   }
 
   write(data: Buffer): boolean {
-    if (this.#socket.destroyed) return true; // the close is reported through onClose
-    return this.#socket.write(data);
+    if (this.#socket.destroyed || this.#closedReason !== null) return true; // reported through onClose
+    const buf = this.#partial ? Buffer.concat([this.#partial, data]) : data;
+    let off = 0;
+    while (buf.length - off >= HEADER_SIZE) {
+      const end = off + HEADER_SIZE + buf.readUInt16LE(off + 10);
+      if (end > buf.length) break;
+      this.#queue.push(buf.subarray(off, end));
+      this.#queued += end - off;
+      off = end;
+    }
+    this.#partial = off < buf.length ? Buffer.from(buf.subarray(off)) : null;
+    this.#flush();
+    if (this.#queued < QUEUE_HIGH_WATER) return true;
+    this.#wantDrain = true;
+    return false;
+  }
+
+  /** Writes the next record: whole messages, at most TLS_RECORD_PLAINTEXT bytes (one message if longer). */
+  #flush(): void {
+    if (this.#writing || this.#queue.length === 0 || this.#socket.destroyed) return;
+    let bytes = 0;
+    let count = 0;
+    while (
+      count < this.#queue.length &&
+      (count === 0 || bytes + this.#queue[count]!.length <= TLS_RECORD_PLAINTEXT)
+    ) {
+      bytes += this.#queue[count]!.length;
+      count++;
+    }
+    const parts = this.#queue.splice(0, count);
+    this.#writing = true;
+    this.#socket.write(count === 1 ? parts[0]! : Buffer.concat(parts, bytes), (err) => {
+      this.#writing = false;
+      this.#queued -= bytes;
+      if (err) return; // the close is reported through onClose
+      this.#flush();
+      if (this.#wantDrain && this.#queued < QUEUE_HIGH_WATER / 2) {
+        this.#wantDrain = false;
+        this.onDrain?.();
+      }
+    });
   }
 
   close(): void {

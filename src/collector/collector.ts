@@ -75,6 +75,11 @@ export const RECORD_OVERHEAD = 128;
 export const REPLY_HIGH_WATER = 256 * 1024;
 /** Bytes held for one client at most however few are connected: more does not make the writer faster. */
 export const MAX_SHARE = 4 << 20;
+/**
+ * tls: handshakes set up per event-loop turn. Setting one up costs about 0.25 ms of CPU, so a burst of 1,000
+ * connections would hold the loop for a quarter of a second; a few per turn keep open sessions served meanwhile.
+ */
+export const TLS_SETUPS_PER_TURN = 16;
 /** Descriptors kept free for the log, the status listener and child processes. */
 const FD_RESERVE = 64;
 
@@ -281,6 +286,9 @@ export class Collector {
   #fdTimer: NodeJS.Timeout | null = null;
   #krb5: Krb5Acceptor | null = null;
   #tls: TlsAcceptor | null = null;
+  /** tls: accepted connections whose handshake is not set up yet, oldest first. */
+  readonly #tlsWaiting = new Set<ClientSession>();
+  #tlsSetupScheduled = false;
   #identityPolicy: IdentityPolicy;
   #closing = false;
   readonly stats: CollectorStats = {
@@ -324,7 +332,11 @@ export class Collector {
       maxTornTailBytes: MAX_BATCH_BYTES + 2 * (HEADER_SIZE + settings.maxPayload) + 1024,
       ...settings.logWriterHooks,
     });
-    this.#server = net.createServer({ noDelay: true, keepAlive: true }, (socket) => this.#accept(socket));
+    // tls: nothing is read from a new connection before its TLS handshake is set up (a few per loop turn).
+    this.#server = net.createServer(
+      { noDelay: true, keepAlive: true, pauseOnConnect: Boolean(settings.tls) },
+      (socket) => this.#accept(socket),
+    );
     this.#server.maxConnections = this.#maxConnections;
     this.#server.on('drop', (d) => this.#onDrop(d));
     this.#server.on('error', (err: NodeJS.ErrnoException) => {
@@ -433,9 +445,11 @@ export class Collector {
   /**
    * SIGHUP for transport = tls: reads the keys, tls_allowed_clients and the certificates again (`next`: the
    * reloaded configuration's TLS settings) and applies them to new handshakes; then disconnects at once every open
-   * session whose identity is now disabled, removed or no longer allowed (as auditd 4.2.1 does for its ACL). Their
-   * records not yet written were never acknowledged: the clients send them again. A bad file (or a change of
-   * tls_auth) throws ConfigError and changes nothing. Returns the peers disconnected.
+   * session whose identity is now disabled, removed or no longer allowed (as auditd 4.2.1 does for its ACL). When
+   * the CA file or the CRL changed, every X.509 session and pending handshake is closed instead: OpenSSL judges a
+   * certificate during its handshake only, so each client is judged again (a revoked one refused) when it
+   * reconnects. Records not yet written were never acknowledged: the clients send them again. A bad file (or a
+   * change of tls_auth) throws ConfigError and changes nothing. Returns the peers disconnected.
    */
   reloadTls(next: TlsCollectorSettings): string[] {
     const tls = this.#tls;
@@ -445,11 +459,20 @@ export class Collector {
         value: 'TLS',
       });
     }
-    tls.reload(next);
+    const { trustChanged } = tls.reload(next);
     const closed: string[] = [];
     for (const s of [...this.#sessions]) {
-      if (s.phase === 'closed' || s.identity === null) continue;
-      const refusal = tls.authorize(s.identity);
+      if (s.phase === 'closed') continue;
+      if (trustChanged && s.phase === 'handshaking') {
+        // Its handshake runs with the old CA/CRL: it starts again with the new ones.
+        this.#abandonHandshake(s);
+        continue;
+      }
+      if (s.identity === null) continue;
+      const refusal =
+        trustChanged && s.identity.kind === 'x509'
+          ? 'the CA file or the CRL changed: its certificate is checked again when it reconnects'
+          : tls.authorize(s.identity);
       if (refusal === null) continue;
       this.stats.tlsRevoked++;
       closed.push(s.peer);
@@ -618,12 +641,32 @@ export class Collector {
       );
       this.#abandonHandshake(session);
     }, timeoutMs);
-    tls.handshake(raw, peer, (result) => this.#tlsDone(session, result));
+    this.#tlsWaiting.add(session);
+    this.#scheduleTlsSetups();
+  }
+
+  /** Sets up at most TLS_SETUPS_PER_TURN waiting handshakes per loop turn (reads of open sessions go between). */
+  #scheduleTlsSetups(): void {
+    if (this.#tlsSetupScheduled || this.#tlsWaiting.size === 0) return;
+    this.#tlsSetupScheduled = true;
+    setImmediate(() => {
+      this.#tlsSetupScheduled = false;
+      const tls = this.#tls;
+      let n = 0;
+      for (const session of this.#tlsWaiting) {
+        if (n++ >= TLS_SETUPS_PER_TURN || !tls) break;
+        this.#tlsWaiting.delete(session);
+        if (session.phase !== 'handshaking') continue;
+        tls.handshake(session.raw, session.peer, (result) => this.#tlsDone(session, result));
+      }
+      this.#scheduleTlsSetups();
+    });
   }
 
   /** Closes a connection whose handshake is pending (deadline, cap): no result will come for it. */
   #abandonHandshake(session: ClientSession): void {
     this.#handshaking.delete(session);
+    this.#tlsWaiting.delete(session);
     this.#tls?.abandon(session.raw);
     session.raw.destroy();
     this.#onCloseSoon(session);
@@ -708,6 +751,7 @@ export class Collector {
     same?.delete(session);
     if (same?.size === 0) this.#byAddress.delete(session.address);
     this.#handshaking.delete(session);
+    this.#tlsWaiting.delete(session);
     this.#setPaused(session, null);
     if (session.tlsTimer) clearTimeout(session.tlsTimer);
     if (session.phase === 'closed' && this.#tls) this.#tls.abandon(session.raw);

@@ -287,9 +287,12 @@ export class TlsAcceptor {
 
   /**
    * SIGHUP: reads every file again and applies them to the next handshakes. tls_auth cannot change (a restart).
-   * Throws ConfigError and keeps everything as it was when a file is bad.
+   * Throws ConfigError and keeps everything as it was when a file is bad. `trustChanged`: the CA file or the CRL
+   * changed, so certificates accepted before must be judged again (OpenSSL judges a certificate only during its
+   * handshake: the collector then closes its X.509 sessions and pending handshakes, and each client is checked
+   * against the new files when it reconnects).
    */
-  reload(next: TlsCollectorSettings): void {
+  reload(next: TlsCollectorSettings): { trustChanged: boolean } {
     if (next.auth !== this.#settings.auth) {
       throw new ConfigError(
         `tls_auth changed from ${this.#settings.auth} to ${next.auth}: that needs a restart`,
@@ -306,6 +309,12 @@ export class TlsAcceptor {
     this.#settings = next;
     old.psk?.fill(0);
     wipeAllowedClients(old.acl);
+    const same = (a: unknown, b: unknown) =>
+      a === b || (Buffer.isBuffer(a) && Buffer.isBuffer(b) && a.equals(b));
+    return {
+      trustChanged:
+        !same(old.options.ca, material.options.ca) || !same(old.options.crl, material.options.crl),
+    };
   }
 
   dispose(): void {

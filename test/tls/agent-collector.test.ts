@@ -421,9 +421,12 @@ describe('tls: our agent → our collector', () => {
       );
       stay.write(records(3, 2, 'S'));
       await c.waitForLines(6);
-      // Revoked: refused at its next handshake.
+      // Revoked: a new CRL closes the X.509 sessions; each is judged again when it reconnects, the revoked one
+      // is refused, the other carries on.
       pki!.revoke(cut.cert);
-      c.collector.reloadTls({ ...c.settings, allowedNames: null, crlFile: pki!.crl() });
+      // (stay is the X.509 session still open: cut has been refused since the first reload.)
+      const cutOff = c.collector.reloadTls({ ...c.settings, allowedNames: null, crlFile: pki!.crl() });
+      expect(cutOff).toHaveLength(1);
       expect((await c.waitForLog(/is revoked/)).msg).toMatch(
         /^TLS: refused client 127\.0\.0\.1:\d+: its certificate "CN=cut\.example\.com" .* is revoked \(listed in the CRL\)/,
       );
@@ -431,6 +434,9 @@ describe('tls: our agent → our collector', () => {
         timeoutMs: 5000,
         what: 'the revoked agent to be refused',
       });
+      stay.write(records(5, 2, 'S'));
+      await c.waitForLines(8);
+      expect(c.lines().filter((l) => l.includes('tag=G'))).toHaveLength(2);
       expect(gone.agent.stats.connects).toBe(1);
     });
   });

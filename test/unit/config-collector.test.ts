@@ -187,9 +187,9 @@ describe('tcp_* keys', () => {
   it('transport: TCP, KRB5, TLS, enable_krb5 with upstream order semantics', () => {
     expect(parse1('transport = TCP').transport).toBe('tcp');
     expect(parse1('transport = KRB5').transport).toBe('krb5');
-    expect(parseCollectorConfig('transport = TLS\ntls_allowed_clients = /etc/audit/c\n', F).config.transport).toBe(
-      'tls',
-    );
+    expect(
+      parseCollectorConfig('transport = TLS\ntls_allowed_clients = /etc/audit/c\n', F).config.transport,
+    ).toBe('tls');
     expect(err1('transport = UDP')).toBe(`${F}:1: transport: unknown value "UDP" (allowed: tcp, krb5, tls)`);
     expect(parseCollectorConfig('enable_krb5 = yes\ntransport = tcp\n', F).config.transport).toBe('tcp');
     expect(parseCollectorConfig('transport = tcp\nenable_krb5 = yes\n', F).config.transport).toBe('krb5');
