@@ -332,11 +332,7 @@ export class Collector {
       maxTornTailBytes: MAX_BATCH_BYTES + 2 * (HEADER_SIZE + settings.maxPayload) + 1024,
       ...settings.logWriterHooks,
     });
-    // tls: nothing is read from a new connection before its TLS handshake is set up (a few per loop turn).
-    this.#server = net.createServer(
-      { noDelay: true, keepAlive: true, pauseOnConnect: Boolean(settings.tls) },
-      (socket) => this.#accept(socket),
-    );
+    this.#server = net.createServer({ noDelay: true, keepAlive: true }, (socket) => this.#accept(socket));
     this.#server.maxConnections = this.#maxConnections;
     this.#server.on('drop', (d) => this.#onDrop(d));
     this.#server.on('error', (err: NodeJS.ErrnoException) => {
@@ -614,7 +610,7 @@ export class Collector {
    * pending one is closed for a newcomer, as for krb5).
    */
   #startTlsHandshake(session: ClientSession, tls: TlsAcceptor): void {
-    const { peer, raw } = session;
+    const { peer } = session;
     const { maxPendingHandshakes: limit, handshakeTimeoutMs: timeoutMs } = tls.settings;
     if (this.#handshaking.size >= limit) {
       const oldest = this.#handshaking.values().next().value!;

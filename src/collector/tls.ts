@@ -65,6 +65,29 @@ interface Material {
   options: tls.TlsOptions;
 }
 
+/**
+ * No TLS 1.3 session tickets: auditd 4.2 sends none (SSL_CTX_set_num_tickets 0; no resumption), and audisp-remote
+ * 4.2.1 trips over one: when the ticket is already buffered when it enters its main loop, it does a blocking read
+ * for a reply that never comes and drops the connection after max_time_per_record (measured: 1 run in ~6, the
+ * records then wait for the next one to reconnect). Node has no public way to set the ticket count, so the
+ * context's ticket callback (`enableTicketKeyCallback`, the hook Node's own tests use) declines every ticket, which
+ * makes OpenSSL send none. Returns false when this Node does not have the hook (then setting OPENSSL_CONF to a file
+ * with `NumTickets = 0` does the same, docs/tls.md); test/tls/agent-collector.test.ts checks that no ticket is sent.
+ */
+export function suppressSessionTickets(server: tls.Server): boolean {
+  const context = (server as unknown as { _sharedCreds?: { context?: TicketHooks } })._sharedCreds?.context;
+  if (!context || typeof context.enableTicketKeyCallback !== 'function') return false;
+  const blank = Buffer.alloc(16);
+  context.onticketkeycallback = () => [0, blank, blank, blank, blank];
+  context.enableTicketKeyCallback();
+  return true;
+}
+
+interface TicketHooks {
+  enableTicketKeyCallback?: () => void;
+  onticketkeycallback?: (name: Buffer, iv: Buffer, encrypt: boolean) => unknown[];
+}
+
 /** Largest PEM file read (a CA bundle can be large). */
 const MAX_PEM_BYTES = 8 * 1024 * 1024;
 
@@ -191,6 +214,7 @@ export class TlsAcceptor {
   readonly #server: tls.Server;
   readonly #pending = new Map<string, Pending>();
   readonly #identities = new WeakMap<tls.TLSSocket, string>();
+  #noTickets = false;
 
   /** Loads every file; throws ConfigError (the collector does not start) saying what to fix. */
   static open(settings: TlsCollectorSettings, log: Logger): TlsAcceptor {
@@ -207,6 +231,12 @@ export class TlsAcceptor {
         ? { pskCallback: (socket: tls.TLSSocket, identity: string) => this.#pskKey(socket, identity) }
         : {}),
     });
+    this.#noTickets = suppressSessionTickets(this.#server);
+    if (!this.#noTickets) {
+      log.warn(
+        'TLS: this Node cannot be stopped from sending session tickets; audisp-remote 4.2.1 may then stall after connecting: set OPENSSL_CONF to a file with NumTickets = 0 (docs/tls.md)',
+      );
+    }
     this.#server.on('secureConnection', (socket: tls.TLSSocket) => this.#secure(socket));
     this.#server.on('tlsClientError', (err: Error, socket: tls.TLSSocket) => this.#failed(err, socket));
     log.info(
@@ -304,6 +334,8 @@ export class TlsAcceptor {
     }
     const material = loadMaterial(next, this.#log);
     this.#server.setSecureContext(material.options);
+    // A new context: no tickets from it either.
+    if (this.#noTickets) suppressSessionTickets(this.#server);
     const old = this.#material;
     this.#material = material;
     this.#settings = next;
@@ -384,6 +416,15 @@ export class TlsAcceptor {
         identity: { kind: 'tls-psk', name: identity, ...(nodes.length > 0 ? { nodes } : {}) },
         expiresAt: null,
         summary,
+      });
+      return;
+    }
+    if (socket.isSessionReused()) {
+      // Only a ticket could resume an X.509 session (none are issued); its certificate was judged against older
+      // files, so it is refused: the client makes a full handshake.
+      this.#finish(socket, {
+        ok: false,
+        reason: 'session resumption is not accepted: a full handshake is required',
       });
       return;
     }

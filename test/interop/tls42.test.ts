@@ -312,7 +312,7 @@ describe.skipIf(!available)('auditrelay with the real auditd and audisp-remote 4
     await pollUntil(() => c.lines().length >= 4, {
       timeoutMs: 15_000,
       what: '4 records',
-      diagnostics: () => c.child.stderrText(),
+      diagnostics: () => `${c.child.stderrText()}\n${sb.syslogText()}\n${c.lines().join('\n')}`,
     });
     expect(c.lines().sort()).toEqual(
       [
@@ -354,8 +354,12 @@ describe.skipIf(!available)('auditrelay with the real auditd and audisp-remote 4
       diagnostics: () => `${c.child.stderrText().slice(-3000)}\n${sb.syslogText().slice(-3000)}`,
     });
     expect(sb.syslogText()).toMatch(/audisp-remote: TLS error: .*SSL alert number 40/);
-    expect(c.child.stderrText()).toMatch(
-      /TLS: refused client 127\.0\.0\.1:\d+: identity \\"host-1\\" is disabled in/,
+    await pollUntil(
+      () =>
+        /TLS: refused client 127\.0\.0\.1:\d+: identity \\"host-1\\" is disabled in/.test(
+          c.child.stderrText(),
+        ),
+      { timeoutMs: 5000, what: "the collector's refusal line", diagnostics: () => c.child.stderrText() },
     );
     await again.stop();
     await r2.write([rec(2, 5)]);

@@ -23,6 +23,7 @@ import {
   makePki,
   memoryLogger,
   type Pki,
+  RawTlsClient,
   type RunningTlsCollector,
   rawConnect,
   startTlsCollector,
@@ -271,6 +272,21 @@ describe('tls: our agent → our collector', () => {
       });
       expect(await a1.finish()).toBe(0);
       expect(await a2.finish()).toBe(0);
+    });
+
+    it('no TLS session tickets are sent (as auditd 4.2: no resumption; audisp-remote 4.2.1 stalls on one)', async () => {
+      const key = writeKey(file('psk.key'));
+      const c = await collector({ pskFile: key, pskIdentity: 'web1' });
+      const client = await RawTlsClient.connect({ port: c.port, identity: 'web1', key: keyOf(key) });
+      let tickets = 0;
+      client.socket.on('session', () => tickets++);
+      client.send('type=USER_CMD msg=audit(1.0:1): x');
+      await client.waitForReplies(1);
+      client.send('type=USER_CMD msg=audit(1.0:2): y');
+      await client.waitForReplies(2);
+      client.close();
+      expect(tickets).toBe(0);
+      expect(c.entries.some((e) => /cannot be stopped from sending session tickets/.test(e.msg))).toBe(false);
     });
 
     it('a bad file on SIGHUP changes nothing and says why', async () => {
