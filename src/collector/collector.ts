@@ -583,7 +583,10 @@ export class Collector {
     }
     this.#add(session);
     if (this.#krb5) this.#startHandshake(session);
-    this.#log.info({ peer }, 'client connected');
+    // With TLS the "authenticated as" line says who connected; a connection that never authenticates (a flood of
+    // stalled handshakes) is counted and logged rate-limited, not one line each.
+    if (this.#tls) this.#log.debug({ peer }, 'client connected');
+    else this.#log.info({ peer }, 'client connected');
     socket.on('close', () => this.#onClose(session));
     if (this.#tls) {
       // The TLS socket reads this one; its data, drain and close are listened to once the handshake is done.
@@ -775,7 +778,8 @@ export class Collector {
       );
     }
     this.#warn.flushPrefix(`${peer} `);
-    this.#log.info({ peer, records: session.records }, 'client disconnected');
+    if (this.#tls && session.identity === null) this.#log.debug({ peer }, 'client disconnected');
+    else this.#log.info({ peer, records: session.records }, 'client disconnected');
     this.#resumeBudgetPaused();
   }
 
