@@ -14,6 +14,7 @@ import { Agent, STOP_MARGIN_MS } from './agent/agent.js';
 import { Krb5Client } from './agent/krb5-transport.js';
 import { keepRestartKeys, reloadPlan } from './agent/reload-policy.js';
 import { settingsFromConfig } from './agent/settings.js';
+import { TlsClient } from './agent/tls-transport.js';
 import { Collector } from './collector/collector.js';
 import { collectorSettings } from './collector/settings.js';
 import {
@@ -199,6 +200,7 @@ async function runAgent(args: string[]): Promise<number> {
   }
   // krb5 problems (addon missing, unsafe keytab) are reported before the queue is locked.
   if (settings.transport === 'krb5') Krb5Client.preflight(settings.krb5, log);
+  if (settings.transport === 'tls') TlsClient.preflight(settings.tls);
   checkStateFileDirectory(cfg.stateFile);
   const queue = await openQueue(cfg, log);
   let input: ReturnType<typeof openInput>;
@@ -341,8 +343,30 @@ async function runCollector(args: string[]): Promise<number> {
     stopSignal = signal;
     wake();
   };
-  const onHup = () =>
-    log.warn('SIGHUP received: configuration reload is not implemented yet; restart to apply changes');
+  // SIGHUP: with transport = TLS, the keys, tls_allowed_clients and certificates are read again and clients whose
+  // identity is no longer allowed are disconnected (Collector.reloadTls); the rest of the file needs a restart.
+  const onHup = () => {
+    if (!settings.tls) {
+      log.warn('SIGHUP received: configuration reload is not implemented yet; restart to apply changes');
+      return;
+    }
+    try {
+      const next = collectorSettings({
+        config: values.config,
+        listen: values.listen,
+        log: values.log,
+        statusListen: values['status-listen'],
+      });
+      if (!next.tls) throw new UsageError('transport is no longer TLS: that needs a restart');
+      collector.reloadTls(next.tls);
+      collector.identityPolicy = next.identityPolicy ?? 'stamp';
+    } catch (err) {
+      log.error(
+        { error: (err as Error).message },
+        `SIGHUP: TLS keys and allowed clients not reloaded, the running ones stay: ${(err as Error).message}`,
+      );
+    }
+  };
   // bin/auditrelay.js keeps Node's debugger off SIGUSR1; here it logs the counters.
   const onUsr1 = () => log.info({ ...collector.stats }, 'SIGUSR1: counters');
   const handlers: [NodeJS.Signals, () => void][] = [

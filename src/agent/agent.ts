@@ -26,6 +26,7 @@ import type { ReloadPlan } from './reload-policy.js';
 import { SequenceCounter } from './session.js';
 import type { AgentSettings } from './settings.js';
 import type { FlowWindow } from './window.js';
+import { TlsClient } from './tls-transport.js';
 
 /**
  * A stop ends the actor system at `drain_timeout` (the supervisor's own timer); the process exits at most
@@ -71,6 +72,8 @@ export class Agent {
   readonly #actions: ActionRunner;
   /** transport = krb5: tickets and the handshake. */
   readonly #krb5: Krb5Client | null;
+  /** transport = tls: keys or certificates and the handshake. */
+  readonly #tls: TlsClient | null;
   #root: Actor<Supervisor> | null = null;
   readonly observer = new StateObserver();
   /** Counters for the status report and metrics. */
@@ -85,6 +88,8 @@ export class Agent {
     this.#actions = new ActionRunner(io.log);
     // Fails at start (ConfigError, exit status 6) when the binding is missing or the keytab is unsafe.
     this.#krb5 = settings.transport === 'krb5' ? new Krb5Client(() => this.#s.krb5, io.log) : null;
+    // Fails at start (ConfigError, exit status 6) when a key or certificate file is missing, unsafe or unreadable.
+    this.#tls = settings.transport === 'tls' ? new TlsClient(() => this.#s.tls, io.log) : null;
     this.observer.on('transition', (t) => this.#log.debug(t, 'transition'));
     this.#input = new InputPump({
       stream: io.input,
@@ -255,6 +260,7 @@ export class Agent {
         queue: this.queue,
         links: this.#links,
         krb5: this.#krb5,
+        tls: this.#tls,
         sequence: new SequenceCounter(),
         actions: this.#actions,
         stats: this.#counters,

@@ -4,8 +4,8 @@
  * machine asks for. Every decision (which failure action, when "connected" is said, when to retry) is the
  * machine's; this module only executes.
  *
- * A later transport (TLS) provides its own `dial`/`authenticate`; a server list would map the machine's
- * `server` index to an address in `dial`.
+ * The handshake is the transport's (krb5: GSS-API, tls: TLS 1.3), run on the dialled TCP link; a server list would
+ * map the machine's `server` index to an address in `dial`.
  *
  * The dial's local port: `local_port` when set (every link, whatever the machine says: a server may require
  * it); otherwise the port the machine asks to reclaim (the stale-session rule, machines/connection.ts), falling
@@ -32,6 +32,7 @@ import type { Krb5Client } from './krb5-transport.js';
 import type { LinkRegistry } from './links.js';
 import { type ReplyKind, type SequenceCounter, Session } from './session.js';
 import type { AgentSettings } from './settings.js';
+import type { TlsClient } from './tls-transport.js';
 import { dialTcp, localPortTaken, type TcpTransport } from './transport.js';
 import { FlowWindow, INITIAL_WINDOW } from './window.js';
 
@@ -48,6 +49,8 @@ export interface ConnectionDeps {
   queue: RecordQueue;
   links: LinkRegistry;
   krb5: Krb5Client | null;
+  /** transport = tls: keys or certificates and the handshake. */
+  tls: TlsClient | null;
   sequence: SequenceCounter;
   actions: ActionRunner;
   stats: ConnectionStats;
@@ -126,12 +129,13 @@ export function connectionLogic(d: ConnectionDeps) {
       }),
       authenticate: fromPromise<LinkRef, LinkRef>(async ({ input, signal }) => {
         // transport = tcp has no handshake.
-        if (!d.krb5) return input;
+        const handshaker = d.tls ?? d.krb5;
+        if (!handshaker) return input;
         try {
-          const secured = await d.krb5.handshake(d.links.get(input.link), signal);
+          const secured = await handshaker.handshake(d.links.get(input.link), signal);
           if (signal.aborted) {
             secured.close();
-            throw new LinkError('Kerberos handshake abandoned');
+            throw new LinkError(`${d.tls ? 'TLS' : 'Kerberos'} handshake abandoned`);
           }
           d.links.replace(input.link, secured);
           return input;

@@ -10,12 +10,15 @@ import { agentPrincipals, KRB5_MAX_RECORD } from '../krb5/auditd.js';
 import { MAX_SERVER_PAYLOAD } from '../protocol/constants.js';
 import type { FailureAction } from './actions.js';
 import type { Krb5AgentSettings } from './krb5-transport.js';
+import type { TlsAgentSettings } from './tls-transport.js';
 
 export interface AgentSettings {
   server: { host: string; port: number; localPort: number };
-  transport: 'tcp' | 'krb5';
+  transport: 'tcp' | 'krb5' | 'tls';
   /** transport = krb5: principals, keytab and ticket renewal (docs/kerberos.md). */
   krb5?: Krb5AgentSettings;
+  /** transport = tls: key or certificates (docs/tls.md). */
+  tls?: TlsAgentSettings;
   format: 'managed' | 'ascii';
   maxInFlight: number;
   replyTimeoutMs: number;
@@ -58,6 +61,7 @@ export function settingsFromConfig(cfg: AgentConfig, inputName = 'stdin'): Agent
     server: { host, port: cfg.port, localPort: cfg.localPort },
     transport: cfg.transport,
     ...(cfg.transport === 'krb5' ? { krb5: krb5Settings(cfg, host) } : {}),
+    ...(cfg.transport === 'tls' ? { tls: tlsSettings(cfg, host) } : {}),
     format: cfg.format,
     maxInFlight: cfg.maxInFlight,
     replyTimeoutMs: secondsMs(cfg.maxTimePerRecord),
@@ -101,4 +105,21 @@ function krb5Settings(cfg: AgentConfig, remoteServer: string): Krb5AgentSettings
     remoteServer,
   });
   return { clientPrincipal: client, target, keyFile: cfg.krb5KeyFile };
+}
+
+/** transport = tls: the keys as they are; the server's certificate must name tls_server_name or remote_server. */
+export function tlsSettings(cfg: AgentConfig, remoteServer: string): TlsAgentSettings {
+  return {
+    auth: cfg.tlsAuth,
+    profile: cfg.tlsCryptoProfile,
+    cipherSuites: cfg.tlsCipherSuites,
+    keyExchange: cfg.tlsKeyExchange,
+    pskFile: cfg.tlsPskFile,
+    pskIdentity: cfg.tlsPskIdentity,
+    caFile: cfg.tlsCaFile,
+    certFile: cfg.tlsCertFile,
+    keyFile: cfg.tlsKeyFile,
+    crlFile: cfg.tlsCrlFile,
+    serverName: cfg.tlsServerName ?? remoteServer,
+  };
 }

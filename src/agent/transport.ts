@@ -169,6 +169,18 @@ export class TcpTransport implements Transport {
     if (!this.#socket.destroyed) this.#socket.resetAndDestroy();
   }
 
+  /**
+   * Hands the socket over to a transport that runs on top of it (TLS): this transport stops listening to it
+   * (close() still destroys it: the cleanup of a failed handshake). Bytes already received would be lost, so this
+   * is for a link whose server has not spoken yet (a TLS client speaks first).
+   */
+  detach(): net.Socket {
+    const socket = this.#socket;
+    for (const event of ['data', 'drain', 'end', 'error', 'close']) socket.removeAllListeners(event);
+    this.#closedReason ??= 'handed over';
+    return socket;
+  }
+
   #closed(reason: string): void {
     if (this.#closedReason !== null) return;
     this.#closedReason = reason;

@@ -40,15 +40,29 @@
  * handshake with its own deadline (handshake_timeout), so a client that sends nothing or half a token delays
  * nobody; then each token is unwrapped into the same frame decoder, each reply wrapped, and ` krb5=<principal>`
  * appended to the logged record as auditd does. A token that fails to unwrap closes the connection.
+ *
+ * transport = tls (src/collector/tls.ts, docs/tls.md): the same shape: each connection's TLS handshake runs on the
+ * event loop with its own deadline (handshake_timeout), at most `maxPendingHandshakes` at once (the oldest pending
+ * one is closed for a newcomer) and a few per address; then the TLS socket replaces the TCP one as the session's
+ * socket. `reloadTls` (SIGHUP) re-reads keys, the allowed-clients file and certificates, and disconnects at once
+ * the sessions whose identity is no longer allowed.
+ *
+ * Identity (src/collector/identity.ts): every session gets `identity` when its authentication completes (TLS-PSK
+ * identity, certificate name, Kerberos principal; plain tcp: the peer address at accept). With `identityPolicy`
+ * other than `off` every record is stamped with ` peer_id=<kind>:<name>`, and a record whose `node=` names another
+ * host is counted (stamp), refused with a REFUSED reply (reject) or given the identity's node (rewrite).
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
+import { ConfigError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { encodeReply, FrameDecoder } from '../protocol/codec.js';
 import { HEADER_SIZE, MAX_AUDIT_MESSAGE_LENGTH, MessageType } from '../protocol/constants.js';
+import { applyIdentity, type IdentityPolicy, identityStamp, type PeerIdentity } from './identity.js';
 import { Krb5Acceptor, type Krb5CollectorSettings, type Krb5ServerSession } from './krb5.js';
 import { type FsyncPolicy, LogWriter } from './log-writer.js';
 import { SANITIZE_KIND_TEXT, type SanitizeKind, sanitizeRecord } from './sanitize.js';
+import { type HandshakeResult, TlsAcceptor, type TlsCollectorSettings } from './tls.js';
 import { WarnLimiter } from './warn-limiter.js';
 
 /** Largest batch handed to the log writer at once (a record of another client waits for at most two). */
@@ -61,6 +75,11 @@ export const RECORD_OVERHEAD = 128;
 export const REPLY_HIGH_WATER = 256 * 1024;
 /** Bytes held for one client at most however few are connected: more does not make the writer faster. */
 export const MAX_SHARE = 4 << 20;
+/**
+ * tls: handshakes set up per event-loop turn. Setting one up costs about 0.25 ms of CPU, so a burst of 1,000
+ * connections would hold the loop for a quarter of a second; a few per turn keep open sessions served meanwhile.
+ */
+export const TLS_SETUPS_PER_TURN = 16;
 /** Descriptors kept free for the log, the status listener and child processes. */
 const FD_RESERVE = 64;
 
@@ -79,6 +98,10 @@ export interface CollectorSettings {
   clientPorts: [number, number] | null;
   /** transport = krb5; absent or null = tcp. */
   krb5?: Krb5CollectorSettings | null;
+  /** transport = tls; absent or null = tcp (or krb5). */
+  tls?: TlsCollectorSettings | null;
+  /** identity_policy; default: `stamp` for tls and krb5, `off` for tcp. */
+  identityPolicy?: IdentityPolicy;
   /** Bytes held for all clients together (memory_budget). */
   memoryBudget?: number;
   /** Connections at most (tcp_max_connections). */
@@ -121,6 +144,18 @@ export interface CollectorStats {
   krb5Sessions: number;
   /** krb5: handshakes that failed, were refused or timed out, and tokens that failed to unwrap. */
   krb5Failures: number;
+  /** tls: handshakes completed and authorised. */
+  tlsSessions: number;
+  /** tls: handshakes that failed, were refused, timed out or were closed for a newer one. */
+  tlsFailures: number;
+  /** tls: sessions disconnected because a reload disabled or removed their identity, or their certificate expired. */
+  tlsRevoked: number;
+  /** Records whose node= does not belong to the connection's identity (every policy but off). */
+  identityMismatches: number;
+  /** ... of which refused (identity_policy = reject). */
+  identityRefused: number;
+  /** ... of which given the identity's node (identity_policy = rewrite; also records without node=). */
+  identityRewritten: number;
   /** Bytes held for clients now (see the module comment). */
   bufferedBytes: number;
   /** Largest bufferedBytes seen. */
@@ -143,6 +178,10 @@ const NEWLINE = Buffer.from('\n');
 const EMPTY = Buffer.alloc(0);
 /** Marks a heartbeat in an entry's reply list (sequence numbers are u32). */
 const HB = 2 ** 32;
+/** Marks a record refused by the identity policy (answered REFUSED, never written). */
+const REFUSED = 2 * HB;
+/** The reply to a record refused by identity_policy = reject: FATAL class, so clients run generic_error_action. */
+export const REFUSED_REPLY = 0x60000100;
 
 /** Records of one chunk of one client, written together, and the replies that follow their write. */
 interface Entry {
@@ -161,6 +200,14 @@ class ClientSession {
   readonly decoder: FrameDecoder;
   readonly peer: string;
   readonly address: string;
+  /** The accepted TCP socket (for tls, `socket` becomes the TLS socket on top of it). */
+  readonly raw: net.Socket;
+  /** Who authenticated: set when authentication completes (plain tcp: the peer address, at accept). */
+  identity: PeerIdentity | null = null;
+  /** `identity` as stamped on its records (built once). */
+  stamp: Buffer | null = null;
+  /** tls: the handshake deadline, then the end of the client's certificate. */
+  tlsTimer: NodeJS.Timeout | null = null;
   readonly connectedAt = Date.now();
   phase: Phase = 'open';
   /** Entries waiting for the writer, oldest first. */
@@ -193,9 +240,10 @@ class ClientSession {
   krb5Timer: NodeJS.Timeout | null = null;
 
   constructor(
-    readonly socket: net.Socket,
+    public socket: net.Socket,
     maxPayload: number,
   ) {
+    this.raw = socket;
     this.decoder = new FrameDecoder({ maxPayload });
     this.address = socket.remoteAddress ?? '?';
     this.peer = `${this.address}:${socket.remotePort}`;
@@ -237,6 +285,11 @@ export class Collector {
   #sweepTimer: NodeJS.Timeout | null = null;
   #fdTimer: NodeJS.Timeout | null = null;
   #krb5: Krb5Acceptor | null = null;
+  #tls: TlsAcceptor | null = null;
+  /** tls: accepted connections whose handshake is not set up yet, oldest first. */
+  readonly #tlsWaiting = new Set<ClientSession>();
+  #tlsSetupScheduled = false;
+  #identityPolicy: IdentityPolicy;
   #closing = false;
   readonly stats: CollectorStats = {
     clients: 0,
@@ -247,6 +300,12 @@ export class Collector {
     protocolErrors: 0,
     krb5Sessions: 0,
     krb5Failures: 0,
+    tlsSessions: 0,
+    tlsFailures: 0,
+    tlsRevoked: 0,
+    identityMismatches: 0,
+    identityRefused: 0,
+    identityRewritten: 0,
     bufferedBytes: 0,
     bufferedPeak: 0,
     pausedClients: 0,
@@ -263,6 +322,7 @@ export class Collector {
     this.#budget = settings.memoryBudget ?? DEFAULT_COLLECTOR_SETTINGS.memoryBudget!;
     this.#maxConnections = settings.maxConnections ?? DEFAULT_COLLECTOR_SETTINGS.maxConnections!;
     this.#staleAfterMs = settings.staleAfterMs ?? DEFAULT_COLLECTOR_SETTINGS.staleAfterMs!;
+    this.#identityPolicy = settings.identityPolicy ?? (settings.tls || settings.krb5 ? 'stamp' : 'off');
     this.#warn = new WarnLimiter(log, settings.warnIntervalMs ?? DEFAULT_COLLECTOR_SETTINGS.warnIntervalMs!);
     this.#writer = new LogWriter({
       path: settings.logFile,
@@ -305,6 +365,7 @@ export class Collector {
   /** Per-session view for status pages and tests. */
   sessions(): {
     peer: string;
+    identity: PeerIdentity | null;
     phase: Phase;
     held: number;
     pausedFor: string | null;
@@ -314,6 +375,7 @@ export class Collector {
     const now = Date.now();
     return [...this.#sessions].map((s) => ({
       peer: s.peer,
+      identity: s.identity,
       phase: s.phase,
       held: s.held + s.unsent + s.pendingInput,
       pausedFor: s.pausedFor,
@@ -326,6 +388,8 @@ export class Collector {
   async start(): Promise<{ host: string; port: number }> {
     // krb5: the keytab and the binding are checked before anything else (a ConfigError stops the start).
     if (this.#s.krb5) this.#krb5 = await Krb5Acceptor.open(this.#s.krb5, this.#s.maxPayload, this.#log);
+    // tls: every key, the allowed-clients file and the certificates are checked before anything else.
+    if (this.#s.tls) this.#tls = TlsAcceptor.open(this.#s.tls, this.#log);
     await this.#writer.open();
     this.#checkDescriptorLimit();
     await new Promise<void>((resolve, reject) => {
@@ -368,9 +432,67 @@ export class Collector {
     await Promise.all([...this.#sessions].map((s) => this.#end(s)));
     await closed;
     this.#krb5?.dispose();
+    this.#tls?.dispose();
     await this.#writer.close();
     this.#warn.flushAll();
     this.#log.info(this.stats, 'collector stopped');
+  }
+
+  /**
+   * SIGHUP for transport = tls: reads the keys, tls_allowed_clients and the certificates again (`next`: the
+   * reloaded configuration's TLS settings) and applies them to new handshakes; then disconnects at once every open
+   * session whose identity is now disabled, removed or no longer allowed (as auditd 4.2.1 does for its ACL). When
+   * the CA file or the CRL changed, every X.509 session and pending handshake is closed instead: OpenSSL judges a
+   * certificate during its handshake only, so each client is judged again (a revoked one refused) when it
+   * reconnects. Records not yet written were never acknowledged: the clients send them again. A bad file (or a
+   * change of tls_auth) throws ConfigError and changes nothing. Returns the peers disconnected.
+   */
+  reloadTls(next: TlsCollectorSettings): string[] {
+    const tls = this.#tls;
+    if (!tls) {
+      throw new ConfigError('transport changed to TLS: that needs a restart', {
+        key: 'transport',
+        value: 'TLS',
+      });
+    }
+    const { trustChanged } = tls.reload(next);
+    const closed: string[] = [];
+    for (const s of [...this.#sessions]) {
+      if (s.phase === 'closed') continue;
+      if (trustChanged && s.phase === 'handshaking') {
+        // Its handshake runs with the old CA/CRL: it starts again with the new ones.
+        this.#abandonHandshake(s);
+        continue;
+      }
+      if (s.identity === null) continue;
+      const refusal =
+        trustChanged && s.identity.kind === 'x509'
+          ? 'the CA file or the CRL changed: its certificate is checked again when it reconnects'
+          : tls.authorize(s.identity);
+      if (refusal === null) continue;
+      this.stats.tlsRevoked++;
+      closed.push(s.peer);
+      this.#log.warn(
+        { peer: s.peer, identity: s.identity.name, reason: refusal },
+        `TLS: disconnecting ${s.peer} (${s.identity.kind} ${s.identity.name}): ${refusal}`,
+      );
+      s.socket.destroy();
+      this.#onCloseSoon(s);
+    }
+    this.#log.info(
+      { disconnected: closed.length, pendingHandshakes: tls.pending },
+      `TLS: keys, allowed clients and certificates reloaded${closed.length > 0 ? `; ${closed.length} client(s) disconnected` : ''}`,
+    );
+    return closed;
+  }
+
+  /** identity_policy in force (a reload may change it: it applies to the next record). */
+  get identityPolicy(): IdentityPolicy {
+    return this.#identityPolicy;
+  }
+
+  set identityPolicy(policy: IdentityPolicy) {
+    this.#identityPolicy = policy;
   }
 
   // -------------------------------------------------------------------------------------------------------
@@ -450,19 +572,161 @@ export class Collector {
       socket.destroy();
       return;
     }
-    if (this.#krb5) {
+    if (this.#krb5 || this.#tls) {
       session.phase = 'handshaking';
       this.#limitPendingHandshakes(session);
     } else if (!this.#admit(session)) {
       socket.destroy();
       return;
+    } else {
+      this.#setIdentity(session, { kind: 'address', name: session.address });
     }
     this.#add(session);
     if (this.#krb5) this.#startHandshake(session);
-    this.#log.info({ peer }, 'client connected');
+    // With TLS the "authenticated as" line says who connected; a connection that never authenticates (a flood of
+    // stalled handshakes) is counted and logged rate-limited, not one line each.
+    if (this.#tls) this.#log.debug({ peer }, 'client connected');
+    else this.#log.info({ peer }, 'client connected');
+    socket.on('close', () => this.#onClose(session));
+    if (this.#tls) {
+      // The TLS socket reads this one; its data, drain and close are listened to once the handshake is done.
+      this.#startTlsHandshake(session, this.#tls);
+      return;
+    }
+    this.#listen(session);
+  }
+
+  #listen(session: ClientSession): void {
+    const { socket } = session;
     socket.on('data', (chunk: Buffer) => this.#onData(session, chunk));
     socket.on('drain', () => this.#checkInput(session));
-    socket.on('close', () => this.#onClose(session));
+    if (socket !== session.raw) socket.on('close', () => this.#onClose(session));
+  }
+
+  #setIdentity(session: ClientSession, identity: PeerIdentity): void {
+    session.identity = identity;
+    session.stamp = identityStamp(identity);
+  }
+
+  /**
+   * tls: the handshake on the event loop, with its own deadline; at most maxPendingHandshakes at once (the oldest
+   * pending one is closed for a newcomer, as for krb5).
+   */
+  #startTlsHandshake(session: ClientSession, tls: TlsAcceptor): void {
+    const { peer } = session;
+    const { maxPendingHandshakes: limit, handshakeTimeoutMs: timeoutMs } = tls.settings;
+    if (this.#handshaking.size >= limit) {
+      const oldest = this.#handshaking.values().next().value!;
+      this.stats.tlsFailures++;
+      this.#warn.warn(
+        'tls pending',
+        { peer: oldest.peer, pending: this.#handshaking.size, maxPendingHandshakes: limit },
+        `${limit} TLS handshakes in progress (max_pending_handshakes): closing the oldest (${oldest.peer}) for ${peer}`,
+        (n) => `closed ${n} more pending TLS handshake(s) for newer ones (max_pending_handshakes = ${limit})`,
+      );
+      this.#abandonHandshake(oldest);
+    }
+    this.#handshaking.add(session);
+    session.tlsTimer = setTimeout(() => {
+      session.tlsTimer = null;
+      if (session.phase !== 'handshaking') return;
+      this.stats.tlsFailures++;
+      this.#warn.warn(
+        `tls timeout ${session.address}`,
+        { peer, timeoutMs },
+        `TLS: client ${peer} did not complete its handshake within ${timeoutMs} ms (handshake_timeout): closing`,
+        (n) =>
+          `TLS: ${n} more client(s) from ${session.address} did not complete their handshake within ${timeoutMs} ms`,
+      );
+      this.#abandonHandshake(session);
+    }, timeoutMs);
+    this.#tlsWaiting.add(session);
+    this.#scheduleTlsSetups();
+  }
+
+  /** Sets up at most TLS_SETUPS_PER_TURN waiting handshakes per loop turn (reads of open sessions go between). */
+  #scheduleTlsSetups(): void {
+    if (this.#tlsSetupScheduled || this.#tlsWaiting.size === 0) return;
+    this.#tlsSetupScheduled = true;
+    setImmediate(() => {
+      this.#tlsSetupScheduled = false;
+      const tls = this.#tls;
+      let n = 0;
+      for (const session of this.#tlsWaiting) {
+        if (n++ >= TLS_SETUPS_PER_TURN || !tls) break;
+        this.#tlsWaiting.delete(session);
+        if (session.phase !== 'handshaking') continue;
+        tls.handshake(session.raw, session.peer, (result) => this.#tlsDone(session, result));
+      }
+      this.#scheduleTlsSetups();
+    });
+  }
+
+  /** Closes a connection whose handshake is pending (deadline, cap): no result will come for it. */
+  #abandonHandshake(session: ClientSession): void {
+    this.#handshaking.delete(session);
+    this.#tlsWaiting.delete(session);
+    this.#tls?.abandon(session.raw);
+    session.raw.destroy();
+    this.#onCloseSoon(session);
+  }
+
+  #tlsDone(session: ClientSession, result: HandshakeResult): void {
+    const { peer } = session;
+    this.#handshaking.delete(session);
+    if (session.tlsTimer) clearTimeout(session.tlsTimer);
+    session.tlsTimer = null;
+    if (session.phase !== 'handshaking') {
+      if (result.ok) result.socket.destroy();
+      return;
+    }
+    if (!result.ok) {
+      this.stats.tlsFailures++;
+      this.#warn.warn(
+        `tls refused ${session.address} ${result.reason}`,
+        { peer, reason: result.reason },
+        `TLS: refused client ${peer}: ${result.reason}`,
+        (n) => `TLS: refused ${n} more connection(s) from ${session.address}: ${result.reason}`,
+      );
+      session.raw.destroy();
+      this.#onCloseSoon(session);
+      return;
+    }
+    const { socket, identity } = result;
+    socket.on('error', (err: NodeJS.ErrnoException) =>
+      this.#log.info({ peer, error: err.code ?? err.message }, `client ${peer} TLS connection error`),
+    );
+    session.socket = socket;
+    this.#setIdentity(session, identity);
+    this.stats.tlsSessions++;
+    session.phase = 'open';
+    this.#log.info(
+      { peer, identity: identity.name, kind: identity.kind, tls: result.summary },
+      `client ${peer} authenticated as ${identity.kind} ${identity.name} (${result.summary})`,
+    );
+    if (!this.#admit(session)) {
+      socket.destroy();
+      this.#onCloseSoon(session);
+      return;
+    }
+    this.#listen(session);
+    if (result.expiresAt !== null) {
+      // The session ends with its certificate: the client reconnects, and is judged again.
+      session.tlsTimer = setTimeout(
+        () => {
+          session.tlsTimer = null;
+          if (session.phase === 'closed') return;
+          this.stats.tlsRevoked++;
+          this.#log.info(
+            { peer, identity: identity.name },
+            `the certificate of ${identity.name} (${peer}) has expired: closing its connection`,
+          );
+          this.#closeAfterPending(session);
+        },
+        Math.min(2 ** 31 - 1, Math.max(0, result.expiresAt - Date.now())),
+      );
+      session.tlsTimer.unref();
+    }
   }
 
   #add(session: ClientSession): void {
@@ -486,7 +750,10 @@ export class Collector {
     same?.delete(session);
     if (same?.size === 0) this.#byAddress.delete(session.address);
     this.#handshaking.delete(session);
+    this.#tlsWaiting.delete(session);
     this.#setPaused(session, null);
+    if (session.tlsTimer) clearTimeout(session.tlsTimer);
+    if (session.phase === 'closed' && this.#tls) this.#tls.abandon(session.raw);
     if (session.krb5Timer) clearTimeout(session.krb5Timer);
     session.krb5?.dispose();
     // Records not yet handed to the writer were never acknowledged: the client sends them again.
@@ -511,7 +778,8 @@ export class Collector {
       );
     }
     this.#warn.flushPrefix(`${peer} `);
-    this.#log.info({ peer, records: session.records }, 'client disconnected');
+    if (this.#tls && session.identity === null) this.#log.debug({ peer }, 'client disconnected');
+    else this.#log.info({ peer, records: session.records }, 'client disconnected');
     this.#resumeBudgetPaused();
   }
 
@@ -549,9 +817,9 @@ export class Collector {
    */
   #admit(session: ClientSession): boolean {
     const max = this.#s.maxPerAddr;
-    const krb5 = this.#krb5 !== null;
+    const authenticated = this.#krb5 !== null || this.#tls !== null;
     const same = [...(this.#byAddress.get(session.address) ?? [])].filter(
-      (s) => s !== session && (s.phase === 'open' || (!krb5 && s.phase === 'handshaking')),
+      (s) => s !== session && (s.phase === 'open' || (!authenticated && s.phase === 'handshaking')),
     );
     if (same.length < max) return true;
     const now = Date.now();
@@ -596,12 +864,23 @@ export class Collector {
     this.#onClose(session);
   }
 
-  /** krb5: unauthenticated connections from one address only ever displace each other. */
+  /** krb5, tls: unauthenticated connections from one address only ever displace each other. */
   #limitPendingHandshakes(session: ClientSession): void {
     const same = [...(this.#byAddress.get(session.address) ?? [])].filter((s) => s.phase === 'handshaking');
     const limit = Math.max(4, this.#s.maxPerAddr);
     if (same.length < limit) return;
     const oldest = same[0]!;
+    if (this.#tls) {
+      this.stats.tlsFailures++;
+      this.#warn.warn(
+        `pending ${session.address}`,
+        { peer: oldest.peer, by: session.peer, pending: same.length },
+        `${same.length} unauthenticated connections from ${session.address}: closing the oldest (${oldest.peer}) for ${session.peer}; authenticated sessions are never closed for an unauthenticated one`,
+        (n) => `closed ${n} more unauthenticated connection(s) from ${session.address} for newer ones`,
+      );
+      this.#abandonHandshake(oldest);
+      return;
+    }
     this.stats.krb5Failures++;
     this.#warn.warn(
       `pending ${session.address}`,
@@ -729,6 +1008,7 @@ export class Collector {
       session.krb5Timer = null;
       this.stats.krb5Sessions++;
       session.phase = 'open';
+      this.#setIdentity(session, { kind: 'krb5', name: r.established });
       this.#log.info({ peer, principal: r.established }, `client ${peer} authenticated as ${r.established}`);
       if (!this.#admit(session)) {
         socket.destroy();
@@ -795,6 +1075,16 @@ export class Collector {
       }
       // Every other type is a record, as in auditd.
       const line = this.#line(m.payload, session, principal);
+      if (line === null) {
+        // Refused by identity_policy = reject: answered in order, after what came before it.
+        const target = entry ?? session.lastEntry;
+        if (target) target.replies.push(m.sequence + REFUSED);
+        else {
+          immediate ??= [];
+          immediate.push(m.sequence + REFUSED);
+        }
+        continue;
+      }
       if (!entry) {
         entry = { session, lines: [], bytes: 0, replies: [], records: 0 };
         session.queue.push(entry);
@@ -848,7 +1138,7 @@ export class Collector {
    * The record as it goes into the log: one trailing '\n' removed (krb5: all of them, as auditd), the rule of
    * sanitize.ts applied; krb5 appends ` krb5=<client principal>` as auditd does (unless turned off).
    */
-  #line(payload: Buffer, session: ClientSession, principal: string | null): Buffer {
+  #line(payload: Buffer, session: ClientSession, principal: string | null): Buffer | null {
     let end = payload.length;
     if (end > 0 && payload[end - 1] === 0x0a) end--;
     while (principal !== null && end > 0 && payload[end - 1] === 0x0a) end--;
@@ -865,10 +1155,40 @@ export class Collector {
         );
       }
     }
-    if (principal !== null && this.#s.krb5?.appendPrincipal !== false) {
-      return Buffer.concat([line, Buffer.from(` krb5=${principal}`)]);
+    const written =
+      principal !== null && this.#s.krb5?.appendPrincipal !== false
+        ? Buffer.concat([line, Buffer.from(` krb5=${principal}`)])
+        : line;
+    return this.#applyIdentity(written, session);
+  }
+
+  /** identity_policy for one record (src/collector/identity.ts); null = refused. */
+  #applyIdentity(line: Buffer, session: ClientSession): Buffer | null {
+    const policy = this.#identityPolicy;
+    const id = session.identity;
+    if (policy === 'off' || id === null) return line;
+    const d = applyIdentity(line, id, policy, session.stamp);
+    if (d.action === 'refuse' || d.mismatch !== null) {
+      const node = d.action === 'refuse' ? d.node : d.mismatch!;
+      this.stats.identityMismatches++;
+      if (d.action === 'refuse') this.stats.identityRefused++;
+      const what =
+        d.action === 'refuse'
+          ? 'refused (identity_policy = reject)'
+          : policy === 'rewrite'
+            ? 'written with its node= replaced (identity_policy = rewrite)'
+            : 'written and stamped (identity_policy = stamp)';
+      this.#warn.warn(
+        `${session.peer} node`,
+        { peer: session.peer, identity: id.name, kind: id.kind, node, policy },
+        `record from ${session.peer} (${id.kind} ${id.name}) claims node=${node}, which is not that identity's: ${what}`,
+        (n) =>
+          `${n} more record(s) from ${session.peer} (${id.kind} ${id.name}) claimed another node: ${what}`,
+      );
     }
-    return line;
+    if (d.action === 'refuse') return null;
+    if (d.rewritten) this.stats.identityRewritten++;
+    return d.line;
   }
 
   /** Stops reading from a session (after a protocol error and the like) and closes it once its replies are out. */
@@ -1028,6 +1348,13 @@ export class Collector {
     const { socket } = session;
     if (socket.destroyed || list.length === 0) return;
     const frames = list.map((v) => {
+      if (v >= REFUSED) {
+        return encodeReply(
+          REFUSED_REPLY,
+          v - REFUSED,
+          'record refused: its node= is not the authenticated host',
+        );
+      }
       if (v >= HB || !err) return encodeReply(MessageType.ACK, v >= HB ? v - HB : v);
       return isFull(err)
         ? encodeReply(MessageType.DISKFULL, v, 'disk full')
@@ -1071,6 +1398,10 @@ export class Collector {
   }
 
   async #end(session: ClientSession): Promise<void> {
+    if (session.phase === 'handshaking' && this.#tls) {
+      this.#abandonHandshake(session);
+      return;
+    }
     if (session.krb5 && !session.krb5.established) {
       // No security context yet: nothing can be said to this client.
       session.socket.destroy();

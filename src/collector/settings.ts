@@ -13,6 +13,7 @@ import { UsageError } from '../errors.js';
 import type { CollectorSettings } from './collector.js';
 import { DEFAULT_KRB5_COLLECTOR_SETTINGS } from './krb5.js';
 import type { FsyncPolicy } from './log-writer.js';
+import type { TlsCollectorSettings } from './tls.js';
 
 export interface CollectorCommandOptions {
   config?: string | undefined;
@@ -83,7 +84,33 @@ export function fromConfig(cfg: CollectorConfig): CollectorSettings {
             handshakeTimeoutMs: cfg.handshakeTimeout * 1000,
             allowedPrincipals: cfg.krb5AllowedPrincipals,
             appendPrincipal: cfg.krb5AppendPrincipal,
+            ...(cfg.maxPendingHandshakes !== null ? { maxPendingHandshakes: cfg.maxPendingHandshakes } : {}),
           }
         : null,
+    tls: cfg.transport === 'tls' ? tlsCollectorSettings(cfg) : null,
+    ...(cfg.identityPolicy !== null ? { identityPolicy: cfg.identityPolicy } : {}),
+  };
+}
+
+/** TLS handshakes in progress at most unless max_pending_handshakes says otherwise (docs/tls.md). */
+export const DEFAULT_TLS_MAX_PENDING_HANDSHAKES = 256;
+
+/** transport = TLS: the keys as configured; the files are read when the collector starts (and on SIGHUP). */
+export function tlsCollectorSettings(cfg: CollectorConfig): TlsCollectorSettings {
+  return {
+    auth: cfg.tlsAuth,
+    profile: cfg.tlsCryptoProfile,
+    cipherSuites: cfg.tlsCipherSuites,
+    keyExchange: cfg.tlsKeyExchange,
+    pskFile: cfg.tlsPskFile,
+    pskIdentity: cfg.tlsPskIdentity,
+    allowedClients: cfg.tlsAllowedClients,
+    caFile: cfg.tlsCaFile,
+    certFile: cfg.tlsCertFile,
+    keyFile: cfg.tlsKeyFile,
+    crlFile: cfg.tlsCrlFile,
+    allowedNames: cfg.tlsAllowedNames,
+    handshakeTimeoutMs: cfg.handshakeTimeout * 1000,
+    maxPendingHandshakes: cfg.maxPendingHandshakes ?? DEFAULT_TLS_MAX_PENDING_HANDSHAKES,
   };
 }

@@ -13,6 +13,14 @@ import {
   type InputSpec,
   parseInputSpec,
 } from '../input/spec.js';
+import {
+  DEFAULT_CIPHER_SUITES,
+  NO_PQC_REASON,
+  parseCipherSuites,
+  parseKeyExchange,
+  type TlsProfile,
+} from '../tls/options.js';
+import { PSK_IDENTITY_ALLOWED, pskIdentityProblem } from '../tls/psk.js';
 import { describeErrno, formatMode, type ReadConfigOptions, readConfigFile, runningAsRoot } from './file.js';
 import { AGENT_MAX_LINE_LENGTH, type ConfigEntry, parseConfigText } from './parser.js';
 import {
@@ -32,6 +40,7 @@ import {
   parseNonEmptyString,
   parseStatusListen,
   parseYesNo,
+  requireValue,
 } from './values.js';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -88,7 +97,9 @@ export const STARTUP_FAILURE_ACTION_KINDS = [
   'warn_once_continue',
 ] as const satisfies readonly StartupFailureAction['kind'][];
 
-export type Transport = 'tcp' | 'krb5';
+export type Transport = 'tcp' | 'krb5' | 'tls';
+/** tls_auth: upstream's psk, or auditrelay's mutual X.509 (docs/tls.md). */
+export type TlsAuth = 'psk' | 'x509';
 export type Mode = 'immediate' | 'forward';
 export type Format = 'managed' | 'ascii';
 export type FsyncPolicy = 'always' | 'interval' | 'never';
@@ -130,6 +141,17 @@ export interface AgentConfig {
   krb5Principal: string | null;
   krb5ClientName: string;
   krb5KeyFile: string;
+  /** transport = tls (audit 4.2): how the link is authenticated. */
+  tlsAuth: TlsAuth;
+  /** `pqc` cannot be met on Node 20 (a configuration error, src/tls/options.ts). */
+  tlsCryptoProfile: TlsProfile;
+  /** Hex key file (root-owned, 0400); required with tls_auth = psk. */
+  tlsPskFile: string | null;
+  tlsPskIdentity: string | null;
+  /** null = the profile's suites. */
+  tlsCipherSuites: string[] | null;
+  /** null = the profile's groups. */
+  tlsKeyExchange: string[] | null;
   // --- auditrelay extensions ---
   maxInFlight: number;
   queueDir: string;
@@ -140,6 +162,15 @@ export interface AgentConfig {
   reconnectMaxMs: number;
   /** Seconds to wait for acknowledgements at shutdown. */
   drainTimeout: number;
+  /** tls_auth = x509: the CA certificates that sign the server's certificate (PEM). */
+  tlsCaFile: string | null;
+  /** tls_auth = x509: our certificate chain (PEM) and its private key (root-owned, 0400). */
+  tlsCertFile: string | null;
+  tlsKeyFile: string | null;
+  /** tls_auth = x509: certificate revocation list(s) (PEM) checked against the server's certificate. */
+  tlsCrlFile: string | null;
+  /** tls_auth = x509: the name the server's certificate must carry; null = remote_server. */
+  tlsServerName: string | null;
   forwardEoe: boolean;
   /** Where records come from: stdin (plugin), the af_unix plugin's socket, or a tailed audit.log. */
   input: InputSpec;
@@ -182,6 +213,12 @@ export const AGENT_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   krb5Principal: null,
   krb5ClientName: 'auditd',
   krb5KeyFile: '/etc/audit/audisp-remote.key',
+  tlsAuth: 'psk',
+  tlsCryptoProfile: 'compatible',
+  tlsPskFile: null,
+  tlsPskIdentity: null,
+  tlsCipherSuites: null,
+  tlsKeyExchange: null,
   maxInFlight: 1024,
   queueDir: '/var/spool/auditrelay',
   fsync: 'interval',
@@ -190,6 +227,11 @@ export const AGENT_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   reconnectInitialMs: 200,
   reconnectMaxMs: 30_000,
   drainTimeout: 5,
+  tlsCaFile: null,
+  tlsCertFile: null,
+  tlsKeyFile: null,
+  tlsCrlFile: null,
+  tlsServerName: null,
   forwardEoe: false,
   input: { kind: 'stdin' },
   tailStateFile: DEFAULT_TAIL_STATE_FILE,
@@ -262,6 +304,107 @@ const action = (field: ActionField, words: readonly string[]): KeyDef => ({
   format: (cfg) => formatAction(cfg[field]),
 });
 
+/**
+ * audit 4.2's TLS keys (audisp-remote.conf(5)), with upstream's parse rules: tls_psk_file an absolute path,
+ * tls_auth and tls_crypto_profile keywords, tls_require_pqc yes/no (yes = profile pqc). What Node 20 cannot do
+ * (the pqc profile, ML-KEM groups) is an error that says why (src/tls/options.ts). `x509` is auditrelay's.
+ */
+const TLS_KEYS: Record<string, KeyDef> = {
+  tls_psk_file: {
+    apply: (cfg, e, ctx) => {
+      cfg.tlsPskFile = parseAbsolutePath(e, ctx.file);
+    },
+    format: (cfg) => cfg.tlsPskFile,
+    unset: () => '# tls_psk_file is not set (required with transport = tls and tls_auth = psk)',
+  },
+  tls_psk_identity: {
+    apply: (cfg, e, ctx) => {
+      const v = parseNonEmptyString(e, ctx.file, PSK_IDENTITY_ALLOWED);
+      const problem = pskIdentityProblem(v);
+      if (problem !== null) fail(e, ctx.file, problem, PSK_IDENTITY_ALLOWED);
+      cfg.tlsPskIdentity = v;
+    },
+    format: (cfg) => cfg.tlsPskIdentity,
+    unset: () => '# tls_psk_identity is not set (required with transport = tls and tls_auth = psk)',
+  },
+  tls_cipher_suites: {
+    apply: (cfg, e, ctx) => {
+      const allowed = `a colon-separated list of TLS 1.3 suites with at least one SHA-256 suite, e.g. ${DEFAULT_CIPHER_SUITES.join(':')}`;
+      const v = requireValue(e, ctx.file, allowed);
+      noOption(e, ctx.file);
+      const r = parseCipherSuites(v);
+      if (typeof r === 'string') fail(e, ctx.file, r, allowed);
+      cfg.tlsCipherSuites = r;
+    },
+    format: (cfg) => (cfg.tlsCipherSuites ? cfg.tlsCipherSuites.join(':') : null),
+    unset: () => "# tls_cipher_suites is not set: the profile's suites",
+  },
+  tls_key_exchange: {
+    apply: (cfg, e, ctx) => {
+      const allowed = 'a colon-separated list of groups, e.g. X25519:P-256';
+      const v = requireValue(e, ctx.file, allowed);
+      noOption(e, ctx.file);
+      const r = parseKeyExchange(v);
+      if (typeof r === 'string') fail(e, ctx.file, r, allowed);
+      cfg.tlsKeyExchange = r;
+    },
+    format: (cfg) => (cfg.tlsKeyExchange ? cfg.tlsKeyExchange.join(':') : null),
+    unset: () => "# tls_key_exchange is not set: the profile's groups",
+  },
+  tls_require_pqc: {
+    // Upstream: yes = tls_crypto_profile pqc, no = no effect (a one-directional alias).
+    apply: (_cfg, e, ctx) => {
+      if (parseYesNo(e, ctx.file))
+        fail(e, ctx.file, `tls_require_pqc = yes cannot be met: ${NO_PQC_REASON}`, 'no');
+    },
+    format: () => 'no',
+  },
+  tls_auth: {
+    apply: (cfg, e, ctx) => {
+      cfg.tlsAuth = parseKeyword(e, ctx.file, ['psk', 'x509'] as const);
+    },
+    format: (cfg) => cfg.tlsAuth,
+  },
+  tls_crypto_profile: {
+    apply: (cfg, e, ctx) => {
+      if (e.value.toLowerCase() === 'pqc') {
+        fail(e, ctx.file, `the pqc profile cannot be met: ${NO_PQC_REASON}`, 'compatible, system');
+      }
+      cfg.tlsCryptoProfile = parseKeyword(e, ctx.file, ['compatible', 'system'] as const);
+    },
+    format: (cfg) => cfg.tlsCryptoProfile,
+  },
+};
+
+const pathKey = (field: 'tlsCaFile' | 'tlsCertFile' | 'tlsKeyFile' | 'tlsCrlFile', what: string): KeyDef => ({
+  apply: (cfg, e, ctx) => {
+    cfg[field] = parseAbsolutePath(e, ctx.file);
+  },
+  format: (cfg) => cfg[field],
+  unset: () => `# ${configKeyOf(field)} is not set${what}`,
+});
+const configKeyOf = (field: string) => field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+
+/** auditrelay's mutual X.509 (tls_auth = x509), in upstream's syntax (docs/tls.md). */
+const TLS_X509_KEYS: Record<string, KeyDef> = {
+  tls_ca_file: pathKey('tlsCaFile', ' (required with tls_auth = x509)'),
+  tls_cert_file: pathKey('tlsCertFile', ' (required with tls_auth = x509)'),
+  tls_key_file: pathKey('tlsKeyFile', ' (required with tls_auth = x509)'),
+  tls_crl_file: pathKey('tlsCrlFile', ': no revocation list'),
+  tls_server_name: {
+    apply: (cfg, e, ctx) => {
+      const allowed = 'the DNS name or IP address the server certificate carries';
+      const v = requireValue(e, ctx.file, allowed);
+      noOption(e, ctx.file);
+      if (!isHostOrAddress(v)) fail(e, ctx.file, `"${v}" is not a host name or address`, allowed);
+      cfg.tlsServerName = v;
+    },
+    format: (cfg) => cfg.tlsServerName,
+    unset: (cfg) =>
+      `# tls_server_name is not set: the server certificate must name ${cfg.remoteServer ?? '127.0.0.1'}`,
+  },
+};
+
 /** Upstream keys in the order of the reference table (§5.1), then ours. */
 const UPSTREAM_KEYS: Record<string, KeyDef> = {
   remote_server: {
@@ -290,10 +433,7 @@ const UPSTREAM_KEYS: Record<string, KeyDef> = {
   },
   transport: {
     apply: (cfg, e, ctx) => {
-      if (e.value.toLowerCase() === 'tls') {
-        fail(e, ctx.file, 'tls transport is not supported (audit 4.2+ only)', 'tcp, krb5');
-      }
-      cfg.transport = parseKeyword(e, ctx.file, ['tcp', 'krb5'] as const);
+      cfg.transport = parseKeyword(e, ctx.file, ['tcp', 'krb5', 'tls'] as const);
     },
     format: (cfg) => cfg.transport,
   },
@@ -370,6 +510,7 @@ const UPSTREAM_KEYS: Record<string, KeyDef> = {
     },
     format: (cfg) => cfg.krb5KeyFile,
   },
+  ...TLS_KEYS,
 };
 
 const EXTENSION_KEYS: Record<string, KeyDef> = {
@@ -406,6 +547,7 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
     format: (cfg) => String(cfg.reconnectMaxMs),
   },
   drain_timeout: { apply: int('drain_timeout', 'drainTimeout'), format: (cfg) => String(cfg.drainTimeout) },
+  ...TLS_X509_KEYS,
   forward_eoe: {
     apply: (cfg, e, ctx) => {
       cfg.forwardEoe = parseYesNo(e, ctx.file);
@@ -458,20 +600,6 @@ export const AGENT_UPSTREAM_KEYS: readonly string[] = Object.keys(UPSTREAM_KEYS)
 export const AGENT_EXTENSION_KEYS: readonly string[] = Object.keys(EXTENSION_KEYS);
 export const AGENT_KEYS: readonly string[] = [...AGENT_UPSTREAM_KEYS, ...AGENT_EXTENSION_KEYS];
 const KEY_DEFS: Record<string, KeyDef> = { ...UPSTREAM_KEYS, ...EXTENSION_KEYS };
-
-const TLS_UNSUPPORTED = 'TLS is not supported (audit 4.2+ only); remove this key';
-/** Keys of audit 4.2+ (HEAD) that we recognise but do not support. */
-const UNSUPPORTED_KEYS: Record<string, string> = Object.fromEntries(
-  [
-    'tls_auth',
-    'tls_crypto_profile',
-    'tls_psk_file',
-    'tls_psk_identity',
-    'tls_cipher_suites',
-    'tls_key_exchange',
-    'tls_require_pqc',
-  ].map((k) => [k, TLS_UNSUPPORTED]),
-);
 
 // ---------------------------------------------------------------------------------------------------------
 // Value parsers specific to the agent
@@ -574,7 +702,6 @@ export function parseAgentConfig(text: string, file: string, opts: ParseAgentOpt
   const entries = parseConfigText(text, file, {
     keys: AGENT_KEYS,
     maxLineLength: AGENT_MAX_LINE_LENGTH,
-    unsupported: UNSUPPORTED_KEYS,
   });
   const cfg = defaultAgentConfig();
   const ctx: ApplyContext = { file, checkExecutables: opts.checkExecutables ?? false };
@@ -608,6 +735,7 @@ function crossCheck(cfg: AgentConfig, file: string, lastLine: Map<string, number
       allowed: 'transport = tcp with format = ascii',
     });
   }
+  if (cfg.transport === 'tls') checkTls(cfg, file, lineOf);
   if (cfg.reconnectInitialMs > cfg.reconnectMaxMs) {
     throw new ConfigError(
       `reconnect_initial_ms (${cfg.reconnectInitialMs}) is larger than reconnect_max_ms (${cfg.reconnectMaxMs})`,
@@ -619,6 +747,48 @@ function crossCheck(cfg: AgentConfig, file: string, lastLine: Map<string, number
         allowed: `at most reconnect_max_ms (${cfg.reconnectMaxMs})`,
       },
     );
+  }
+}
+
+/** upstream's sanity_check for transport = tls, and ours for x509. */
+function checkTls(cfg: AgentConfig, file: string, lineOf: (...keys: string[]) => number | undefined): void {
+  const at = (key: string, message: string, allowed: string, ...keys: string[]): never => {
+    throw new ConfigError(message, { file, line: lineOf('transport', ...keys), key, allowed });
+  };
+  if (cfg.format !== 'managed') {
+    at(
+      'transport',
+      'transport = tls requires format = managed (as upstream), but format is ascii',
+      'format = managed',
+      'format',
+    );
+  }
+  if (cfg.tlsAuth === 'psk') {
+    if (cfg.tlsPskFile === null) {
+      at(
+        'tls_psk_file',
+        'transport = tls requires tls_psk_file',
+        'the absolute path of a 0400 root-owned file holding the key in hex (openssl rand -hex 32)',
+        'tls_auth',
+      );
+    }
+    if (cfg.tlsPskIdentity === null) {
+      at(
+        'tls_psk_identity',
+        'tls_psk_identity is required when tls_psk_file is set',
+        PSK_IDENTITY_ALLOWED,
+        'tls_psk_file',
+      );
+    }
+    return;
+  }
+  for (const [key, value] of [
+    ['tls_ca_file', cfg.tlsCaFile],
+    ['tls_cert_file', cfg.tlsCertFile],
+    ['tls_key_file', cfg.tlsKeyFile],
+  ] as const) {
+    if (value === null)
+      at(key, `tls_auth = x509 requires ${key}`, 'an absolute path to a PEM file', 'tls_auth');
   }
 }
 

@@ -4,7 +4,16 @@
  * warning, so an existing auditd.conf can be used as is; keys auditd does not know are errors.
  */
 import { resolve as resolvePath } from 'node:path';
+import { IDENTITY_POLICIES, type IdentityPolicy } from '../collector/identity.js';
 import { ConfigError, UsageError } from '../errors.js';
+import {
+  DEFAULT_CIPHER_SUITES,
+  NO_PQC_REASON,
+  parseCipherSuites,
+  parseKeyExchange,
+  type TlsProfile,
+} from '../tls/options.js';
+import { PSK_IDENTITY_ALLOWED, pskIdentityProblem } from '../tls/psk.js';
 import { type ReadConfigOptions, readConfigFile, runningAsRoot } from './file.js';
 import { AUDITD_MAX_LINE_LENGTH, type ConfigEntry, parseConfigText } from './parser.js';
 import {
@@ -28,7 +37,7 @@ import {
   requireValue,
 } from './values.js';
 
-export type CollectorTransport = 'tcp' | 'krb5';
+export type CollectorTransport = 'tcp' | 'krb5' | 'tls';
 /** auditd.conf `flush` values. */
 export type FlushMode = 'none' | 'incremental' | 'incremental_async' | 'data' | 'sync';
 export const FLUSH_MODES = ['none', 'incremental', 'incremental_async', 'data', 'sync'] as const;
@@ -49,6 +58,17 @@ export interface CollectorConfig {
   /** Service name of the server principal. */
   krb5Principal: string;
   krb5KeyFile: string;
+  /** transport = TLS (auditd 4.2): psk (upstream) or x509 (auditrelay). */
+  tlsAuth: 'psk' | 'x509';
+  tlsCryptoProfile: TlsProfile;
+  /** Single-PSK key file (hex, root-owned, 0400). */
+  tlsPskFile: string | null;
+  /** The one client identity accepted when tls_allowed_clients is not set. */
+  tlsPskIdentity: string | null;
+  /** The allowed-clients file (identity enabled|disabled [key=/path] [node=...]). */
+  tlsAllowedClients: string | null;
+  tlsCipherSuites: string[] | null;
+  tlsKeyExchange: string[] | null;
   /** Where received records are written. */
   logFile: string;
   flush: FlushMode;
@@ -73,6 +93,17 @@ export interface CollectorConfig {
   tcpMaxConnections: number;
   /** Seconds a session must be silent (nothing pending) before a new connection from its address replaces it. */
   staleSessionTimeout: number;
+  /** tls_auth = x509: CA certificates that sign client certificates, ours and its key, the CRL (PEM files). */
+  tlsCaFile: string | null;
+  tlsCertFile: string | null;
+  tlsKeyFile: string | null;
+  tlsCrlFile: string | null;
+  /** tls_auth = x509: certificate names (SAN DNS or CN, `*.domain`) allowed in; null = any the CA signed. */
+  tlsAllowedNames: string[] | null;
+  /** What a record's node= must be (docs/tls.md); null = stamp for TLS and KRB5, off for TCP. */
+  identityPolicy: IdentityPolicy | null;
+  /** Handshakes in progress at most (tls, krb5); null = 256 for TLS, 1024 for KRB5. */
+  maxPendingHandshakes: number | null;
 }
 
 export interface ConfigWarning {
@@ -102,6 +133,13 @@ export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
   transport: 'tcp',
   krb5Principal: 'auditd',
   krb5KeyFile: '/etc/audit/audit.key',
+  tlsAuth: 'psk',
+  tlsCryptoProfile: 'compatible',
+  tlsPskFile: null,
+  tlsPskIdentity: null,
+  tlsAllowedClients: null,
+  tlsCipherSuites: null,
+  tlsKeyExchange: null,
   logFile: '/var/log/audit/audit.log',
   flush: 'incremental_async',
   freq: 50,
@@ -115,6 +153,13 @@ export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
   memoryBudget: 64 * 1024 ** 2,
   tcpMaxConnections: 4096,
   staleSessionTimeout: 10,
+  tlsCaFile: null,
+  tlsCertFile: null,
+  tlsKeyFile: null,
+  tlsCrlFile: null,
+  tlsAllowedNames: null,
+  identityPolicy: null,
+  maxPendingHandshakes: null,
 } satisfies CollectorConfig);
 
 /** A listen backlog below this lets a burst of connecting clients wait 1 s or more for a SYN retry. */
@@ -132,6 +177,7 @@ export const COLLECTOR_RANGES = {
   memory_budget: [1024 * 1024, 64 * 1024 ** 3],
   tcp_max_connections: [1, 1048576],
   stale_session_timeout: [1, 3600],
+  max_pending_handshakes: [1, 65536],
 } as const satisfies Record<string, readonly [number, number]>;
 
 export function defaultCollectorConfig(): CollectorConfig {
@@ -187,6 +233,103 @@ const int = (key: keyof typeof COLLECTOR_RANGES, field: NumericField): KeyDef =>
   format: (cfg) => String(cfg[field]),
 });
 
+/** auditd 4.2's TLS keys (auditd.conf(5)) with its parse rules; what Node 20 cannot do is an error saying why. */
+const TLS_KEYS: Record<string, KeyDef> = {
+  tls_auth: {
+    apply: (cfg, e, file) => {
+      cfg.tlsAuth = parseKeyword(e, file, ['psk', 'x509'] as const);
+    },
+    format: (cfg) => cfg.tlsAuth,
+  },
+  tls_crypto_profile: {
+    apply: (cfg, e, file) => {
+      if (e.value.toLowerCase() === 'pqc') {
+        fail(e, file, `the pqc profile cannot be met: ${NO_PQC_REASON}`, 'compatible, system');
+      }
+      cfg.tlsCryptoProfile = parseKeyword(e, file, ['compatible', 'system'] as const);
+    },
+    format: (cfg) => cfg.tlsCryptoProfile,
+  },
+  tls_psk_file: {
+    apply: (cfg, e, file) => {
+      cfg.tlsPskFile = parseAbsolutePath(e, file);
+    },
+    format: (cfg) => cfg.tlsPskFile,
+  },
+  tls_psk_identity: {
+    apply: (cfg, e, file) => {
+      const v = parseNonEmptyString(e, file, PSK_IDENTITY_ALLOWED);
+      const problem = pskIdentityProblem(v);
+      if (problem !== null) fail(e, file, problem, PSK_IDENTITY_ALLOWED);
+      cfg.tlsPskIdentity = v;
+    },
+    format: (cfg) => cfg.tlsPskIdentity,
+  },
+  tls_allowed_clients: {
+    apply: (cfg, e, file) => {
+      cfg.tlsAllowedClients = parseAbsolutePath(e, file);
+    },
+    format: (cfg) => cfg.tlsAllowedClients,
+  },
+  tls_cipher_suites: {
+    apply: (cfg, e, file) => {
+      const allowed = `a colon-separated list of TLS 1.3 suites with at least one SHA-256 suite, e.g. ${DEFAULT_CIPHER_SUITES.join(':')}`;
+      const v = requireValue(e, file, allowed);
+      noOption(e, file);
+      const r = parseCipherSuites(v);
+      if (typeof r === 'string') fail(e, file, r, allowed);
+      cfg.tlsCipherSuites = r;
+    },
+    format: (cfg) => (cfg.tlsCipherSuites ? cfg.tlsCipherSuites.join(':') : null),
+  },
+  tls_key_exchange: {
+    apply: (cfg, e, file) => {
+      const allowed = 'a colon-separated list of groups, e.g. X25519:P-256';
+      const v = requireValue(e, file, allowed);
+      noOption(e, file);
+      const r = parseKeyExchange(v);
+      if (typeof r === 'string') fail(e, file, r, allowed);
+      cfg.tlsKeyExchange = r;
+    },
+    format: (cfg) => (cfg.tlsKeyExchange ? cfg.tlsKeyExchange.join(':') : null),
+  },
+  tls_require_pqc: {
+    // auditd: yes = tls_crypto_profile pqc, no = no effect (a one-directional alias).
+    apply: (_cfg, e, file) => {
+      if (parseYesNo(e, file)) fail(e, file, `tls_require_pqc = yes cannot be met: ${NO_PQC_REASON}`, 'no');
+    },
+    format: () => 'no',
+  },
+};
+
+const pemKey = (field: 'tlsCaFile' | 'tlsCertFile' | 'tlsKeyFile' | 'tlsCrlFile'): KeyDef => ({
+  apply: (cfg, e, file) => {
+    cfg[field] = parseAbsolutePath(e, file);
+  },
+  format: (cfg) => cfg[field],
+});
+
+/** auditrelay's mutual X.509 (tls_auth = x509), in auditd.conf syntax (docs/tls.md). */
+const TLS_X509_KEYS: Record<string, KeyDef> = {
+  tls_ca_file: pemKey('tlsCaFile'),
+  tls_cert_file: pemKey('tlsCertFile'),
+  tls_key_file: pemKey('tlsKeyFile'),
+  tls_crl_file: pemKey('tlsCrlFile'),
+  tls_allowed_names: {
+    apply: (cfg, e, file) => {
+      const allowed =
+        'a comma-separated list of certificate names (SAN DNS name or CN), e.g. web1.example.com,*.db.example.com';
+      const v = requireValue(e, file, allowed);
+      noOption(e, file);
+      const list = v.split(',').map((n) => n.trim());
+      const bad = list.find((n) => !/^(\*\.)?[A-Za-z0-9_.-]+$/.test(n));
+      if (bad !== undefined) fail(e, file, `"${bad}" is not a certificate name`, allowed);
+      cfg.tlsAllowedNames = list;
+    },
+    format: (cfg) => (cfg.tlsAllowedNames ? cfg.tlsAllowedNames.join(',') : null),
+  },
+};
+
 const AUDITD_KEYS: Record<string, KeyDef> = {
   tcp_listen_port: int('tcp_listen_port', 'tcpListenPort'),
   tcp_listen_queue: int('tcp_listen_queue', 'tcpListenQueue'),
@@ -203,10 +346,7 @@ const AUDITD_KEYS: Record<string, KeyDef> = {
   tcp_client_max_idle: int('tcp_client_max_idle', 'tcpClientMaxIdle'),
   transport: {
     apply: (cfg, e, file) => {
-      if (e.value.toLowerCase() === 'tls') {
-        fail(e, file, 'TLS transport is not supported (audit 4.2+ only)', 'TCP, KRB5');
-      }
-      cfg.transport = parseKeyword(e, file, ['tcp', 'krb5'] as const);
+      cfg.transport = parseKeyword(e, file, ['tcp', 'krb5', 'tls'] as const);
     },
     format: (cfg) => cfg.transport.toUpperCase(),
   },
@@ -229,6 +369,7 @@ const AUDITD_KEYS: Record<string, KeyDef> = {
     },
     format: (cfg) => cfg.krb5KeyFile,
   },
+  ...TLS_KEYS,
   log_file: {
     apply: (cfg, e, file) => {
       cfg.logFile = parseAbsolutePath(e, file);
@@ -286,6 +427,20 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
   },
   tcp_max_connections: int('tcp_max_connections', 'tcpMaxConnections'),
   stale_session_timeout: int('stale_session_timeout', 'staleSessionTimeout'),
+  ...TLS_X509_KEYS,
+  identity_policy: {
+    apply: (cfg, e, file) => {
+      cfg.identityPolicy = parseKeyword(e, file, IDENTITY_POLICIES);
+    },
+    format: (cfg) => cfg.identityPolicy,
+  },
+  max_pending_handshakes: {
+    apply: (cfg, e, file) => {
+      const [min, max] = COLLECTOR_RANGES.max_pending_handshakes;
+      cfg.maxPendingHandshakes = parseIntInRange(e, file, min, max);
+    },
+    format: (cfg) => (cfg.maxPendingHandshakes === null ? null : String(cfg.maxPendingHandshakes)),
+  },
   status_listen: {
     apply: (cfg, e, file) => {
       cfg.statusListen = parseStatusListen(e, file);
@@ -338,20 +493,6 @@ export const COLLECTOR_IGNORED_KEYS: Readonly<Record<string, string>> = Object.f
     'libwrap (hosts.allow/deny) is not supported; use tcp_listen_address, tcp_client_ports or a firewall',
 });
 
-const TLS_UNSUPPORTED = 'TLS is not supported (audit 4.2+ only); remove this key';
-const UNSUPPORTED_KEYS: Record<string, string> = Object.fromEntries(
-  [
-    'tls_psk_file',
-    'tls_psk_identity',
-    'tls_cipher_suites',
-    'tls_key_exchange',
-    'tls_require_pqc',
-    'tls_auth',
-    'tls_crypto_profile',
-    'tls_allowed_clients',
-  ].map((k) => [k, TLS_UNSUPPORTED]),
-);
-
 export const COLLECTOR_AUDITD_KEYS: readonly string[] = Object.keys(AUDITD_KEYS);
 export const COLLECTOR_EXTENSION_KEYS: readonly string[] = Object.keys(EXTENSION_KEYS);
 /** Keys with an effect, in output order. */
@@ -382,7 +523,6 @@ export function parseCollectorConfig(text: string, file: string): LoadedCollecto
     keys: [...COLLECTOR_KEYS, ...Object.keys(COLLECTOR_IGNORED_KEYS)],
     maxLineLength: AUDITD_MAX_LINE_LENGTH,
     allowLongComments: true,
-    unsupported: UNSUPPORTED_KEYS,
   });
   const config = defaultCollectorConfig();
   const warnings: ConfigWarning[] = [];
@@ -411,6 +551,7 @@ export function parseCollectorConfig(text: string, file: string): LoadedCollecto
       allowed: `1..${INT_MAX} with incremental flushing, or flush = none, data or sync`,
     });
   }
+  if (config.transport === 'tls') checkTls(config, file, lastLine);
   const queueLine = lastLine.get('tcp_listen_queue');
   if (queueLine !== undefined && config.tcpListenQueue < SMALL_LISTEN_QUEUE) {
     warn(
@@ -424,6 +565,51 @@ export function parseCollectorConfig(text: string, file: string): LoadedCollecto
     warn(freqLine, 'freq', `freq = ${config.freq} has no effect with flush = ${config.flush}`);
   }
   return { config, warnings };
+}
+
+/** auditd's sanity checks for transport = TLS (the files themselves are read when the collector starts). */
+function checkTls(cfg: CollectorConfig, file: string, lastLine: Map<string, number>): void {
+  const line = (...keys: string[]) => Math.max(0, ...keys.map((k) => lastLine.get(k) ?? 0)) || undefined;
+  if (cfg.tlsAuth === 'psk') {
+    if (cfg.tlsAllowedClients === null && cfg.tlsPskFile === null) {
+      throw new ConfigError(
+        'transport = TLS requires tls_psk_file (or tls_allowed_clients with key= files)',
+        {
+          file,
+          line: line('transport'),
+          key: 'tls_psk_file',
+          allowed:
+            'the absolute path of a 0400 root-owned file holding the key in hex (openssl rand -hex 32)',
+        },
+      );
+    }
+    if (cfg.tlsAllowedClients === null && cfg.tlsPskIdentity === null) {
+      throw new ConfigError(
+        'tls_psk_identity is required when tls_psk_file is set and tls_allowed_clients is not',
+        {
+          file,
+          line: line('transport', 'tls_psk_file'),
+          key: 'tls_psk_identity',
+          allowed: PSK_IDENTITY_ALLOWED,
+        },
+      );
+    }
+    return;
+  }
+  for (const [key, value] of [
+    ['tls_ca_file', cfg.tlsCaFile],
+    ['tls_cert_file', cfg.tlsCertFile],
+    ['tls_key_file', cfg.tlsKeyFile],
+  ] as const) {
+    if (value === null) {
+      throw new ConfigError(`tls_auth = x509 requires ${key}`, {
+        file,
+        line: line('transport', 'tls_auth'),
+        key,
+        allowed: 'an absolute path to a PEM file',
+      });
+    }
+  }
 }
 
 export interface LoadCollectorOptions extends ReadConfigOptions {}
@@ -468,7 +654,10 @@ export function withCollectorOverrides(cfg: CollectorConfig, overrides: Collecto
 /** The collector config in auditd.conf syntax; parses back to an equal config. */
 export function formatCollectorConfig(cfg: CollectorConfig): string {
   const out: string[] = ['# Effective auditrelay collector configuration (auditd.conf syntax)'];
-  for (const [key, def] of Object.entries(AUDITD_KEYS)) out.push(`${key} = ${def.format(cfg)}`);
+  for (const [key, def] of Object.entries(AUDITD_KEYS)) {
+    const value = def.format(cfg);
+    out.push(value === null ? `# ${key} is not set` : `${key} = ${value}`);
+  }
   out.push('# auditrelay extensions (not understood by auditd)');
   for (const [key, def] of Object.entries(EXTENSION_KEYS)) {
     const value = def.format(cfg);

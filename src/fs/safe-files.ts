@@ -604,3 +604,69 @@ export function loosePermissions(file: string, st: Stats, what: string): string 
   if (problems.length === 0) return null;
   return `${what} ${file} is ${problems.join(', ')} (mode ${formatMode(st.mode)}): others could read or change the audit trail; fix with: ${fixes.join(' && ')}`;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Files that hold a secret or a policy (TLS keys, the allowed-clients list, certificates), read as audit 4.2's
+// autls reads its own: O_NOFOLLOW | O_NONBLOCK, a regular file, the owner and mode checked on the descriptor
+// (no race between a check and the open).
+
+/**
+ * - `secret`: upstream's rule for key files (tls_psk_file, key= files, krb5 keys): owned by root and mode exactly
+ *   0400, since anyone who can read it can impersonate this host or its clients;
+ * - `protected`: upstream's rule for tls_allowed_clients: owned by root, not writable by group or others.
+ *
+ * When auditrelay does not run as root (a test, a development run) the running user counts as root for the
+ * owner check: such a process cannot own a file as root.
+ */
+export type OwnedFileRule = 'secret' | 'protected';
+
+/** Why `st` breaks `rule`, with the fix, or null. */
+export function ownedFileProblem(file: string, st: Stats, rule: OwnedFileRule, what: string): string | null {
+  const me = euid();
+  const owners = me === 0 ? 'root' : `root or the running user (uid ${me})`;
+  const owner = me === 0 ? 'root:root' : String(me);
+  if (st.uid !== 0 && st.uid !== me) {
+    const need = rule === 'secret' ? `owned by ${owners} with mode 0400` : `owned by ${owners}`;
+    return `${what} ${file} is owned by uid ${st.uid}; it must be ${need}${rule === 'secret' ? ' (anyone who can read or replace it can impersonate this host or its clients)' : ' (whoever owns it decides which clients are trusted)'}: fix with chown ${owner} ${file}`;
+  }
+  if (rule === 'secret' && (st.mode & 0o7777) !== 0o400) {
+    return `${what} ${file} has mode ${formatMode(st.mode)}; a key file must be mode 0400 (readable by its owner only), as auditd requires: fix with chmod 0400 ${file}`;
+  }
+  if (rule === 'protected' && (st.mode & 0o022) !== 0) {
+    return `${what} ${file} is writable by ${st.mode & 0o002 ? 'others' : 'its group'} (mode ${formatMode(st.mode)}); whoever can write it decides which clients are trusted: fix with chmod go-w ${file}`;
+  }
+  return null;
+}
+
+/**
+ * Reads a whole file of at most `maxBytes` that must obey `rule` (see OwnedFileRule); the checks are made on the
+ * open descriptor. Throws FileSafetyError whose message says what is wrong and how to fix it.
+ */
+export function readOwnedFile(
+  file: string,
+  what: string,
+  rule: OwnedFileRule,
+  maxBytes: number,
+  ops: FileOps = nodeFileOps,
+): Buffer {
+  const { fd, stat } = openRegularForRead(file, what, ops);
+  try {
+    const problem = ownedFileProblem(file, stat, rule, what);
+    if (problem !== null) throw new FileSafetyError(problem);
+    if (stat.size > maxBytes) {
+      throw new FileSafetyError(
+        `${what} ${file} is ${stat.size} bytes, more than the ${maxBytes} bytes a ${what} can be; is it the right file?`,
+      );
+    }
+    const buf = Buffer.alloc(stat.size);
+    let off = 0;
+    while (off < buf.length) {
+      const n = ops.readSync(fd, buf, off, buf.length - off, off);
+      if (n === 0) break;
+      off += n;
+    }
+    return buf.subarray(0, off);
+  } finally {
+    ops.closeSync(fd);
+  }
+}

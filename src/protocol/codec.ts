@@ -89,7 +89,7 @@ export class FrameDecoder {
       const magic = buf.readUInt32LE(off);
       if (magic !== MAGIC) {
         this.#fail(
-          `bad magic 0x${magic.toString(16).padStart(8, '0')} at stream offset ${this.#consumed + off} (expected 0xff0000fe)`,
+          `bad magic 0x${magic.toString(16).padStart(8, '0')} at stream offset ${this.#consumed + off} (expected 0xff0000fe)${tlsHint(buf, off, this.#consumed + off)}`,
         );
         return out;
       }
@@ -131,3 +131,15 @@ export function encodeAscii(payload: Buffer): Buffer {
 }
 
 const NEWLINE = Buffer.from('\n');
+
+/**
+ * A TLS record where a managed message was expected: a handshake record (0x16) from a client, an alert (0x15) from a
+ * server, both with version 0x03 0x0X. Says which side speaks TLS, as the plain "bad magic" would not.
+ */
+function tlsHint(buf: Buffer, off: number, streamOffset: number): string {
+  if (streamOffset !== 0 || buf.length - off < 3 || buf[off + 1] !== 0x03 || buf[off + 2]! > 0x04) return '';
+  if (buf[off] === 0x16)
+    return ': this is a TLS handshake; the peer uses transport = tls and this side does not';
+  if (buf[off] === 0x15) return ': this is a TLS alert; the peer expects transport = tls';
+  return '';
+}

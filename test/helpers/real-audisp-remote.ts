@@ -26,6 +26,7 @@ import net from 'node:net';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import type { NetnsSandbox } from './netns.js';
+import { AUDIT42_RUN } from './peers.js';
 import { findBinary, requireBinary } from './prereq.js';
 import { type ExitInfo, hasExited, pollUntil, signalAndWait, waitForExit } from './wait.js';
 
@@ -87,6 +88,12 @@ export interface RealAudispRemoteOptions {
   ignoreSigpipe?: boolean;
   /** Deadline for the "Audisp-remote started" syslog line. Default 15 s. */
   startTimeoutMs?: number;
+  /**
+   * Run audisp-remote >= 4.2.1 (Debian sid, through `.cache/peers/audit/run`) instead of Debian's 3.0.9: it has
+   * `transport = tls`, rejects `network_retry_time = 0`, exits with status 1 when a TLS handshake fails, and writes
+   * its SIGUSR1 state to /run/audit/remote.state (the sandbox's private /run) instead of syslog.
+   */
+  audit42?: boolean;
 }
 
 /** State reported by SIGUSR1 (3.0.9 logs it to syslog). */
@@ -183,6 +190,8 @@ export async function startRealAudispRemote(
   let child: ChildProcess;
   const syslogFrom = sandbox.syslogCount;
   const spawnOpts = { env: {}, ignoreSigpipe: opts.ignoreSigpipe ?? true } as const;
+  // The 4.2 wrapper execs the program: the pid is audisp-remote's.
+  const [program, args] = opts.audit42 ? [AUDIT42_RUN, ['audisp-remote']] : [AUDISP_REMOTE_BIN, []];
   if (stdinKind === 'fifo') {
     const fifo = path.join(sandbox.dir, `audisp-remote-${instanceCounter}.stdin`);
     const mk = spawnSync(requireBinary('mkfifo'), ['-m', '0600', fifo]);
@@ -191,13 +200,13 @@ export async function startRealAudispRemote(
     const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
     const writeFd = openSync(fifo, constants.O_WRONLY);
     try {
-      child = sandbox.spawn(AUDISP_REMOTE_BIN, [], { ...spawnOpts, stdio: [readFd, 'pipe', 'pipe'] });
+      child = sandbox.spawn(program, args, { ...spawnOpts, stdio: [readFd, 'pipe', 'pipe'] });
     } finally {
       closeSync(readFd);
     }
     input = new net.Socket({ fd: writeFd, readable: false, writable: true });
   } else {
-    child = sandbox.spawn(AUDISP_REMOTE_BIN, [], { ...spawnOpts, stdio: ['pipe', 'pipe', 'pipe'] });
+    child = sandbox.spawn(program, args, { ...spawnOpts, stdio: ['pipe', 'pipe', 'pipe'] });
     input = child.stdin!;
   }
   input.on('error', () => {}); // EPIPE after the plugin exited is reported through write()/end() callbacks

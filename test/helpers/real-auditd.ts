@@ -21,6 +21,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { NetnsSandbox } from './netns.js';
+import { AUDIT42_RUN } from './peers.js';
 import { findBinary } from './prereq.js';
 import { type ExitInfo, hasExited, pollUntil, signalAndWait } from './wait.js';
 
@@ -41,10 +42,11 @@ export interface RealAuditdOptions {
   /** Deadline for auditd to listen. Default 15 s. */
   readyTimeoutMs?: number;
   /**
-   * The program and its leading arguments, e.g. `[AUDIT42_RUN, 'auditd']` for sid's 4.2.1 (test/helpers/peers.ts).
-   * Default: Debian's auditd (AUDITD_BIN).
+   * Run audit >= 4.2.1 (Debian sid, through `.cache/peers/audit/run`, test/helpers/peers.ts) instead of Debian's
+   * 3.0.9. The wrapper execs the program, so the pid is auditd's. 4.2.1 listens dual-stack (peers show as
+   * `::ffff:127.0.0.1`) and has the TLS transport (`transport = TLS`, tls_* keys).
    */
-  command?: readonly string[];
+  audit42?: boolean;
 }
 
 export interface RealAuditd {
@@ -178,8 +180,9 @@ export async function startRealAuditd(
   writeFileSync(confPath, auditdConfText(settings), { mode: 0o640 });
   chmodSync(confPath, 0o640);
 
-  const [program, ...leading] = opts.command ?? [AUDITD_BIN];
-  const child = sandbox.spawn(program!, [...leading, '-n', '-c', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = opts.audit42
+    ? sandbox.spawn(AUDIT42_RUN, ['auditd', '-n', '-c', dir], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : sandbox.spawn(AUDITD_BIN, ['-n', '-c', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (c: string) => {

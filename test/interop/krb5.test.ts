@@ -179,7 +179,8 @@ describe.skipIf(!available)('krb5 interop with the real auditd and audisp-remote
     expect(await remote.stop()).toEqual({ code: 0, signal: null });
     collector.kill('SIGTERM');
     expect(await waitForExit(collector, 15_000)).toEqual({ code: 0, signal: null });
-    const suffix = ` krb5=${PRINCIPAL}@${k.realm}`;
+    // auditd's ` krb5=<principal>`, then the collector's host identity stamp (identity_policy = stamp).
+    const suffix = ` krb5=${PRINCIPAL}@${k.realm} peer_id=krb5:${PRINCIPAL}@${k.realm}`;
     expect(asText(readCompleteLines(logFile))).toEqual(asText(expected).map((r) => `${r}${suffix}`));
     expect(collector.stderrText()).toContain(`authenticated as ${PRINCIPAL}@${k.realm}`);
     expect(sb.syslogText()).toMatch(new RegExp(`audisp-remote: kerberos principal: ${PRINCIPAL}@${k.realm}`));

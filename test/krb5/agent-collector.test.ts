@@ -100,7 +100,9 @@ describe.skipIf(!available)('krb5: our agent → our collector', () => {
     return a;
   }
 
-  const suffix = (principal = AGENT) => ` krb5=${principal}@${kdc.realm}`;
+  /** auditd's ` krb5=<principal>`, then the collector's host identity stamp (identity_policy = stamp). */
+  const suffix = (principal = AGENT) =>
+    ` krb5=${principal}@${kdc.realm} peer_id=krb5:${principal}@${kdc.realm}`;
 
   /** Failed attempts the agent recorded (kind: reason), with their time (ms). */
   function failures(a: RunningAgent): { time: number; reason: string }[] {

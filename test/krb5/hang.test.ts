@@ -215,7 +215,11 @@ describe.skipIf(!available)('krb5 collector: clients that hang their handshake',
     expect(existsSync(path.join(tmp.dir, 'audit.log'))).toBe(true);
     const logged = readFileSync(path.join(tmp.dir, 'audit.log'), 'utf8').trim().split('\n');
     expect(logged).toHaveLength(seq - 1);
-    expect(logged.every((l) => l.endsWith(' krb5=auditd/good.example@TEST.REALM'))).toBe(true);
+    expect(
+      logged.every((l) =>
+        l.endsWith(' krb5=auditd/good.example@TEST.REALM peer_id=krb5:auditd/good.example@TEST.REALM'),
+      ),
+    ).toBe(true);
 
     collector.kill('SIGTERM');
     expect(await waitForExit(collector, 10_000)).toEqual({ code: 0, signal: null });

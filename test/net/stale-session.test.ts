@@ -98,7 +98,7 @@ describe.skipIf(!available)('a server that still holds the agent’s session aft
     const v4 = await startRealAuditd(lab.server, {
       port: 61,
       extraConf: conf,
-      command: [AUDIT42_RUN, 'auditd'],
+      audit42: true,
     });
     agents = [startAgent(lab, 'auditd-3.0.9', v3), startAgent(lab, 'auditd-4.2.1', v4)];
   }, 60_000);

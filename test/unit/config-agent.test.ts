@@ -64,6 +64,12 @@ const DEFAULTS: AgentConfig = {
   krb5Principal: null,
   krb5ClientName: 'auditd',
   krb5KeyFile: '/etc/audit/audisp-remote.key',
+  tlsAuth: 'psk',
+  tlsCryptoProfile: 'compatible',
+  tlsPskFile: null,
+  tlsPskIdentity: null,
+  tlsCipherSuites: null,
+  tlsKeyExchange: null,
   maxInFlight: 1024,
   queueDir: '/var/spool/auditrelay',
   fsync: 'interval',
@@ -72,6 +78,11 @@ const DEFAULTS: AgentConfig = {
   reconnectInitialMs: 200,
   reconnectMaxMs: 30000,
   drainTimeout: 5,
+  tlsCaFile: null,
+  tlsCertFile: null,
+  tlsKeyFile: null,
+  tlsCrlFile: null,
+  tlsServerName: null,
   forwardEoe: false,
   input: { kind: 'stdin' },
   tailStateFile: '/var/lib/auditrelay/tail.state',
@@ -243,13 +254,14 @@ describe('numeric keys: range edges', () => {
 });
 
 describe('keyword keys', () => {
-  it('transport: tcp, krb5 (case-insensitive); tls gets its own message', () => {
+  it('transport: tcp, krb5, tls (case-insensitive)', () => {
     expect(parse1('transport = TCP').transport).toBe('tcp');
     expect(parse1('transport = krb5').transport).toBe('krb5');
-    expect(err1('transport = tls')).toBe(
-      `${F}:1: transport: tls transport is not supported (audit 4.2+ only) (allowed: tcp, krb5)`,
-    );
-    expect(err1('transport = udp')).toBe(`${F}:1: transport: unknown value "udp" (allowed: tcp, krb5)`);
+    expect(
+      parseAgentConfig('transport = TLS\ntls_psk_file = /etc/audit/psk.key\ntls_psk_identity = web1\n', F)
+        .transport,
+    ).toBe('tls');
+    expect(err1('transport = udp')).toBe(`${F}:1: transport: unknown value "udp" (allowed: tcp, krb5, tls)`);
   });
 
   it('mode, format, fsync, log_level, forward_eoe', () => {
@@ -280,9 +292,10 @@ describe('keyword keys', () => {
     expect(err1('enable_krb5 = maybe')).toBe(`${F}:1: enable_krb5: unknown value "maybe" (allowed: yes, no)`);
   });
 
-  it('rejects the TLS keys of audit 4.2+', () => {
-    expect(err1('tls_psk_file = /etc/audit/psk')).toBe(
-      `${F}:1: tls_psk_file: TLS is not supported (audit 4.2+ only); remove this key`,
+  it('reads the TLS keys of audit 4.2 (the rules: test/tls/config.test.ts)', () => {
+    expect(parse1('tls_psk_file = /etc/audit/psk').tlsPskFile).toBe('/etc/audit/psk');
+    expect(err1('tls_psk_file = psk')).toBe(
+      `${F}:1: tls_psk_file: "psk" is not an absolute path (allowed: an absolute path)`,
     );
   });
 
@@ -618,6 +631,17 @@ describe('formatEffectiveConfig', () => {
       'krb5_principal = auditd/collector.example',
       'krb5_client_name = relay',
       'krb5_key_file = /etc/audit/relay.key',
+      'tls_auth = x509',
+      'tls_crypto_profile = system',
+      'tls_psk_file = /etc/audit/psk.key',
+      'tls_psk_identity = host-1',
+      'tls_cipher_suites = TLS_CHACHA20_POLY1305_SHA256',
+      'tls_key_exchange = P-256:X25519',
+      'tls_ca_file = /etc/audit/ca.pem',
+      'tls_cert_file = /etc/audit/cert.pem',
+      'tls_key_file = /etc/audit/cert.key',
+      'tls_crl_file = /etc/audit/ca.crl',
+      'tls_server_name = collector.example',
       'max_in_flight = 1',
       'queue_dir = /srv/q',
       'fsync = always',

@@ -41,6 +41,13 @@ const DEFAULTS: CollectorConfig = {
   transport: 'tcp',
   krb5Principal: 'auditd',
   krb5KeyFile: '/etc/audit/audit.key',
+  tlsAuth: 'psk',
+  tlsCryptoProfile: 'compatible',
+  tlsPskFile: null,
+  tlsPskIdentity: null,
+  tlsAllowedClients: null,
+  tlsCipherSuites: null,
+  tlsKeyExchange: null,
   logFile: '/var/log/audit/audit.log',
   flush: 'incremental_async',
   freq: 50,
@@ -54,6 +61,13 @@ const DEFAULTS: CollectorConfig = {
   memoryBudget: 64 * 1024 * 1024,
   tcpMaxConnections: 4096,
   staleSessionTimeout: 10,
+  tlsCaFile: null,
+  tlsCertFile: null,
+  tlsKeyFile: null,
+  tlsCrlFile: null,
+  tlsAllowedNames: null,
+  identityPolicy: null,
+  maxPendingHandshakes: null,
 };
 
 describe('limits (issue 9)', () => {
@@ -170,16 +184,17 @@ describe('tcp_* keys', () => {
     expect(err1('tcp_client_ports = any')).toContain('"any" is neither a port nor a range N-M');
   });
 
-  it('transport: TCP, KRB5, enable_krb5 with upstream order semantics; TLS is rejected', () => {
+  it('transport: TCP, KRB5, TLS, enable_krb5 with upstream order semantics', () => {
     expect(parse1('transport = TCP').transport).toBe('tcp');
     expect(parse1('transport = KRB5').transport).toBe('krb5');
-    expect(err1('transport = TLS')).toBe(
-      `${F}:1: transport: TLS transport is not supported (audit 4.2+ only) (allowed: TCP, KRB5)`,
-    );
+    expect(
+      parseCollectorConfig('transport = TLS\ntls_allowed_clients = /etc/audit/c\n', F).config.transport,
+    ).toBe('tls');
+    expect(err1('transport = UDP')).toBe(`${F}:1: transport: unknown value "UDP" (allowed: tcp, krb5, tls)`);
     expect(parseCollectorConfig('enable_krb5 = yes\ntransport = tcp\n', F).config.transport).toBe('tcp');
     expect(parseCollectorConfig('transport = tcp\nenable_krb5 = yes\n', F).config.transport).toBe('krb5');
     expect(err1('tls_allowed_clients = x')).toBe(
-      `${F}:1: tls_allowed_clients: TLS is not supported (audit 4.2+ only); remove this key`,
+      `${F}:1: tls_allowed_clients: "x" is not an absolute path (allowed: an absolute path)`,
     );
   });
 
@@ -402,6 +417,13 @@ describe('formatCollectorConfig', () => {
       'transport = KRB5',
       'krb5_principal = audit',
       'krb5_key_file = /etc/k.key',
+      'tls_auth = x509',
+      'tls_crypto_profile = system',
+      'tls_psk_file = /etc/audit/psk.key',
+      'tls_psk_identity = host-1',
+      'tls_allowed_clients = /etc/audit/tls-clients',
+      'tls_cipher_suites = TLS_AES_128_GCM_SHA256',
+      'tls_key_exchange = X25519',
       'log_file = /srv/audit.log',
       'flush = SYNC',
       'freq = 0',
@@ -412,6 +434,13 @@ describe('formatCollectorConfig', () => {
       'krb5_append_principal = no',
       'status_listen = [::1]:9101',
       'log_level = warn',
+      'tls_ca_file = /etc/audit/ca.pem',
+      'tls_cert_file = /etc/audit/cert.pem',
+      'tls_key_file = /etc/audit/cert.key',
+      'tls_crl_file = /etc/audit/ca.crl',
+      'tls_allowed_names = web1.example.com,*.db.example.com',
+      'identity_policy = rewrite',
+      'max_pending_handshakes = 64',
     ].join('\n');
     const cfg = parseCollectorConfig(text, 'x').config;
     const out = formatCollectorConfig(cfg);
