@@ -448,11 +448,15 @@ export class Collector {
       this.#krb5 = await Krb5Acceptor.open(this.#s.krb5, this.#s.maxPayload, this.#log);
       this.#transportReloads.push(krb5Reload(this.#krb5, this.#log));
     }
-    await this.#store.open();
+    await this.#store.openLog();
     this.#checkDescriptorLimit();
     try {
       await listen(this.#server, this.#s.host, this.#s.port, this.#s.listenBacklog);
+      // Before any record is written (a write waits for it), after the address proved free.
+      await this.#store.openEvidence();
     } catch (err) {
+      if (this.#server.listening) this.#server.close();
+      if (this.#fdTimer) clearInterval(this.#fdTimer);
       await this.#store.close();
       throw err;
     }

@@ -175,21 +175,31 @@ export class LogStore {
     return this.#ev;
   }
 
-  /** Opens the log (then the evidence, which must see the repaired log), removes excess logs, checks space. */
+  /**
+   * Opens the log (its torn tail repaired), removes excess logs, checks space; then the evidence (which must see the
+   * repaired log), as the first step of the write queue: a write waits for it. The returned promise resolves when
+   * both are open; the log alone is open when `logOpened` resolves (the collector listens in between, so that an
+   * address in use is reported before a key is created).
+   */
   async open(): Promise<void> {
+    await this.openLog();
+    await this.openEvidence();
+  }
+
+  async openLog(): Promise<void> {
     await this.#writer.open();
     this.#fileId = this.#writer.identity;
-    if (this.#o.evidence) {
-      try {
-        this.#ev = await openEvidence(this.#writer.path, this.#o.evidence, this.#log);
-      } catch (err) {
-        await this.#writer.close();
-        throw err;
-      }
-    }
     this.#removeExcess();
     await this.#checkSpace();
     this.#startTimer();
+  }
+
+  /** The evidence beside the open log (before the first write: writes queue behind it). */
+  openEvidence(): Promise<void> {
+    return this.#serial(async () => {
+      if (!this.#o.evidence || this.#ev) return;
+      this.#ev = await openEvidence(this.#writer.path, this.#o.evidence, this.#log);
+    });
   }
 
   /** Clean stop: the last write is done, the evidence's final checkpoint, the file closed. */
@@ -359,6 +369,11 @@ export class LogStore {
         await this.#checkSpace();
       }
       if (this.#m.checkIntervalMs !== m.checkIntervalMs) this.#startTimer();
+      // A reload is also logrotate's postrotate (docs/collector.md): a log renamed away is reopened now.
+      if (this.#writer.isOpen && (await this.#renamedAway())) {
+        await this.#reopen('renamed');
+        changed.push('reopened');
+      }
       return changed;
     });
   }
