@@ -1309,6 +1309,18 @@ export class Collector {
   #completed(batch: Entry[], err: NodeJS.ErrnoException | null, outcome: WriteOutcome): void {
     this.#writing = false;
     if (err) {
+      // What a failed client sent after its failed records, received before it could see the failure, is refused
+      // with them, unwritten: it sends all of it again (audisp-remote and our agent close on DISKFULL/DISKERROR),
+      // so writing any of it now (the disk may have room a moment later) would put those records in the log
+      // twice, or ahead of the ones that failed.
+      const failed = new Set(batch.map((e) => e.session));
+      for (const s of failed) {
+        if (s.phase === 'closed' || s.queue.length === 0) continue;
+        const rest = s.queue.splice(0);
+        this.#active.delete(s);
+        for (const e of rest) s.inFlight++;
+        batch = [...batch, ...rest];
+      }
       const records = batch.reduce((n, e) => n + e.records, 0);
       this.stats.writeFailures += records;
       this.#warn.warn(

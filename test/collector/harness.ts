@@ -59,6 +59,8 @@ export function memoryLogger(logs: LogEntry[]): Logger {
 
 export interface Running {
   collector: Collector;
+  /** The settings it was started with (a reload passes a changed copy). */
+  settings: CollectorSettings;
   port: number;
   dir: string;
   logFile: string;
@@ -75,23 +77,22 @@ export async function startCollector(
   const logs: LogEntry[] = [];
   const logFile = overrides.logFile ?? path.join(dir, 'audit.log');
   const keyFile = path.join(dir, 'keys', 'signing.key');
-  const collector = new Collector(
-    {
-      ...DEFAULT_COLLECTOR_SETTINGS,
-      host: '127.0.0.1',
-      port: 0,
-      maxPerAddr: 64,
-      fsync: 'never',
-      ...overrides,
-      logFile,
-      ...(overrides.evidence ? { evidence: { ...overrides.evidence, keyFile } } : {}),
-    },
-    memoryLogger(logs),
-  );
+  const settings: CollectorSettings = {
+    ...DEFAULT_COLLECTOR_SETTINGS,
+    host: '127.0.0.1',
+    port: 0,
+    maxPerAddr: 64,
+    fsync: 'never',
+    ...overrides,
+    logFile,
+    ...(overrides.evidence ? { evidence: { ...overrides.evidence, keyFile } } : {}),
+  };
+  const collector = new Collector(settings, memoryLogger(logs));
   const { port } = await collector.start();
   let stopped = false;
   const running: Running = {
     collector,
+    settings,
     port,
     dir,
     logFile,
