@@ -193,14 +193,15 @@ export class HostTable {
   move(from: HostEntry, name: string, kind: HostKind, address: string): HostEntry {
     if (kind === 'node') this.#rememberNode(address, name);
     if (from.name === name) return from;
-    const to = this.attach(name, kind);
     from.connected = Math.max(0, from.connected - 1);
     from.sessions = Math.max(0, from.sessions - 1);
-    if (from.records === 0 && from.connected === 0 && from.sessions === 0) {
+    if (from.records === 0 && from.connected === 0 && from.sessions === 0 && from.name !== OTHER_HOST) {
+      // Dropped first, so that it does not take the place of the host it really is in a full table.
       from.provisional = true;
       if (from.silentSince !== null) this.#silent--;
       this.#hosts.delete(from.name);
     }
+    const to = this.attach(name, kind);
     return to;
   }
 
