@@ -1318,7 +1318,7 @@ export class Collector {
         if (s.phase === 'closed' || s.queue.length === 0) continue;
         const rest = s.queue.splice(0);
         this.#active.delete(s);
-        for (const e of rest) s.inFlight++;
+        s.inFlight += rest.length;
         batch = [...batch, ...rest];
       }
       const records = batch.reduce((n, e) => n + e.records, 0);
