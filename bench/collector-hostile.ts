@@ -103,7 +103,10 @@ async function startCollector(name: string, extra: string[] = []): Promise<Runni
   const conf = path.join(dir, 'collector.conf');
   writeFileSync(
     conf,
-    `${(opt.legacy ? [] : [`memory_budget = ${opt.budget}`])
+    `${(opt.legacy
+      ? []
+      : [`memory_budget = ${opt.budget}`, `evidence_key_file = ${path.join(dir, 'keys', 'signing.key')}`]
+    )
       .concat(opt.flush ? [`flush = ${opt.flush}`] : [], extra)
       .join('\n')}\nlog_level = info\n`,
     {

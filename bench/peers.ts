@@ -95,7 +95,16 @@ export class Peers {
     const logPath = path.join(dir, 'collector.log');
     const child = this.sandbox.spawn(
       process.execPath,
-      [AGENT_BIN, 'collector', '--listen', `127.0.0.1:${COLLECTOR_PORT}`, '--log', logPath],
+      [
+        AGENT_BIN,
+        'collector',
+        '--listen',
+        `127.0.0.1:${COLLECTOR_PORT}`,
+        '--log',
+        logPath,
+        '--evidence-key-file',
+        path.join(dir, 'keys', 'signing.key'),
+      ],
       { stdio: ['ignore', 'ignore', 'pipe'], env: { PATH: SANDBOX_PATH, AUDITRELAY_LOG_FORMAT: 'json' } },
     );
     const stderr = captureStderr(child);

@@ -16,11 +16,13 @@ import { keepRestartKeys, reloadPlan } from './agent/reload-policy.js';
 import { settingsFromConfig } from './agent/settings.js';
 import { TlsClient } from './agent/tls-transport.js';
 import { Collector } from './collector/collector.js';
-import { collectorSettings } from './collector/settings.js';
+import { collectorReloadPlan, keepCollectorRestartKeys } from './collector/reload-policy.js';
+import { collectorSettings, fromConfig } from './collector/settings.js';
 import {
   AGENT_KEYS,
   type AgentConfig,
   formatEffectiveConfig,
+  type HostPort,
   loadAgentConfig,
   UPSTREAM_AGENT_CONFIG_PATH,
 } from './config/agent-config.js';
@@ -315,6 +317,11 @@ async function runAgent(args: string[]): Promise<number> {
   return code;
 }
 
+/**
+ * `collector`: the signal table is auditd's — SIGTERM/SIGINT stop (ENDING to every client), SIGHUP reloads the
+ * configuration (src/collector/reload-policy.ts: what applies at once, what re-listens, what needs a restart),
+ * SIGUSR1 rotates the log now, SIGUSR2 resumes logging suspended by a disk action.
+ */
 async function runCollector(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -323,74 +330,116 @@ async function runCollector(args: string[]): Promise<number> {
       log: { type: 'string' },
       config: { type: 'string' },
       'status-listen': { type: 'string' },
+      'evidence-key-file': { type: 'string' },
     },
     strict: true,
   });
-  const settings = collectorSettings({
+  const commandLine = {
     config: values.config,
     listen: values.listen,
     log: values.log,
     statusListen: values['status-listen'],
-  });
+    evidenceKeyFile: values['evidence-key-file'],
+  };
+  let settings = collectorSettings(commandLine);
   const log = createLogger({ level: settings.logLevel, name: 'auditrelay-collector' });
   const collector = new Collector(settings, log);
   // Every signal is taken before anything listens: a SIGTERM right after "collector listening" (from a service
   // manager, a test) stops it cleanly instead of killing it with Node's default action.
   let stopSignal: string | null = null;
+  let started = false;
   let wake = () => {};
   const onStop = (signal: string) => () => {
     if (stopSignal !== null) return;
     stopSignal = signal;
     wake();
   };
-  // SIGHUP: with transport = TLS, the keys, tls_allowed_clients and certificates are read again and clients whose
-  // identity is no longer allowed are disconnected (Collector.reloadTls); the rest of the file needs a restart.
-  const onHup = () => {
-    if (!settings.tls) {
-      log.warn('SIGHUP received: configuration reload is not implemented yet; restart to apply changes');
+  /** Signals other than a stop are serialised: one reload, rotation or resume after the other. */
+  let work: Promise<unknown> = Promise.resolve();
+  const serially = (signal: string, fn: () => Promise<unknown>) => () => {
+    if (!started || stopSignal !== null) {
+      log.warn({ signal }, `${signal} ignored: the collector is ${stopSignal ? 'stopping' : 'starting'}`);
       return;
     }
+    work = work
+      .then(fn)
+      .catch((err: unknown) =>
+        log.error({ signal, error: (err as Error).message }, `${signal}: ${(err as Error).message}`),
+      );
+  };
+  let status: StatusServer | null = null;
+  const notifier = new SdNotifier({ log, unsetEnvironment: true });
+  const newStatusServer = (listen: HostPort) =>
+    new StatusServer({
+      host: listen.host,
+      port: listen.port,
+      role: 'collector',
+      status: () => collectorStatus(collector, HOSTS_IN_STATUS),
+      eventStatus: () => collectorStatus(collector, 0),
+      registry: collectorMetrics(collector),
+      log,
+    });
+  /** SIGHUP: re-read the file; a bad file keeps the running configuration (and says why). */
+  const reload = async () => {
+    let next: typeof settings;
     try {
-      const next = collectorSettings({
-        config: values.config,
-        listen: values.listen,
-        log: values.log,
-        statusListen: values['status-listen'],
-      });
-      if (!next.tls) throw new UsageError('transport is no longer TLS: that needs a restart');
-      collector.reloadTls(next.tls);
-      collector.identityPolicy = next.identityPolicy ?? 'stamp';
+      next = collectorSettings(commandLine);
     } catch (err) {
       log.error(
         { error: (err as Error).message },
-        `SIGHUP: TLS keys and allowed clients not reloaded, the running ones stay: ${(err as Error).message}`,
+        `SIGHUP: configuration not reloaded (${(err as Error).message}); keeping the running one`,
       );
+      return;
     }
+    const plan = collectorReloadPlan(settings.config, next.config);
+    if (plan.restart.length > 0) {
+      log.warn(
+        { keys: plan.restart },
+        `SIGHUP: ${plan.restart.join(', ')} can only change with a restart; kept as they were`,
+      );
+      const config = keepCollectorRestartKeys(settings.config, next.config);
+      next = {
+        ...fromConfig(config),
+        logLevel: config.logLevel,
+        statusListen: config.statusListen,
+        warnings: next.warnings,
+        config,
+      };
+    }
+    for (const warning of next.warnings) log.warn(warning);
+    void notifier.reloading();
+    log.level = next.logLevel;
+    const changed = await collector.reload(next);
+    if (JSON.stringify(next.statusListen) !== JSON.stringify(settings.statusListen)) {
+      await status?.stop();
+      status = next.statusListen ? newStatusServer(next.statusListen) : null;
+      if (status) await startStatus(status, log);
+      changed.push('status_listen');
+    }
+    settings = next;
+    log.info(
+      { changed, live: plan.live, listener: plan.listener, restart: plan.restart },
+      plan.live.length + plan.listener.length === 0
+        ? 'SIGHUP: configuration reloaded; nothing that can change at run time changed'
+        : `SIGHUP: configuration reloaded: ${[...plan.live, ...plan.listener].join(', ')}`,
+    );
+    void notifier.ready();
   };
-  // bin/auditrelay.js keeps Node's debugger off SIGUSR1; here it logs the counters.
-  const onUsr1 = () => log.info({ ...collector.stats }, 'SIGUSR1: counters');
   const handlers: [NodeJS.Signals, () => void][] = [
     ['SIGTERM', onStop('SIGTERM')],
     ['SIGINT', onStop('SIGINT')],
-    ['SIGHUP', onHup],
-    ['SIGUSR1', onUsr1],
+    ['SIGHUP', serially('SIGHUP', reload)],
+    // bin/auditrelay.js keeps Node's debugger off SIGUSR1; as auditd, it rotates the log.
+    ['SIGUSR1', serially('SIGUSR1', () => collector.rotate('SIGUSR1'))],
+    ['SIGUSR2', serially('SIGUSR2', () => collector.resume('SIGUSR2'))],
   ];
   for (const [sig, fn] of handlers) process.on(sig, fn);
   try {
     for (const warning of settings.warnings) log.warn(warning);
     await collector.start();
-    const status = settings.statusListen
-      ? new StatusServer({
-          host: settings.statusListen.host,
-          port: settings.statusListen.port,
-          role: 'collector',
-          status: () => ({ ...collector.stats }),
-          registry: collectorMetrics(collector),
-          log,
-        })
-      : null;
+    status = settings.statusListen ? newStatusServer(settings.statusListen) : null;
     if (status) await startStatus(status, log);
-    const notifier = new SdNotifier({ log, unsetEnvironment: true });
+    started = true;
     void notifier.ready(`listening on ${settings.host}:${settings.port}`);
     notifier.startWatchdog();
     if (stopSignal === null)
@@ -399,6 +448,7 @@ async function runCollector(args: string[]): Promise<number> {
       });
     log.info({ signal: stopSignal }, 'stopping: sending ENDING to every client');
     void notifier.stopping('sending ENDING to every client');
+    await work;
     await collector.stop();
     await status?.stop();
     await notifier.close();
@@ -406,6 +456,21 @@ async function runCollector(args: string[]): Promise<number> {
     for (const [sig, fn] of handlers) process.off(sig, fn);
   }
   return ExitCodes.OK;
+}
+
+/** Hosts listed in /status (silent ones first); /metrics has all of them. */
+const HOSTS_IN_STATUS = 1000;
+
+/** The collector's /status: counters, the log, the evidence, and per-host accounting (up to `hosts` hosts). */
+function collectorStatus(collector: Collector, hosts: number): Record<string, unknown> {
+  const { list, ...summary } = collector.hostsStatus(hosts);
+  return {
+    ...collector.stats,
+    log: collector.logStatus(),
+    evidence: collector.evidenceStatus(),
+    hosts: summary,
+    ...(hosts > 0 ? { hostList: list } : {}),
+  };
 }
 
 function checkConfig(args: string[]): number {
@@ -578,11 +643,33 @@ function configKind(file: string): 'agent' | 'collector' {
 
 function formatStatus(s: Record<string, unknown>): string {
   const lines: string[] = [];
-  const skip = new Set(['states', 'transitions', 'errors', 'role']);
+  const skip = new Set(['states', 'transitions', 'errors', 'role', 'hostList']);
   lines.push(`auditrelay ${s.role}`);
   const states = (s.states ?? {}) as Record<string, string>;
   for (const [m, v] of Object.entries(states)) lines.push(`  ${m.padEnd(14)} ${v}`);
-  for (const [k, v] of Object.entries(s)) if (!skip.has(k)) lines.push(`  ${k.padEnd(14)} ${v}`);
+  for (const [k, v] of Object.entries(s)) {
+    if (skip.has(k)) continue;
+    if (v !== null && typeof v === 'object') {
+      const parts = Object.entries(v as Record<string, unknown>).map(([a, b]) => `${a}=${b}`);
+      lines.push(`  ${k.padEnd(14)} ${parts.join(' ')}`);
+    } else lines.push(`  ${k.padEnd(14)} ${v}`);
+  }
+  const hosts = (s.hostList ?? []) as {
+    host: string;
+    records: number;
+    connected: boolean;
+    lastSeen: string;
+    silentSeconds: number | null;
+  }[];
+  const silent = hosts.filter((h) => h.silentSeconds !== null);
+  if (silent.length > 0) {
+    lines.push('silent hosts:');
+    for (const h of silent.slice(0, 20))
+      lines.push(
+        `  ${h.host} silent for ${h.silentSeconds} s (last seen ${h.lastSeen}, ${h.connected ? 'connected' : 'not connected'}, ${h.records} records)`,
+      );
+    if (silent.length > 20) lines.push(`  … and ${silent.length - 20} more (auditrelay status --json)`);
+  }
   const errors = (s.errors ?? []) as { time: string; source: string; message: string }[];
   if (errors.length > 0) {
     lines.push('recent errors:');

@@ -61,8 +61,11 @@ export async function runDemo(args: string[]): Promise<number> {
         ` × ${rounds} rounds = ${total} records, agent → collector on 127.0.0.1:${port}\n`,
     );
     const collectorConf = path.join(dir, 'collector.conf');
-    // Room for the readiness probe's connection beside the agent's.
-    writeFileSync(collectorConf, 'tcp_max_per_addr = 4\nlog_level = warn\n');
+    // Room for the readiness probe's connection beside the agent's; the evidence key in the demo's directory.
+    writeFileSync(
+      collectorConf,
+      `tcp_max_per_addr = 4\nlog_level = warn\nevidence_key_file = ${path.join(dir, 'evidence', 'signing.key')}\n`,
+    );
     const startCollector = async () => {
       const c = start(children, [
         'collector',

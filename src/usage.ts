@@ -40,21 +40,28 @@ exit status: 0 done, nothing left undelivered; 1 records left undelivered or a f
 `,
   },
   collector: {
-    synopsis: '(--listen HOST:PORT --log FILE | --config FILE) [--status-listen HOST:PORT]',
+    synopsis:
+      '(--listen HOST:PORT --log FILE | --config FILE) [--status-listen HOST:PORT] [--evidence-key-file FILE]',
     summary: 'receive records from audisp-remote-compatible clients and write them to a log',
     details: `Accepts audisp-remote and auditrelay agents (the managed wire format, tcp or krb5) and writes
-every record to the log before acknowledging it, as auditd does.
+every record to the log before acknowledging it, as auditd does; rotates and watches the log as auditd
+(max_log_file, space_left, ...) and keeps tamper evidence beside it (evidence = yes, docs/evidence.md).
 
 options:
   --config FILE               auditd.conf-style file (tcp_listen_port, log_file, flush, ...)
   --listen HOST:PORT          address to listen on (overrides the file), e.g. 127.0.0.1:60 or [::1]:60
   --log FILE                  file the records are appended to (overrides log_file)
   --status-listen HOST:PORT   serve the status page, /status and /metrics there (loopback)
+  --evidence-key-file FILE    the evidence signing key, created at the first start (overrides
+                              evidence_key_file; default /var/lib/auditrelay/evidence/signing.key)
   -h, --help                  this text
 
-signals:
+signals (as auditd):
   SIGTERM, SIGINT      send ENDING to every client, flush the log, exit
-  SIGUSR1              log the counters (clients, records, errors) at info level
+  SIGHUP               re-read the configuration file, keep every client connected (keys that need a
+                       restart are kept and logged; a bad file keeps the running configuration)
+  SIGUSR1              rotate the log now (or, after logrotate renamed it, open a new one)
+  SIGUSR2              resume logging suspended by a disk action (suspend, exec, ...)
 
 ${EXIT_STATUSES}
 `,

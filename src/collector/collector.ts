@@ -59,8 +59,23 @@ import type { Logger } from '../log.js';
 import { encodeReply, FrameDecoder } from '../protocol/codec.js';
 import { HEADER_SIZE, MAX_AUDIT_MESSAGE_LENGTH, MessageType } from '../protocol/constants.js';
 import { applyIdentity, type IdentityPolicy, identityStamp, type PeerIdentity } from './identity.js';
+import type { EvidenceParts, EvidenceSettings, EvidenceSinkStatus } from './evidence-sink.js';
+import {
+  type HostEntry,
+  type HostsSummary,
+  HostTable,
+  type HostView,
+  nodeNameOf,
+} from './hosts.js';
 import { Krb5Acceptor, type Krb5CollectorSettings, type Krb5ServerSession } from './krb5.js';
-import { type FsyncPolicy, LogWriter } from './log-writer.js';
+import {
+  DEFAULT_LOG_MANAGEMENT,
+  type LogManagementSettings,
+  LogStore,
+  type LogStoreStatus,
+  type WriteOutcome,
+} from './log-store.js';
+import type { FsyncPolicy, LogWriter } from './log-writer.js';
 import { SANITIZE_KIND_TEXT, type SanitizeKind, sanitizeRecord } from './sanitize.js';
 import { type HandshakeResult, TlsAcceptor, type TlsCollectorSettings } from './tls.js';
 import { WarnLimiter } from './warn-limiter.js';
@@ -115,6 +130,16 @@ export interface CollectorSettings {
     import('./log-writer.js').LogWriterOptions,
     'datasync' | 'noReserve' | 'reserveChunkBytes'
   >;
+  /** auditd's log management (max_log_file, space_left, … and their actions); default: none (a bare log). */
+  logManagement?: LogManagementSettings;
+  /** The tamper-evident store beside the log; absent or null = off. */
+  evidence?: EvidenceSettings | null;
+  /** A host silent this long is reported (host_silence_timeout); 0 = off. Default 0. */
+  hostSilenceMs?: number;
+  /** Hosts accounted at most (max_hosts). Default 100,000. */
+  maxHosts?: number;
+  /** Test seam: where the email action looks for sendmail. */
+  sendmail?: readonly string[];
 }
 
 export const DEFAULT_COLLECTOR_SETTINGS: Omit<CollectorSettings, 'logFile'> = {
@@ -172,6 +197,10 @@ export interface CollectorStats {
   idleClosed: number;
   /** Records not acknowledged because the log could not be written (DISKFULL / DISKERROR replies). */
   writeFailures: number;
+  /** Records written while the disk was low (answered with DISKLOW instead of ACK). */
+  diskLowReplies: number;
+  /** Configuration reloads applied (SIGHUP). */
+  reloads: number;
 }
 
 const NEWLINE = Buffer.from('\n');
@@ -192,9 +221,26 @@ interface Entry {
   /** Sequence numbers to answer, in order; heartbeats as seq + HB (answered ACK whatever the write did). */
   replies: number[];
   records: number;
+  /** Bytes of its lines as written (newlines included), for the host's accounting. */
+  lineBytes: number;
+  /** The host its records are accounted and chained under (hosts.ts). */
+  host: HostEntry | null;
 }
 
 type Phase = 'handshaking' | 'open' | 'closing' | 'ending' | 'closed';
+
+/**
+ * A transport's part of a reload (Collector.reload): krb5 registers one when it is the transport; the TLS transport
+ * registers its own (reloading its keys and client list). It applies what `next` changes for it and returns the
+ * names of what changed; `evict` closes a session its new rules no longer admit (after its pending replies).
+ */
+export interface TransportReload {
+  reload(
+    next: CollectorSettings,
+    sessions: ReadonlySet<CollectorSession>,
+    evict: (session: CollectorSession, why: string) => void,
+  ): string[] | Promise<string[]>;
+}
 
 class ClientSession {
   readonly decoder: FrameDecoder;
@@ -238,6 +284,10 @@ class ClientSession {
   krb5: Krb5ServerSession | null = null;
   /** krb5: the handshake deadline, then the end of the client's ticket. */
   krb5Timer: NodeJS.Timeout | null = null;
+  /** The host it is accounted under, from its first message on (hosts.ts). */
+  host: HostEntry | null = null;
+  /** Its first record decided the host (node name or address); with an identity, always. */
+  hostResolved = false;
 
   constructor(
     public socket: net.Socket,
@@ -259,11 +309,20 @@ class ClientSession {
   }
 }
 
+/** A client connection as transports see it (TransportReload). */
+export type CollectorSession = ClientSession;
+
 export class Collector {
-  readonly #s: CollectorSettings;
+  #s: CollectorSettings;
+  /** Each transport's part of a reload (see TransportReload). */
+  readonly #transportReloads: TransportReload[] = [];
   readonly #log: Logger;
-  readonly #writer: LogWriter;
-  readonly #server: net.Server;
+  readonly #store: LogStore;
+  /** The listener accepting now. */
+  #server: net.Server;
+  /** Listeners replaced by a reload: they accept nothing more; their connections go on. */
+  readonly #retired = new Set<Promise<void>>();
+  readonly #hosts: HostTable;
   readonly #sessions = new Set<ClientSession>();
   readonly #byAddress = new Map<string, Set<ClientSession>>();
   /** krb5 connections still in their handshake, oldest first. */
@@ -276,9 +335,11 @@ export class Collector {
   #yieldScheduled = false;
   #budgetPaused = 0;
   readonly #warn: WarnLimiter;
-  readonly #budget: number;
-  readonly #maxConnections: number;
-  readonly #staleAfterMs: number;
+  #budget: number;
+  #maxConnections: number;
+  /** Connections at most now: tcp_max_connections, or fewer when descriptors are short (#adjustForDescriptors). */
+  #limit: number;
+  #staleAfterMs: number;
   #writing = false;
   #buffered = 0;
   #fdLimit = Number.POSITIVE_INFINITY;
@@ -314,6 +375,8 @@ export class Collector {
     replacedStale: 0,
     idleClosed: 0,
     writeFailures: 0,
+    diskLowReplies: 0,
+    reloads: 0,
   };
 
   constructor(settings: CollectorSettings, log: Logger) {
@@ -321,34 +384,84 @@ export class Collector {
     this.#log = log;
     this.#budget = settings.memoryBudget ?? DEFAULT_COLLECTOR_SETTINGS.memoryBudget!;
     this.#maxConnections = settings.maxConnections ?? DEFAULT_COLLECTOR_SETTINGS.maxConnections!;
+    this.#limit = this.#maxConnections;
     this.#staleAfterMs = settings.staleAfterMs ?? DEFAULT_COLLECTOR_SETTINGS.staleAfterMs!;
-    this.#identityPolicy = settings.identityPolicy ?? (settings.tls || settings.krb5 ? 'stamp' : 'off');
+    this.#identityPolicy = settings.identityPolicy ?? this.#defaultIdentityPolicy(settings);
     this.#warn = new WarnLimiter(log, settings.warnIntervalMs ?? DEFAULT_COLLECTOR_SETTINGS.warnIntervalMs!);
-    this.#writer = new LogWriter({
+    this.#store = new LogStore({
       path: settings.logFile,
       fsync: settings.fsync,
       fsyncIntervalMs: settings.fsyncIntervalMs,
       log,
       maxTornTailBytes: MAX_BATCH_BYTES + 2 * (HEADER_SIZE + settings.maxPayload) + 1024,
-      ...settings.logWriterHooks,
+      management: settings.logManagement ?? DEFAULT_LOG_MANAGEMENT,
+      evidence: settings.evidence ?? null,
+      ...(settings.logWriterHooks ? { writerHooks: settings.logWriterHooks } : {}),
+      ...(settings.sendmail ? { sendmail: settings.sendmail } : {}),
     });
-    this.#server = net.createServer({ noDelay: true, keepAlive: true }, (socket) => this.#accept(socket));
-    this.#server.maxConnections = this.#maxConnections;
-    this.#server.on('drop', (d) => this.#onDrop(d));
-    this.#server.on('error', (err: NodeJS.ErrnoException) => {
+    this.#hosts = new HostTable({
+      maxHosts: settings.maxHosts ?? 100_000,
+      silenceMs: settings.hostSilenceMs ?? 0,
+      log,
+    });
+    this.#server = this.#createServer();
+  }
+
+  /** A listener whose connections are this collector's (several exist for a moment during a re-listen). */
+  #createServer(): net.Server {
+    const server = net.createServer({ noDelay: true, keepAlive: true }, (socket) => this.#accept(socket));
+    server.maxConnections = this.#limit;
+    server.on('drop', (d) => this.#onDrop(d));
+    server.on('error', (err: NodeJS.ErrnoException) => {
       // accept() errors after listening (EMFILE and the like); libuv keeps listening. (A listen error rejects
-      // start() instead.)
-      if (!this.#server.listening) return;
+      // start() or the re-listen instead.)
+      if (!server.listening) return;
       this.#log.error(
         { error: err.code ?? err.message },
         `cannot accept a connection (${err.code ?? err.message}): the client is refused`,
       );
     });
+    return server;
   }
 
   /** The log writer's state, for status and tests. */
   get writer(): LogWriter {
-    return this.#writer;
+    return this.#store.writer;
+  }
+
+  /** The log with its rotation, space thresholds and evidence. */
+  get logStore(): LogStore {
+    return this.#store;
+  }
+
+  /** The log's state (size, rotations, suspension, disk thresholds). */
+  logStatus(): LogStoreStatus {
+    return this.#store.status();
+  }
+
+  /** The evidence store's state, or null when it is off. */
+  evidenceStatus(): EvidenceSinkStatus | null {
+    return this.#store.evidence?.status() ?? null;
+  }
+
+  /** Per-host accounting: the summary, and the hosts (silent first) up to `limit`. */
+  hostsStatus(limit?: number): HostsSummary & { list: HostView[] } {
+    return { ...this.#hosts.summary(), list: this.#hosts.list(limit) };
+  }
+
+  /** The host table (metrics read it at scrape time). */
+  get hosts(): HostTable {
+    return this.#hosts;
+  }
+
+  /** SIGUSR1: rotate the log now, as auditd. */
+  rotate(reason = 'SIGUSR1'): Promise<void> {
+    return this.#store.rotate(reason);
+  }
+
+  /** SIGUSR2: resume logging suspended by a disk action, as auditd. */
+  resume(reason = 'SIGUSR2'): Promise<boolean> {
+    return this.#store.resume(reason);
   }
 
   /** Bytes held for one client at most when `clients` are connected. */
@@ -387,23 +500,25 @@ export class Collector {
   /** Opens the log and listens; resolves with the bound address. */
   async start(): Promise<{ host: string; port: number }> {
     // krb5: the keytab and the binding are checked before anything else (a ConfigError stops the start).
-    if (this.#s.krb5) this.#krb5 = await Krb5Acceptor.open(this.#s.krb5, this.#s.maxPayload, this.#log);
+    if (this.#s.krb5) {
+      this.#krb5 = await Krb5Acceptor.open(this.#s.krb5, this.#s.maxPayload, this.#log);
+      this.#transportReloads.push(krb5Reload(this.#krb5, this.#log));
+    }
     // tls: every key, the allowed-clients file and the certificates are checked before anything else.
     if (this.#s.tls) this.#tls = TlsAcceptor.open(this.#s.tls, this.#log);
-    await this.#writer.open();
+    await this.#store.openLog();
     this.#checkDescriptorLimit();
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: Error) => reject(err);
-      this.#server.prependOnceListener('error', onError);
-      this.#server.listen({ host: this.#s.host, port: this.#s.port, backlog: this.#s.listenBacklog }, () => {
-        this.#server.off('error', onError);
-        resolve();
-      });
-    });
-    const sweepMs =
-      this.#s.clientMaxIdleMs > 0 ? Math.max(25, Math.min(1000, this.#s.clientMaxIdleMs / 4)) : 1000;
-    this.#sweepTimer = setInterval(() => this.#sweep(), sweepMs);
-    this.#sweepTimer.unref();
+    try {
+      await listen(this.#server, this.#s.host, this.#s.port, this.#s.listenBacklog);
+      // Before any record is written (a write waits for it), after the address proved free.
+      await this.#store.openEvidence();
+    } catch (err) {
+      if (this.#server.listening) this.#server.close();
+      if (this.#fdTimer) clearInterval(this.#fdTimer);
+      await this.#store.close();
+      throw err;
+    }
+    this.#startSweep();
     const addr = this.#server.address() as net.AddressInfo;
     const somaxconn = readNumber('/proc/sys/net/core/somaxconn');
     this.#log.info(
@@ -415,11 +530,153 @@ export class Collector {
         maxConnections: this.#server.maxConnections,
         listenBacklog:
           somaxconn !== null ? Math.min(this.#s.listenBacklog, somaxconn) : this.#s.listenBacklog,
-        reserving: this.#writer.reserving,
+        reserving: this.#store.writer.reserving,
+        evidence: this.#store.evidence ? this.#store.evidence.status().mode : 'off',
       },
       'collector listening',
     );
     return { host: addr.address, port: addr.port };
+  }
+
+  /**
+   * SIGHUP: applies `next` (src/collector/reload-policy.ts decides which keys can change; the caller keeps the
+   * others at their running values) without dropping a connected client. Limits and rules apply to the next
+   * message or connection; the log store reconfigures itself (log management, flush, log_file, evidence); each
+   * transport applies its part (TLS first, `reloadTls`, so a bad key file changes nothing; krb5 as a
+   * `TransportReload`); a changed
+   * address, port or backlog re-listens: the new listener accepts before the old one stops, so no connection is
+   * refused meanwhile. Returns the names of what changed.
+   */
+  async reload(next: CollectorSettings): Promise<string[]> {
+    const prev = this.#s;
+    const changed: string[] = [];
+    // First, as it is the part that can fail (a bad key file: ConfigError): then nothing else has changed.
+    if (this.#tls && next.tls) {
+      this.reloadTls(next.tls);
+      changed.push('tls');
+    }
+    const note = (name: string, a: unknown, b: unknown) => {
+      if (JSON.stringify(a) !== JSON.stringify(b)) changed.push(name);
+    };
+    note('maxPerAddr', prev.maxPerAddr, next.maxPerAddr);
+    note('clientMaxIdleMs', prev.clientMaxIdleMs, next.clientMaxIdleMs);
+    note('maxPayload', prev.maxPayload, next.maxPayload);
+    note('clientPorts', prev.clientPorts, next.clientPorts);
+    note('memoryBudget', prev.memoryBudget, next.memoryBudget);
+    note('maxConnections', prev.maxConnections, next.maxConnections);
+    note('staleAfterMs', prev.staleAfterMs, next.staleAfterMs);
+    note('hostSilenceMs', prev.hostSilenceMs ?? 0, next.hostSilenceMs ?? 0);
+    note('maxHosts', prev.maxHosts, next.maxHosts);
+    note('identityPolicy', this.#identityPolicy, next.identityPolicy ?? this.#defaultIdentityPolicy(next));
+    this.#identityPolicy = next.identityPolicy ?? this.#defaultIdentityPolicy(next);
+    this.#s = { ...next, krb5: prev.krb5 ?? null, tls: this.#tls ? (next.tls ?? prev.tls ?? null) : null };
+    this.#budget = next.memoryBudget ?? DEFAULT_COLLECTOR_SETTINGS.memoryBudget!;
+    this.#maxConnections = next.maxConnections ?? DEFAULT_COLLECTOR_SETTINGS.maxConnections!;
+    this.#staleAfterMs = next.staleAfterMs ?? DEFAULT_COLLECTOR_SETTINGS.staleAfterMs!;
+    this.#limit = this.#maxConnections;
+    this.#adjustForDescriptors();
+    if (prev.clientMaxIdleMs !== next.clientMaxIdleMs) this.#startSweep();
+    this.#hosts.reconfigure(next.maxHosts ?? 100_000, next.hostSilenceMs ?? 0);
+    changed.push(
+      ...(await this.#store.reconfigure({
+        path: next.logFile,
+        fsync: next.fsync,
+        fsyncIntervalMs: next.fsyncIntervalMs,
+        management: next.logManagement ?? DEFAULT_LOG_MANAGEMENT,
+        evidence: next.evidence ?? null,
+      })),
+    );
+    note('fsync', [prev.fsync, prev.fsyncIntervalMs], [next.fsync, next.fsyncIntervalMs]);
+    note('logManagement', prev.logManagement, next.logManagement);
+    for (const part of this.#transportReloads) {
+      changed.push(...(await part.reload(next, this.#sessions, (s, why) => this.#evict(s, why))));
+    }
+    if (prev.host !== next.host || prev.port !== next.port || prev.listenBacklog !== next.listenBacklog) {
+      await this.#relisten(prev, next);
+      changed.push('listener');
+    }
+    // Sessions waiting for memory may go on under a larger budget.
+    for (const s of [...this.#paused]) this.#checkInput(s);
+    this.stats.reloads++;
+    return changed;
+  }
+
+  /** Closes a session that a reloaded rule no longer admits (after its pending replies). */
+  #evict(session: ClientSession, why: string): void {
+    this.#log.warn(
+      { peer: session.peer, identity: session.identity?.name },
+      `closing ${session.peer}: ${why}`,
+    );
+    this.#closeAfterPending(session);
+  }
+
+  /**
+   * A new listener for the reloaded address, port or backlog. A new address or port: bound first, then the old
+   * listener stops accepting (its connections go on). Only the backlog: the listening socket takes it as it is
+   * (listen(2) again on the same socket). The same port on another address cannot be bound beside the old
+   * listener (EADDRINUSE): the old one is closed first, so a connection attempt in that instant is refused (the
+   * client retries), which is logged.
+   */
+  async #relisten(prev: CollectorSettings, next: CollectorSettings): Promise<void> {
+    const old = this.#server;
+    const where = `${next.host}:${next.port}`;
+    if (prev.host === next.host && prev.port === next.port) {
+      const handle = (old as unknown as { _handle?: { listen?: (backlog: number) => number } })._handle;
+      if (typeof handle?.listen === 'function' && handle.listen(next.listenBacklog) === 0) {
+        this.#log.info({ backlog: next.listenBacklog }, `listen backlog is now ${next.listenBacklog}`);
+        return;
+      }
+    }
+    const fresh = this.#createServer();
+    try {
+      await listen(fresh, next.host, next.port, next.listenBacklog);
+    } catch (err) {
+      const oldAddr = old.address() as net.AddressInfo | null;
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || oldAddr?.port !== next.port) {
+        this.#log.error(
+          { address: where, error: (err as NodeJS.ErrnoException).code ?? (err as Error).message },
+          `cannot listen on ${where} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): still listening on ${prev.host}:${oldAddr?.port ?? prev.port}`,
+        );
+        this.#s = { ...this.#s, host: prev.host, port: prev.port, listenBacklog: prev.listenBacklog };
+        return;
+      }
+      this.#log.warn(
+        { from: `${prev.host}:${oldAddr.port}`, to: where },
+        `re-listening on ${where}: the same port on another address cannot be bound while the old listener is open, so it is closed first; a connection attempt in that instant is refused and retried by its client`,
+      );
+      this.#retire(old);
+      try {
+        await listen(fresh, next.host, next.port, next.listenBacklog);
+      } catch (err2) {
+        const back = this.#createServer();
+        await listen(back, prev.host, oldAddr.port, prev.listenBacklog);
+        this.#server = back;
+        this.#s = { ...this.#s, host: prev.host, port: prev.port, listenBacklog: prev.listenBacklog };
+        this.#log.error(
+          { address: where, error: (err2 as NodeJS.ErrnoException).code ?? (err2 as Error).message },
+          `cannot listen on ${where}: listening on ${prev.host}:${oldAddr.port} again`,
+        );
+        return;
+      }
+      this.#server = fresh;
+      this.#logListening('collector re-listening');
+      return;
+    }
+    this.#server = fresh;
+    this.#retire(old);
+    this.#logListening('collector re-listening');
+  }
+
+  /** A listener that accepts no more; its connections go on (stop() waits for them with the rest). */
+  #retire(server: net.Server): void {
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    this.#retired.add(closed);
+    void closed.then(() => this.#retired.delete(closed));
+  }
+
+  #logListening(msg: string): void {
+    const addr = this.#server.address() as net.AddressInfo;
+    this.#log.info({ address: addr.address, port: addr.port, backlog: this.#s.listenBacklog }, msg);
   }
 
   /** Sends ENDING to every client after its pending replies, closes everything, flushes the log. */
@@ -431,9 +688,10 @@ export class Collector {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     await Promise.all([...this.#sessions].map((s) => this.#end(s)));
     await closed;
+    await Promise.all(this.#retired);
     this.#krb5?.dispose();
     this.#tls?.dispose();
-    await this.#writer.close();
+    await this.#store.close();
     this.#warn.flushAll();
     this.#log.info(this.stats, 'collector stopped');
   }
@@ -486,6 +744,11 @@ export class Collector {
     return closed;
   }
 
+  /** identity_policy when the configuration does not say: stamp what authenticated, nothing else. */
+  #defaultIdentityPolicy(s: CollectorSettings): IdentityPolicy {
+    return s.tls || s.krb5 ? 'stamp' : 'off';
+  }
+
   /** identity_policy in force (a reload may change it: it applies to the next record). */
   get identityPolicy(): IdentityPolicy {
     return this.#identityPolicy;
@@ -528,7 +791,8 @@ export class Collector {
     }
     const others = Math.max(0, open - this.#sessions.size);
     const room = Math.max(1, this.#fdLimit - others - FD_RESERVE);
-    this.#server.maxConnections = Math.min(this.#maxConnections, room);
+    this.#limit = Math.min(this.#maxConnections, room);
+    this.#server.maxConnections = this.#limit;
   }
 
   /** net.Server refused a connection over maxConnections (it closes the socket itself). */
@@ -536,7 +800,7 @@ export class Collector {
     this.stats.refusedLimit++;
     const peer = d ? `${d.remoteAddress}:${d.remotePort}` : '?';
     const address = d?.remoteAddress ?? '?';
-    const limit = this.#server.maxConnections;
+    const limit = this.#limit;
     const why =
       limit < this.#maxConnections
         ? `the descriptor limit leaves room for ${limit} connections (tcp_max_connections = ${this.#maxConnections}); raise LimitNOFILE`
@@ -550,12 +814,25 @@ export class Collector {
   }
 
   #accept(socket: net.Socket): void {
-    const session = new ClientSession(socket, this.#s.maxPayload);
-    const { peer } = session;
     if (this.#closing) {
       socket.destroy();
       return;
     }
+    // The listener counts only its own connections; after a re-listen the old one still has some.
+    if (this.#sessions.size >= this.#limit) {
+      this.#onDrop({
+        localAddress: socket.localAddress ?? '',
+        localPort: socket.localPort ?? 0,
+        localFamily: socket.localFamily ?? '',
+        remoteAddress: socket.remoteAddress ?? '?',
+        remotePort: socket.remotePort ?? 0,
+        remoteFamily: socket.remoteFamily ?? '',
+      });
+      socket.destroy();
+      return;
+    }
+    const session = new ClientSession(socket, this.#s.maxPayload);
+    const { peer } = session;
     socket.on('error', (err: NodeJS.ErrnoException) =>
       this.#log.info({ peer, error: err.code ?? err.message }, `client ${peer} connection error`),
     );
@@ -754,6 +1031,7 @@ export class Collector {
     this.#setPaused(session, null);
     if (session.tlsTimer) clearTimeout(session.tlsTimer);
     if (session.phase === 'closed' && this.#tls) this.#tls.abandon(session.raw);
+    if (session.host) this.#hosts.detach(session.host);
     if (session.krb5Timer) clearTimeout(session.krb5Timer);
     session.krb5?.dispose();
     // Records not yet handed to the writer were never acknowledged: the client sends them again.
@@ -923,9 +1201,18 @@ export class Collector {
     }, timeoutMs);
   }
 
-  /** Idle limit and stale sessions beyond tcp_max_per_addr. */
+  #startSweep(): void {
+    if (this.#sweepTimer) clearInterval(this.#sweepTimer);
+    const idle = this.#s.clientMaxIdleMs;
+    const sweepMs = idle > 0 ? Math.max(25, Math.min(1000, idle / 4)) : 1000;
+    this.#sweepTimer = setInterval(() => this.#sweep(), sweepMs);
+    this.#sweepTimer.unref();
+  }
+
+  /** Idle limit, stale sessions beyond tcp_max_per_addr, silent hosts. */
   #sweep(): void {
     const now = Date.now();
+    this.#hosts.sweep(now);
     const idle = this.#s.clientMaxIdleMs;
     for (const s of this.#sessions) {
       if (s.phase !== 'open') continue;
@@ -1057,7 +1344,11 @@ export class Collector {
     let entry: Entry | null = null;
     let immediate: number[] | null = null;
     const previous = session.lastMessageAt;
-    if (messages.length > 0) session.lastMessageAt = Date.now();
+    if (messages.length > 0) {
+      session.lastMessageAt = Date.now();
+      if (session.host === null) this.#attachHost(session);
+      else this.#hosts.seen(session.host, session.lastMessageAt);
+    }
     let heartbeatSeen = false;
     const principal = session.krb5?.principal ?? null;
     for (const m of messages) {
@@ -1085,12 +1376,14 @@ export class Collector {
         }
         continue;
       }
+      if (!session.hostResolved) this.#resolveHost(session, line);
       if (!entry) {
-        entry = { session, lines: [], bytes: 0, replies: [], records: 0 };
+        entry = { session, lines: [], bytes: 0, replies: [], records: 0, lineBytes: 0, host: session.host };
         session.queue.push(entry);
         session.lastEntry = entry;
       }
       entry.lines.push(line, NEWLINE);
+      entry.lineBytes += line.length + 1;
       entry.bytes += line.length + 1 + RECORD_OVERHEAD;
       entry.replies.push(m.sequence);
       entry.records++;
@@ -1112,6 +1405,32 @@ export class Collector {
       );
       this.#closeAfterPending(session);
     }
+  }
+
+  /** The session's first message: it joins its host (its identity's, else the one its address was last). */
+  #attachHost(session: ClientSession): void {
+    const id = authenticated(session);
+    if (id) {
+      session.host = this.#hosts.attach(id.name, id.kind === 'krb5' ? 'krb5' : 'tls');
+      session.hostResolved = true;
+      return;
+    }
+    const { name, kind } = this.#hosts.provisionalName(session.address);
+    session.host = this.#hosts.attach(name, kind);
+  }
+
+  /** Its first record decides a session's host: the record's node name, else the address. */
+  #resolveHost(session: ClientSession, line: Buffer): void {
+    session.hostResolved = true;
+    if (!session.host) this.#attachHost(session);
+    if (authenticated(session)) return;
+    const node = nodeNameOf(line);
+    session.host = this.#hosts.move(
+      session.host!,
+      node ?? session.address,
+      node !== null ? 'node' : 'address',
+      session.address,
+    );
   }
 
   /** Learns a client's heartbeat interval: the silence before a heartbeat (capped at 5 minutes). */
@@ -1156,7 +1475,7 @@ export class Collector {
       }
     }
     const written =
-      principal !== null && this.#s.krb5?.appendPrincipal !== false
+      principal !== null && this.#krb5?.settings.appendPrincipal !== false
         ? Buffer.concat([line, Buffer.from(` krb5=${principal}`)])
         : line;
     return this.#applyIdentity(written, session);
@@ -1298,21 +1617,45 @@ export class Collector {
     if (batch.length === 0) return;
     this.#writing = true;
     const data = Buffer.concat(batch.flatMap((e) => e.lines));
-    this.#writer.write(data).then(
-      () => this.#completed(batch, null),
-      (err: NodeJS.ErrnoException) => this.#completed(batch, err),
+    // The evidence's view of the write: consecutive entries of one host form one part.
+    const parts: EvidenceParts = [];
+    let at = 0;
+    for (const e of batch) {
+      const host = e.host?.name ?? e.session.address;
+      const last = parts[parts.length - 1];
+      if (last && last[0] === host && last[2] === at) last[2] = at + e.lineBytes;
+      else parts.push([host, at, at + e.lineBytes]);
+      at += e.lineBytes;
+    }
+    this.#store.write(data, parts).then(
+      (outcome) => this.#completed(batch, null, outcome),
+      (err: NodeJS.ErrnoException) => this.#completed(batch, err, 'ack'),
     );
   }
 
-  #completed(batch: Entry[], err: NodeJS.ErrnoException | null): void {
+  #completed(batch: Entry[], err: NodeJS.ErrnoException | null, outcome: WriteOutcome): void {
     this.#writing = false;
     if (err) {
+      // What a failed client sent after its failed records, received before it could see the failure, is refused
+      // with them, unwritten: it sends all of it again (audisp-remote and our agent close on DISKFULL/DISKERROR),
+      // so writing any of it now (the disk may have room a moment later) would put those records in the log
+      // twice, or ahead of the ones that failed.
+      const failed = new Set(batch.map((e) => e.session));
+      for (const s of failed) {
+        if (s.phase === 'closed' || s.queue.length === 0) continue;
+        const rest = s.queue.splice(0);
+        this.#active.delete(s);
+        s.inFlight += rest.length;
+        batch = [...batch, ...rest];
+      }
       const records = batch.reduce((n, e) => n + e.records, 0);
       this.stats.writeFailures += records;
       this.#warn.warn(
         `write ${err.code ?? 'error'}`,
         { error: err.code ?? err.message, records, clients: new Set(batch.map((e) => e.session.peer)).size },
-        `log write failed (${err.code ?? err.message}): ${records} record(s) answered with ${isFull(err) ? 'DISKFULL' : 'DISKERROR'} instead of an acknowledgement; nothing of them is in the log`,
+        err.code === 'ESUSPENDED'
+          ? `logging is suspended (${err.message}): ${records} record(s) answered with DISKERROR "remote logging suspended"; clients keep them`
+          : `log write failed (${err.code ?? err.message}): ${records} record(s) answered with ${isFull(err) ? 'DISKFULL' : 'DISKERROR'} instead of an acknowledgement; nothing of them is in the log`,
         (n) =>
           `${n} more log write(s) failed (${err.code ?? err.message}); their records were answered with ${isFull(err) ? 'DISKFULL' : 'DISKERROR'}`,
       );
@@ -1326,6 +1669,8 @@ export class Collector {
       if (!err) {
         this.stats.records += e.records;
         s.records += e.records;
+        if (e.host) this.#hosts.count(e.host, e.records, e.lineBytes);
+        if (outcome === 'disklow') this.stats.diskLowReplies += e.records;
       }
       if (s.lastEntry === e) {
         s.lastEntry = null;
@@ -1336,15 +1681,23 @@ export class Collector {
       if (list) list.push(...e.replies);
       else replies.set(s, [...e.replies]);
     }
-    for (const [s, list] of replies) this.#send(s, list, err);
+    for (const [s, list] of replies) this.#send(s, list, err, outcome);
     for (const e of batch) this.#settle(e.session);
     for (const s of replies.keys()) this.#checkInput(s);
     this.#resumeBudgetPaused();
     this.#pump();
   }
 
-  /** Sends replies (ACK, or the write error for records; heartbeats always ACK) in one write. */
-  #send(session: ClientSession, list: number[], err: NodeJS.ErrnoException | null): void {
+  /**
+   * Sends replies in one write: for records ACK (DISKLOW while the disk is low), or the write error (DISKFULL
+   * `disk full`, DISKERROR `disk write error` or `remote logging suspended`); heartbeats always ACK.
+   */
+  #send(
+    session: ClientSession,
+    list: number[],
+    err: NodeJS.ErrnoException | null,
+    outcome: WriteOutcome = 'ack',
+  ): void {
     const { socket } = session;
     if (socket.destroyed || list.length === 0) return;
     const frames = list.map((v) => {
@@ -1355,7 +1708,9 @@ export class Collector {
           'record refused: its node= is not the authenticated host',
         );
       }
-      if (v >= HB || !err) return encodeReply(MessageType.ACK, v >= HB ? v - HB : v);
+      if (v >= HB) return encodeReply(MessageType.ACK, v - HB);
+      if (!err) return encodeReply(outcome === 'disklow' ? MessageType.DISKLOW : MessageType.ACK, v);
+      if (err.code === 'ESUSPENDED') return encodeReply(MessageType.DISKERROR, v, 'remote logging suspended');
       return isFull(err)
         ? encodeReply(MessageType.DISKFULL, v, 'disk full')
         : encodeReply(MessageType.DISKERROR, v, 'disk write error');
@@ -1425,6 +1780,45 @@ export class Collector {
       setTimeout(() => socket.destroy(), 2000).unref();
     });
   }
+}
+
+/**
+ * krb5's part of a reload: handshake_timeout, krb5_allowed_principals and krb5_append_principal at once (the
+ * service and keytab need a restart); a connected client whose principal a new allow-list leaves out is closed.
+ */
+/** Who a session authenticated as (a plain tcp session's address is not an authentication); null before. */
+function authenticated(session: ClientSession): PeerIdentity | null {
+  return session.identity === null || session.identity.kind === 'address' ? null : session.identity;
+}
+
+function krb5Reload(acceptor: Krb5Acceptor, log: Logger): TransportReload {
+  return {
+    reload(next, sessions, evict) {
+      if (!next.krb5) return [];
+      const changed = acceptor.reload(next.krb5);
+      const allowed = next.krb5.allowedPrincipals;
+      if (changed.includes('krb5AllowedPrincipals') && allowed) {
+        for (const s of sessions) {
+          if (s.identity?.kind === 'krb5' && !allowed.includes(s.identity.name) && s.phase === 'open')
+            evict(s, `its principal ${s.identity.name} is not in krb5_allowed_principals any more`);
+        }
+      }
+      if (changed.length > 0) log.info({ changed }, 'Kerberos: settings reloaded');
+      return changed;
+    },
+  };
+}
+
+/** Listens; resolves once listening, rejects with the listen error. */
+function listen(server: net.Server, host: string, port: number, backlog: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onError = (err: Error) => reject(err);
+    server.prependOnceListener('error', onError);
+    server.listen({ host, port, backlog }, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
 }
 
 function isFull(err: NodeJS.ErrnoException): boolean {

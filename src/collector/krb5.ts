@@ -59,7 +59,8 @@ function messageOf(err: unknown): string {
 
 /** The collector's acceptor credential and policy, shared by all connections. */
 export class Krb5Acceptor {
-  readonly settings: Krb5CollectorSettings;
+  /** Replaced as a whole by reload() (the handshakes in progress keep reading it). */
+  settings: Krb5CollectorSettings;
   readonly #cred: Credential;
   readonly #maxFrame: number;
 
@@ -115,6 +116,26 @@ export class Krb5Acceptor {
       `Kerberos: accepting clients ${settings.service}/*@<realm> as ${cred.name}`,
     );
     return new Krb5Acceptor(settings, cred, HEADER_SIZE + maxPayload);
+  }
+
+  /**
+   * A reloaded configuration: handshake_timeout, krb5_allowed_principals and krb5_append_principal apply to the
+   * next handshake and record; the service and the keytab stay (a restart changes them). Returns what changed.
+   */
+  reload(next: Krb5CollectorSettings): string[] {
+    const cur = this.settings;
+    const changed: string[] = [];
+    if (cur.handshakeTimeoutMs !== next.handshakeTimeoutMs) changed.push('krb5HandshakeTimeout');
+    if (JSON.stringify(cur.allowedPrincipals) !== JSON.stringify(next.allowedPrincipals))
+      changed.push('krb5AllowedPrincipals');
+    if (cur.appendPrincipal !== next.appendPrincipal) changed.push('krb5AppendPrincipal');
+    this.settings = {
+      ...cur,
+      handshakeTimeoutMs: next.handshakeTimeoutMs,
+      allowedPrincipals: next.allowedPrincipals,
+      appendPrincipal: next.appendPrincipal,
+    };
+    return changed;
   }
 
   session(peer: string): Krb5ServerSession {

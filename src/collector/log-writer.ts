@@ -28,6 +28,7 @@ import { sanitizeRecord } from './sanitize.js';
 export type FsyncPolicy = 'always' | 'interval' | 'never';
 
 export interface LogWriterOptions {
+  /** The log file; may change while the writer is closed (`setPath`, a reloaded log_file). */
   path: string;
   fsync: FsyncPolicy;
   fsyncIntervalMs: number;
@@ -73,9 +74,11 @@ export class LogWriter {
   bytesWritten = 0;
   /** Failed background syncs since start. */
   syncFailures = 0;
+  /** The open file (device and inode), to notice that another program renamed or removed it. */
+  #identity: { dev: number; ino: number } | null = null;
 
   constructor(options: LogWriterOptions) {
-    this.#o = options;
+    this.#o = { ...options };
     this.#log = options.log;
   }
 
@@ -93,10 +96,46 @@ export class LogWriter {
     return this.#size;
   }
 
+  get path(): string {
+    return this.#o.path;
+  }
+
+  /** Whether a file is open (closed: before open, after close, while the log store has suspended logging). */
+  get isOpen(): boolean {
+    return this.#fh !== null;
+  }
+
+  /** Device and inode of the open file, or null when none is open. */
+  get identity(): { dev: number; ino: number } | null {
+    return this.#identity;
+  }
+
+  /** Another file for the next open (only while closed). */
+  setPath(path: string): void {
+    if (this.#fh) throw new Error('setPath on an open log writer');
+    this.#o.path = path;
+  }
+
+  /** A reloaded fsync policy (flush/freq): takes effect at once. */
+  setFsync(fsync: FsyncPolicy, intervalMs: number): void {
+    this.#o.fsync = fsync;
+    this.#o.fsyncIntervalMs = intervalMs;
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    if (this.#fh && fsync === 'interval') this.#startSyncTimer();
+  }
+
+  #startSyncTimer(): void {
+    this.#timer = setInterval(() => void this.#backgroundSync(), this.#o.fsyncIntervalMs);
+    this.#timer.unref();
+  }
+
   async open(): Promise<void> {
     const { path } = this.#o;
     const { fh, stat, created } = await openLogForAppend(path, 0o600, 'log_file');
     this.#fh = fh;
+    this.#identity = { dev: stat.dev, ino: stat.ino };
+    this.#full = null;
     if (!created) {
       const loose = loosePermissions(path, stat, 'log_file');
       if (loose) this.#log.warn({ log: path, mode: stat.mode & 0o7777, uid: stat.uid }, loose);
@@ -107,9 +146,11 @@ export class LogWriter {
     } catch (err) {
       await fh.close();
       this.#fh = null;
+      this.#identity = null;
       throw err;
     }
     this.#reservedEnd = this.#size;
+    this.#lastAhead = 0;
     if (!this.#o.noReserve) {
       const r = Reserver.start(fh.fd);
       if (typeof r === 'string') {
@@ -121,10 +162,7 @@ export class LogWriter {
         this.#reserver = r;
       }
     }
-    if (this.#o.fsync === 'interval') {
-      this.#timer = setInterval(() => void this.#backgroundSync(), this.#o.fsyncIntervalMs);
-      this.#timer.unref();
-    }
+    if (this.#o.fsync === 'interval') this.#startSyncTimer();
   }
 
   /**
@@ -137,19 +175,24 @@ export class LogWriter {
     return run;
   }
 
-  /** Waits for writes in progress, syncs (unless fsync = never), releases unused reserved space, closes. */
-  async close(): Promise<void> {
+  /**
+   * Waits for writes in progress, syncs (unless fsync = never), releases unused reserved space, closes. `readOnly`
+   * (a rotation, as auditd does it): the file becomes mode 0400 before it is closed, so nothing appends to it any more.
+   */
+  async close(options: { readOnly?: boolean } = {}): Promise<void> {
     await this.#writing;
     await this.#reserving?.catch(() => {});
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
     const fh = this.#fh;
     this.#fh = null;
+    this.#identity = null;
     this.#reserver?.close();
     this.#reserver = null;
     if (!fh) return;
     try {
-      if (this.#o.fsync !== 'never') await this.#datasync(fh).catch(() => {});
+      if (this.#o.fsync !== 'never' || options.readOnly) await this.#datasync(fh).catch(() => {});
+      if (options.readOnly) await fh.chmod(0o400).catch(() => {});
       // Blocks reserved beyond the end go back to the file system (the size does not change).
       if (this.#reservedEnd > this.#size) {
         const { size } = await fh.stat();

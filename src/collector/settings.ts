@@ -21,14 +21,22 @@ export interface CollectorCommandOptions {
   log?: string | undefined;
   /** --status-listen HOST:PORT */
   statusListen?: string | undefined;
+  /** --evidence-key-file FILE */
+  evidenceKeyFile?: string | undefined;
 }
 
 export interface ResolvedCollectorSettings extends CollectorSettings {
   logLevel: LogLevel;
   statusListen: HostPort | null;
   warnings: string[];
+  /** The configuration the settings come from (the command line applied), for a reload's comparison. */
+  config: CollectorConfig;
 }
 
+/**
+ * The settings of `collector` from its command line: the file (if any) with the options applied over it. Called
+ * again at each SIGHUP with the same options, so the command line keeps overriding the file.
+ */
 export function collectorSettings(options: CollectorCommandOptions): ResolvedCollectorSettings {
   let cfg: CollectorConfig = defaultCollectorConfig();
   let warnings: string[] = [];
@@ -39,14 +47,19 @@ export function collectorSettings(options: CollectorCommandOptions): ResolvedCol
   } else if (options.listen === undefined || options.log === undefined) {
     throw new UsageError('collector needs --listen HOST:PORT and --log FILE (or --config FILE)');
   }
-  cfg = withCollectorOverrides(cfg, { listen: options.listen, log: options.log });
+  cfg = withCollectorOverrides(cfg, {
+    listen: options.listen,
+    log: options.log,
+    evidenceKeyFile: options.evidenceKeyFile,
+  });
   let statusListen = cfg.statusListen;
   if (options.statusListen !== undefined) {
     const r = parseHostPort(options.statusListen, 0);
     if (typeof r === 'string') throw new UsageError(`--status-listen: ${r}`);
     statusListen = r;
   }
-  return { ...fromConfig(cfg), logLevel: cfg.logLevel, statusListen, warnings };
+  cfg = { ...cfg, statusListen };
+  return { ...fromConfig(cfg), logLevel: cfg.logLevel, statusListen, warnings, config: cfg };
 }
 
 /**
@@ -75,6 +88,27 @@ export function fromConfig(cfg: CollectorConfig): CollectorSettings {
     memoryBudget: cfg.memoryBudget,
     maxConnections: cfg.tcpMaxConnections,
     staleAfterMs: cfg.staleSessionTimeout * 1000,
+    logManagement: {
+      maxLogFileBytes: cfg.maxLogFile * 1024 * 1024,
+      numLogs: cfg.numLogs,
+      maxLogFileAction: cfg.maxLogFileAction,
+      spaceLeft: cfg.spaceLeft,
+      spaceLeftAction: cfg.spaceLeftAction,
+      adminSpaceLeft: cfg.adminSpaceLeft,
+      adminSpaceLeftAction: cfg.adminSpaceLeftAction,
+      diskFullAction: cfg.diskFullAction,
+      diskErrorAction: cfg.diskErrorAction,
+      actionMailAcct: cfg.actionMailAcct,
+    },
+    evidence: cfg.evidence
+      ? {
+          keyFile: cfg.evidenceKeyFile,
+          checkpointIntervalMs: cfg.evidenceCheckpointInterval * 1000,
+          maxHosts: cfg.maxHosts,
+        }
+      : null,
+    hostSilenceMs: cfg.hostSilenceTimeout * 1000,
+    maxHosts: cfg.maxHosts,
     krb5:
       cfg.transport === 'krb5'
         ? {

@@ -1,11 +1,13 @@
 /**
- * The collector's configuration, modelled on auditd.conf's network keys (audit-userspace 3.0.9 `auditd-config.c`)
- * in the same file syntax, plus auditrelay's own keys. The other auditd.conf keys are accepted and ignored with a
- * warning, so an existing auditd.conf can be used as is; keys auditd does not know are errors.
+ * The collector's configuration, modelled on auditd.conf's network and log-management keys (audit-userspace 3.0.9
+ * `auditd-config.c`, meanings from auditd.conf(5) of 3.0.9 and 4.2.1) in the same file syntax, plus auditrelay's
+ * own keys. The other auditd.conf keys are accepted and ignored with a warning, so an existing auditd.conf can be
+ * used as is; keys auditd does not know are errors.
  */
 import { resolve as resolvePath } from 'node:path';
 import { IDENTITY_POLICIES, type IdentityPolicy } from '../collector/identity.js';
-import { ConfigError, UsageError } from '../errors.js';
+import { ConfigError, FileSafetyError, UsageError } from '../errors.js';
+import { checkActionScript } from '../fs/safe-files.js';
 import {
   DEFAULT_CIPHER_SUITES,
   NO_PQC_REASON,
@@ -38,6 +40,30 @@ import {
 } from './values.js';
 
 export type CollectorTransport = 'tcp' | 'krb5' | 'tls';
+
+/**
+ * auditd's failure actions (`space_left_action`, `admin_space_left_action`, `disk_full_action`,
+ * `disk_error_action`); `exec` carries its script. What the collector does for each: docs/collector.md, "Log
+ * management".
+ */
+export const DISK_ACTION_KINDS = [
+  'ignore',
+  'syslog',
+  'rotate',
+  'email',
+  'exec',
+  'suspend',
+  'single',
+  'halt',
+] as const;
+export type DiskActionKind = (typeof DISK_ACTION_KINDS)[number];
+export type DiskAction = { kind: Exclude<DiskActionKind, 'exec'> } | { kind: 'exec'; path: string };
+/** `max_log_file_action` (auditd 3.0.9; `exec` as in 4.2). */
+export const SIZE_ACTION_KINDS = ['ignore', 'syslog', 'suspend', 'rotate', 'keep_logs', 'exec'] as const;
+export type SizeActionKind = (typeof SIZE_ACTION_KINDS)[number];
+export type SizeAction = { kind: Exclude<SizeActionKind, 'exec'> } | { kind: 'exec'; path: string };
+/** `space_left` / `admin_space_left`: MiB, or a percentage of the file system holding log_file; 0 = off. */
+export type SpaceAmount = { mib: number } | { percent: number };
 /** auditd.conf `flush` values. */
 export type FlushMode = 'none' | 'incremental' | 'incremental_async' | 'data' | 'sync';
 export const FLUSH_MODES = ['none', 'incremental', 'incremental_async', 'data', 'sync'] as const;
@@ -74,6 +100,19 @@ export interface CollectorConfig {
   flush: FlushMode;
   /** Records between flushes for flush = incremental / incremental_async. */
   freq: number;
+  /** Size in MiB at which max_log_file_action runs; 0 = no limit. */
+  maxLogFile: number;
+  /** Log files kept by `rotate` (the current one included), as auditd; < 2: no rotation. */
+  numLogs: number;
+  maxLogFileAction: SizeAction;
+  spaceLeft: SpaceAmount;
+  spaceLeftAction: DiskAction;
+  adminSpaceLeft: SpaceAmount;
+  adminSpaceLeftAction: DiskAction;
+  diskFullAction: DiskAction;
+  diskErrorAction: DiskAction;
+  /** Address for the `email` action. */
+  actionMailAcct: string;
   // --- auditrelay extensions ---
   /** Address to bind; default 127.0.0.1 (see docs/configuration.md). */
   tcpListenAddress: string;
@@ -104,6 +143,15 @@ export interface CollectorConfig {
   identityPolicy: IdentityPolicy | null;
   /** Handshakes in progress at most (tls, krb5); null = 256 for TLS, 1024 for KRB5. */
   maxPendingHandshakes: number | null;
+  /** The tamper-evident store beside the log (docs/evidence.md). */
+  evidence: boolean;
+  evidenceKeyFile: string;
+  /** Seconds between signed checkpoints; 0 = only at rotation and stop. */
+  evidenceCheckpointInterval: number;
+  /** Seconds without a record or heartbeat after which a host is reported silent; 0 = off. */
+  hostSilenceTimeout: number;
+  /** Hosts accounted at most (memory bound); further ones are counted as `(other)`. */
+  maxHosts: number;
 }
 
 export interface ConfigWarning {
@@ -140,9 +188,19 @@ export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
   tlsAllowedClients: null,
   tlsCipherSuites: null,
   tlsKeyExchange: null,
-  logFile: '/var/log/audit/audit.log',
+  logFile: '/var/log/auditrelay/audit.log',
   flush: 'incremental_async',
   freq: 50,
+  maxLogFile: 100,
+  numLogs: 10,
+  maxLogFileAction: { kind: 'keep_logs' },
+  spaceLeft: { percent: 5 },
+  spaceLeftAction: { kind: 'syslog' },
+  adminSpaceLeft: { percent: 2 },
+  adminSpaceLeftAction: { kind: 'syslog' },
+  diskFullAction: { kind: 'syslog' },
+  diskErrorAction: { kind: 'syslog' },
+  actionMailAcct: 'root',
   tcpListenAddress: '127.0.0.1',
   handshakeTimeout: 5,
   maxMessageSize: 8970,
@@ -160,7 +218,15 @@ export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
   tlsAllowedNames: null,
   identityPolicy: null,
   maxPendingHandshakes: null,
+  evidence: true,
+  evidenceKeyFile: '/var/lib/auditrelay/evidence/signing.key',
+  evidenceCheckpointInterval: 10,
+  hostSilenceTimeout: 3600,
+  maxHosts: 100_000,
 } satisfies CollectorConfig);
+
+/** auditd's own log: the collector warns when log_file is it (both would write, rotate and read the same file). */
+export const AUDITD_LOG_FILE = '/var/log/audit/audit.log';
 
 /** A listen backlog below this lets a burst of connecting clients wait 1 s or more for a SYN retry. */
 export const SMALL_LISTEN_QUEUE = 128;
@@ -178,6 +244,11 @@ export const COLLECTOR_RANGES = {
   tcp_max_connections: [1, 1048576],
   stale_session_timeout: [1, 3600],
   max_pending_handshakes: [1, 65536],
+  max_log_file: [0, 1048576],
+  num_logs: [0, 999],
+  evidence_checkpoint_interval: [0, 86400],
+  host_silence_timeout: [0, INT_MAX],
+  max_hosts: [1, 10_000_000],
 } as const satisfies Record<string, readonly [number, number]>;
 
 export function defaultCollectorConfig(): CollectorConfig {
@@ -383,6 +454,72 @@ const AUDITD_KEYS: Record<string, KeyDef> = {
     format: (cfg) => cfg.flush.toUpperCase(),
   },
   freq: int('freq', 'freq'),
+  max_log_file: int('max_log_file', 'maxLogFile'),
+  num_logs: int('num_logs', 'numLogs'),
+  max_log_file_action: {
+    apply: (cfg, e, file) => {
+      cfg.maxLogFileAction = parseAction(e, file, SIZE_ACTION_KINDS) as SizeAction;
+    },
+    format: (cfg) => formatAction(cfg.maxLogFileAction),
+  },
+  space_left: {
+    apply: (cfg, e, file) => {
+      cfg.spaceLeft = parseSpace(e, file);
+    },
+    format: (cfg) => formatSpace(cfg.spaceLeft),
+  },
+  space_left_action: {
+    apply: (cfg, e, file) => {
+      cfg.spaceLeftAction = parseAction(e, file, DISK_ACTION_KINDS) as DiskAction;
+    },
+    format: (cfg) => formatAction(cfg.spaceLeftAction),
+  },
+  admin_space_left: {
+    apply: (cfg, e, file) => {
+      cfg.adminSpaceLeft = parseSpace(e, file);
+    },
+    format: (cfg) => formatSpace(cfg.adminSpaceLeft),
+  },
+  admin_space_left_action: {
+    apply: (cfg, e, file) => {
+      cfg.adminSpaceLeftAction = parseAction(e, file, DISK_ACTION_KINDS) as DiskAction;
+    },
+    format: (cfg) => formatAction(cfg.adminSpaceLeftAction),
+  },
+  disk_full_action: {
+    // auditd: email is not an action for a full disk.
+    apply: (cfg, e, file) => {
+      cfg.diskFullAction = parseAction(
+        e,
+        file,
+        DISK_ACTION_KINDS.filter((k) => k !== 'email'),
+      ) as DiskAction;
+    },
+    format: (cfg) => formatAction(cfg.diskFullAction),
+  },
+  disk_error_action: {
+    // auditd: neither email nor rotate for a write error.
+    apply: (cfg, e, file) => {
+      cfg.diskErrorAction = parseAction(
+        e,
+        file,
+        DISK_ACTION_KINDS.filter((k) => k !== 'email' && k !== 'rotate'),
+      ) as DiskAction;
+    },
+    format: (cfg) => formatAction(cfg.diskErrorAction),
+  },
+  action_mail_acct: {
+    apply: (cfg, e, file) => {
+      const allowed = 'an e-mail address or local account: letters, digits and @ . - _ + (at least 2)';
+      const v = requireValue(e, file, allowed);
+      noOption(e, file);
+      if (v.length < 2 || !/^[A-Za-z0-9@._+-]+$/.test(v)) fail(e, file, `"${v}" is not an address`, allowed);
+      if (v.includes('@') && !/@[^@]*\.[^@.]+$/.test(v))
+        fail(e, file, `"${v}" needs a "." after the "@"`, allowed);
+      cfg.actionMailAcct = v;
+    },
+    format: (cfg) => cfg.actionMailAcct,
+  },
 };
 
 const EXTENSION_KEYS: Record<string, KeyDef> = {
@@ -441,6 +578,21 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
     },
     format: (cfg) => (cfg.maxPendingHandshakes === null ? null : String(cfg.maxPendingHandshakes)),
   },
+  evidence: {
+    apply: (cfg, e, file) => {
+      cfg.evidence = parseYesNo(e, file);
+    },
+    format: (cfg) => (cfg.evidence ? 'yes' : 'no'),
+  },
+  evidence_key_file: {
+    apply: (cfg, e, file) => {
+      cfg.evidenceKeyFile = parseAbsolutePath(e, file);
+    },
+    format: (cfg) => cfg.evidenceKeyFile,
+  },
+  evidence_checkpoint_interval: int('evidence_checkpoint_interval', 'evidenceCheckpointInterval'),
+  host_silence_timeout: int('host_silence_timeout', 'hostSilenceTimeout'),
+  max_hosts: int('max_hosts', 'maxHosts'),
   status_listen: {
     apply: (cfg, e, file) => {
       cfg.statusListen = parseStatusListen(e, file);
@@ -457,8 +609,6 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
 
 const LOCAL_ONLY = 'it applies to local kernel events; the collector only receives network records';
 const DISPATCHER = "it configures auditd's plugin dispatcher; the collector has none";
-const LOG_MANAGEMENT =
-  'log rotation, disk-space and e-mail actions are not implemented; rotate with logrotate';
 
 /** auditd.conf keys (3.0.9 and newer) that are accepted and ignored, with the reason given in the warning. */
 export const COLLECTOR_IGNORED_KEYS: Readonly<Record<string, string>> = Object.freeze({
@@ -477,18 +627,9 @@ export const COLLECTOR_IGNORED_KEYS: Readonly<Record<string, string>> = Object.f
   distribute_network: DISPATCHER,
   write_logs: 'the collector always writes log_file',
   log_format: 'received records are written verbatim (upstream does the same for network records)',
-  log_group: LOG_MANAGEMENT,
-  num_logs: LOG_MANAGEMENT,
-  max_log_file: LOG_MANAGEMENT,
-  max_log_file_action: LOG_MANAGEMENT,
-  space_left: LOG_MANAGEMENT,
-  space_left_action: LOG_MANAGEMENT,
-  admin_space_left: LOG_MANAGEMENT,
-  admin_space_left_action: LOG_MANAGEMENT,
-  disk_full_action: LOG_MANAGEMENT,
-  disk_error_action: LOG_MANAGEMENT,
-  action_mail_acct: LOG_MANAGEMENT,
-  verify_email: LOG_MANAGEMENT,
+  log_group:
+    'the collector keeps its logs 0600 (0400 once rotated) and owned by root; give readers access through their directory or an ACL',
+  verify_email: "action_mail_acct's characters are checked; its domain is not looked up",
   use_libwrap:
     'libwrap (hosts.allow/deny) is not supported; use tcp_listen_address, tcp_client_ports or a firewall',
 });
@@ -512,6 +653,61 @@ function parseClientPorts(e: ConfigEntry, file: string): { min: number; max: num
   if (min > 65535 || max > 65535) fail(e, file, `${v} is out of range`, allowed);
   if (min > max) fail(e, file, `range ${v} is reversed`, allowed);
   return { min, max };
+}
+
+/**
+ * A failure action: one of `kinds` (case-insensitive); `exec /path` takes the script as the fourth token, checked
+ * as auditd checks it (absolute, a regular file owned by root, mode 0750, 0755, 0555 or 0550) and, beyond auditd,
+ * in a directory nobody else can write (src/fs/safe-files.ts `checkActionScript`).
+ */
+function parseAction(
+  e: ConfigEntry,
+  file: string,
+  kinds: readonly string[],
+): { kind: string } | { kind: 'exec'; path: string } {
+  const allowed = kinds.map((k) => (k === 'exec' ? 'exec /path/to/script' : k)).join(', ');
+  const v = requireValue(e, file, allowed).toLowerCase();
+  if (!kinds.includes(v)) fail(e, file, `unknown value "${e.value}"`, allowed);
+  if (v !== 'exec') {
+    noOption(e, file);
+    return { kind: v };
+  }
+  const script = e.option;
+  if (script === undefined) fail(e, file, 'exec needs the path of a script', 'exec /path/to/script');
+  if (!script.startsWith('/'))
+    fail(e, file, `"${script}" is not an absolute path`, 'exec /path/to/script (absolute)');
+  try {
+    checkActionScript(script, e.key);
+  } catch (err) {
+    if (err instanceof FileSafetyError) fail(e, file, err.message);
+    throw err;
+  }
+  return { kind: 'exec', path: script };
+}
+
+function formatAction(a: { kind: string; path?: string }): string {
+  return a.kind === 'exec' ? `EXEC ${a.path}` : a.kind.toUpperCase();
+}
+
+/** auditd's space_left_parser: digits, or 1..99 followed by `%`; 0 = off. */
+function parseSpace(e: ConfigEntry, file: string): SpaceAmount {
+  const allowed = `MiB as a whole number (0 = off), or a percentage of the file system 1%..99%`;
+  const v = requireValue(e, file, allowed);
+  noOption(e, file);
+  const m = /^([0-9]+)(%?)$/.exec(v);
+  if (!m) fail(e, file, `"${v}" is neither a number of MiB nor a percentage`, allowed);
+  const digits = m[1]!.replace(/^0+(?=[0-9])/, '');
+  const n = digits.length > 9 ? Number.POSITIVE_INFINITY : Number(digits);
+  if (m[2] === '%') {
+    if (n < 1 || n > 99) fail(e, file, `${v} is out of range`, allowed);
+    return { percent: n };
+  }
+  if (n > 1024 ** 3) fail(e, file, `${v} is out of range`, allowed);
+  return { mib: n };
+}
+
+function formatSpace(a: SpaceAmount): string {
+  return 'percent' in a ? `${a.percent}%` : String(a.mib);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -559,6 +755,60 @@ export function parseCollectorConfig(text: string, file: string): LoadedCollecto
       'tcp_listen_queue',
       `${config.tcpListenQueue} is small: when more clients connect at once (after a restart or a network outage) the kernel drops their SYNs and each waits 1 s or more to retry; remove the line (default ${COLLECTOR_DEFAULTS.tcpListenQueue}) or raise it`,
     );
+  }
+  // auditd's sanity_check: space_left must be larger than admin_space_left (checked again at run time when
+  // either is a percentage of the file system).
+  const { spaceLeft: low, adminSpaceLeft: admin } = config;
+  if ('mib' in low && 'mib' in admin && admin.mib > 0 && low.mib > 0 && low.mib <= admin.mib) {
+    throw new ConfigError(
+      `space_left (${low.mib} MiB) must be larger than admin_space_left (${admin.mib} MiB)`,
+      {
+        file,
+        line: Math.max(lastLine.get('space_left') ?? 0, lastLine.get('admin_space_left') ?? 0) || undefined,
+        key: 'space_left',
+        allowed: 'a larger space_left, or a smaller admin_space_left',
+      },
+    );
+  }
+  if ('percent' in low && 'percent' in admin && low.percent <= admin.percent) {
+    throw new ConfigError(
+      `space_left (${low.percent}%) must be larger than admin_space_left (${admin.percent}%)`,
+      {
+        file,
+        line: Math.max(lastLine.get('space_left') ?? 0, lastLine.get('admin_space_left') ?? 0) || undefined,
+        key: 'space_left',
+        allowed: 'a larger space_left, or a smaller admin_space_left',
+      },
+    );
+  }
+  const logLine = lastLine.get('log_file');
+  if (logLine !== undefined && resolvePath(config.logFile) === AUDITD_LOG_FILE) {
+    warn(
+      logLine,
+      'log_file',
+      `${AUDITD_LOG_FILE} is the log of this host's own auditd: if auditd runs here, both write, rotate and size-check the same file and ausearch mixes this host's events with the received ones; use ${COLLECTOR_DEFAULTS.logFile} (the default)`,
+    );
+  }
+  for (const key of [
+    'space_left_action',
+    'admin_space_left_action',
+    'disk_full_action',
+    'disk_error_action',
+  ]) {
+    const at = lastLine.get(key);
+    const action = {
+      space_left_action: config.spaceLeftAction,
+      admin_space_left_action: config.adminSpaceLeftAction,
+      disk_full_action: config.diskFullAction,
+      disk_error_action: config.diskErrorAction,
+    }[key]!;
+    if (at !== undefined && (action.kind === 'single' || action.kind === 'halt')) {
+      warn(
+        at,
+        key,
+        `${action.kind}: the collector does not change this server's run level for its clients' records (nothing on the clients would be protected by it); it suspends logging instead (clients keep their records) and logs at error level`,
+      );
+    }
   }
   const freqLine = lastLine.get('freq');
   if (!incremental && config.freq !== 0 && freqLine !== undefined) {
@@ -630,9 +880,11 @@ export function loadCollectorConfig(path: string, opts: LoadCollectorOptions = {
 
 export interface CollectorOverrides {
   /** `--listen HOST:PORT` (IPv6 as `[::1]:60`; port 0 = a free port). */
-  listen?: string;
+  listen?: string | undefined;
   /** `--log FILE`; relative paths are resolved against the working directory. */
-  log?: string;
+  log?: string | undefined;
+  /** `--evidence-key-file FILE` (relative: against the working directory). */
+  evidenceKeyFile?: string | undefined;
 }
 
 /** Returns a copy of `cfg` with the command-line options applied. Throws UsageError on bad input. */
@@ -647,6 +899,10 @@ export function withCollectorOverrides(cfg: CollectorConfig, overrides: Collecto
   if (overrides.log !== undefined) {
     if (overrides.log === '') throw new UsageError('--log: the file name is empty');
     out.logFile = resolvePath(overrides.log);
+  }
+  if (overrides.evidenceKeyFile !== undefined) {
+    if (overrides.evidenceKeyFile === '') throw new UsageError('--evidence-key-file: the file name is empty');
+    out.evidenceKeyFile = resolvePath(overrides.evidenceKeyFile);
   }
   return out;
 }

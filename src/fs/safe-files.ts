@@ -670,3 +670,124 @@ export function readOwnedFile(
     ops.closeSync(fd);
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Rotated logs (the collector's log_file, as auditd rotates it: LOG → LOG.1 → LOG.2 …, higher numbers older).
+// The directory was checked with checkParentDirectory when the log was opened and is checked again before each
+// rotation: nobody else can plant or replace a file in it. rename(2) never follows a symbolic link (it renames the
+// link itself) and nothing is opened here, so no rotation writes through a link; anything at a log name that is not
+// a regular file is refused rather than moved.
+
+function lstatIfThere(file: string, ops: FileOps): Stats | null {
+  try {
+    return ops.lstatSync(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+}
+
+function renameLog(from: string, to: string, what: string, ops: FileOps): boolean {
+  const st = lstatIfThere(from, ops);
+  if (st === null) return false;
+  if (!st.isFile()) {
+    throw new FileSafetyError(
+      `${what}: ${from} is ${describeFileKind(st)}, not a log file: it is not moved; remove it and rotate again`,
+    );
+  }
+  ops.renameSync(from, to);
+  return true;
+}
+
+/**
+ * auditd's `rotate_logs`: LOG.(n-2) → LOG.(n-1), …, LOG.1 → LOG.2, then LOG → LOG.1, so that `numLogs` files remain
+ * (LOG.(n-1), the oldest, is replaced). Returns the renames done, oldest first. Throws on the first failure (the
+ * files already moved stay moved, as with auditd). `numLogs` < 2: nothing (auditd: rotation disabled).
+ */
+export function rotateLogFiles(
+  file: string,
+  numLogs: number,
+  ops: FileOps = nodeFileOps,
+): [string, string][] {
+  if (numLogs < 2) return [];
+  checkParentDirectory(file, 'log_file');
+  const done: [string, string][] = [];
+  for (let i = numLogs - 1; i > 1; i--) {
+    if (renameLog(`${file}.${i - 1}`, `${file}.${i}`, 'rotation', ops))
+      done.push([`${file}.${i - 1}`, `${file}.${i}`]);
+  }
+  if (renameLog(file, `${file}.1`, 'rotation', ops)) done.push([file, `${file}.1`]);
+  syncDirectory(path.dirname(file), ops);
+  return done;
+}
+
+/**
+ * auditd's `shift_logs` (max_log_file_action = keep_logs): every LOG.i becomes LOG.(i+1) and LOG becomes LOG.1;
+ * nothing is replaced or removed. Returns the renames done.
+ */
+export function shiftLogFiles(file: string, ops: FileOps = nodeFileOps): [string, string][] {
+  checkParentDirectory(file, 'log_file');
+  let last = 0;
+  while (lstatIfThere(`${file}.${last + 1}`, ops) !== null) last++;
+  const done: [string, string][] = [];
+  for (let i = last; i >= 1; i--) {
+    if (renameLog(`${file}.${i}`, `${file}.${i + 1}`, 'rotation', ops))
+      done.push([`${file}.${i}`, `${file}.${i + 1}`]);
+  }
+  if (renameLog(file, `${file}.1`, 'rotation', ops)) done.push([file, `${file}.1`]);
+  syncDirectory(path.dirname(file), ops);
+  return done;
+}
+
+/**
+ * auditd's `check_excess_logs`: with rotation to `numLogs` files, LOG.numLogs, LOG.(numLogs+1), … are left over
+ * (num_logs was lowered): they are removed, up to the first missing number. Returns the files removed.
+ */
+export function removeExcessLogs(file: string, numLogs: number, ops: FileOps = nodeFileOps): string[] {
+  if (numLogs < 2) return [];
+  checkParentDirectory(file, 'log_file');
+  const removed: string[] = [];
+  for (let i = numLogs; ; i++) {
+    const name = `${file}.${i}`;
+    const st = lstatIfThere(name, ops);
+    if (st === null || !st.isFile()) break;
+    ops.unlinkSync(name);
+    removed.push(name);
+  }
+  if (removed.length > 0) syncDirectory(path.dirname(file), ops);
+  return removed;
+}
+
+/**
+ * A script run by a failure action (`exec /path`), checked as auditd's `check_exe_name` does: an absolute path to a
+ * regular file (here also: not a symbolic link) owned by root (or the running user), mode 0750, 0755, 0555 or 0550;
+ * and, beyond auditd, in a directory nobody else can write (else anyone could replace what root runs).
+ */
+export function checkActionScript(file: string, what: string): Stats {
+  if (!path.isAbsolute(file)) throw new FileSafetyError(`${what} script ${file} is not an absolute path`);
+  let st: Stats;
+  try {
+    st = lstatSync(file);
+  } catch (err) {
+    throw new FileSafetyError(`${what} script ${file} cannot be used: ${errnoText(err)}`, { cause: err });
+  }
+  if (!st.isFile()) {
+    throw new FileSafetyError(
+      `${what} script ${file} is ${describeFileKind(st)}; give the path of the script itself`,
+    );
+  }
+  const me = euid();
+  if (st.uid !== 0 && st.uid !== me) {
+    throw new FileSafetyError(
+      `${what} script ${file} is owned by uid ${st.uid}, not by root; fix with: chown root ${file}`,
+    );
+  }
+  const mode = st.mode & 0o777;
+  if (![0o750, 0o755, 0o555, 0o550].includes(mode)) {
+    throw new FileSafetyError(
+      `${what} script ${file} has mode ${formatMode(mode)}; it must be 0750, 0755, 0555 or 0550 (as auditd requires); fix with: chmod 0750 ${file}`,
+    );
+  }
+  checkParentDirectory(file, `${what} script`);
+  return st;
+}

@@ -4,6 +4,9 @@
  */
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { CollectorStats } from '../collector/collector.js';
+import type { EvidenceSinkStatus } from '../collector/evidence-sink.js';
+import type { HostEntry, HostsSummary } from '../collector/hosts.js';
+import type { LogStoreStatus } from '../collector/log-store.js';
 
 export interface AgentMetricsSource {
   status(): {
@@ -24,6 +27,9 @@ export interface AgentMetricsSource {
 
 export interface CollectorMetricsSource {
   stats: CollectorStats;
+  logStatus?(): LogStoreStatus;
+  evidenceStatus?(): EvidenceSinkStatus | null;
+  hosts?: { entries(): Iterable<HostEntry>; summary(): HostsSummary };
 }
 
 /** A counter whose value is copied from a monotonic source at scrape time. */
@@ -186,5 +192,178 @@ export function collectorMetrics(src: CollectorMetricsSource): Registry {
     'Records answered with DISKFULL or DISKERROR because the log could not be written',
     () => src.stats.writeFailures,
   );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_disk_low_replies_total',
+    'Records written while the disk was below space_left (answered with DISKLOW)',
+    () => src.stats.diskLowReplies,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_reloads_total',
+    'Configuration reloads (SIGHUP)',
+    () => src.stats.reloads,
+  );
+  if (src.logStatus) logMetrics(r, () => src.logStatus!());
+  if (src.evidenceStatus) evidenceMetrics(r, () => src.evidenceStatus!());
+  if (src.hosts) hostMetrics(r, src.hosts);
   return r;
+}
+
+function logMetrics(r: Registry, read: () => LogStoreStatus): void {
+  gauge(r, 'auditrelay_collector_log_bytes', 'Size of the current log file', () => read().bytes);
+  mirroredCounter(
+    r,
+    'auditrelay_collector_log_rotations_total',
+    'Log rotations (SIGUSR1, max_log_file, a rename by another program, an action)',
+    () => read().rotations,
+  );
+  gauge(
+    r,
+    'auditrelay_collector_log_suspended',
+    'Logging suspended by a disk action (records answered with DISKERROR) (1) or not (0)',
+    () => (read().suspended ? 1 : 0),
+  );
+  gauge(
+    r,
+    'auditrelay_collector_disk_low',
+    'Free space below space_left (records answered with DISKLOW) (1) or not (0)',
+    () => (read().diskLow ? 1 : 0),
+  );
+  gauge(r, 'auditrelay_collector_disk_admin_low', 'Free space below admin_space_left (1) or not (0)', () =>
+    read().adminDiskLow ? 1 : 0,
+  );
+  gauge(
+    r,
+    'auditrelay_collector_disk_full',
+    'A write failed for lack of space and none succeeded since (1) or not (0)',
+    () => (read().diskFull ? 1 : 0),
+  );
+  gauge(
+    r,
+    'auditrelay_collector_log_free_bytes',
+    "Free space of the log's file system at the last check",
+    () => read().freeBytes ?? 0,
+  );
+}
+
+function evidenceMetrics(r: Registry, read: () => EvidenceSinkStatus | null): void {
+  gauge(
+    r,
+    'auditrelay_collector_evidence_records',
+    'Records in the evidence tree (all segments)',
+    () => read()?.records ?? 0,
+  );
+  gauge(
+    r,
+    'auditrelay_collector_evidence_checkpoint_size',
+    'Records covered by the last signed checkpoint',
+    () => read()?.checkpointSize ?? 0,
+  );
+  gauge(
+    r,
+    'auditrelay_collector_evidence_checkpoint_timestamp_seconds',
+    'When the last checkpoint was signed (Unix time; 0 = none yet)',
+    () => {
+      const t = read()?.checkpointTime;
+      return t ? Date.parse(t) / 1000 : 0;
+    },
+  );
+  gauge(
+    r,
+    'auditrelay_collector_evidence_lagging',
+    'The evidence lags the log (a side-file write failed, or its worker stopped) (1) or not (0)',
+    () => {
+      const s = read();
+      return s && (s.lagging || s.failed !== null) ? 1 : 0;
+    },
+  );
+  gauge(
+    r,
+    'auditrelay_collector_evidence_backlog_bytes',
+    'Bytes written to the log and not chained yet',
+    () => read()?.backlogBytes ?? 0,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_evidence_reread_total',
+    'Records chained by re-reading the log (crash recovery, write errors)',
+    () => read()?.reread ?? 0,
+  );
+}
+
+/** Per host (label `host`, and `kind`: krb5, tls, node, address, other), read at scrape time. */
+function hostMetrics(r: Registry, hosts: NonNullable<CollectorMetricsSource['hosts']>): void {
+  const perHostCounter = (name: string, help: string, read: (h: HostEntry) => number) => {
+    const last = new Map<string, number>();
+    new Counter({
+      name,
+      help,
+      labelNames: ['host', 'kind'],
+      registers: [r],
+      collect() {
+        const seen = new Set<string>();
+        for (const h of hosts.entries()) {
+          seen.add(h.name);
+          const now = read(h);
+          const before = last.get(h.name) ?? 0;
+          if (now > before) this.inc({ host: h.name, kind: h.kind }, now - before);
+          else if (!last.has(h.name)) this.inc({ host: h.name, kind: h.kind }, 0);
+          last.set(h.name, Math.max(before, now));
+        }
+        for (const name of [...last.keys()]) {
+          if (seen.has(name)) continue;
+          last.delete(name);
+          for (const kind of ['krb5', 'tls', 'node', 'address', 'other']) this.remove({ host: name, kind });
+        }
+      },
+    });
+  };
+  perHostCounter('auditrelay_collector_host_records_total', 'Records written for the host', (h) => h.records);
+  perHostCounter(
+    'auditrelay_collector_host_bytes_total',
+    'Bytes written for the host (lines with their newline)',
+    (h) => h.bytes,
+  );
+  const perHostGauge = (name: string, help: string, read: (h: HostEntry) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['host', 'kind'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const h of hosts.entries()) this.set({ host: h.name, kind: h.kind }, read(h));
+      },
+    });
+  perHostGauge('auditrelay_collector_host_connected', 'Connections of the host open now', (h) => h.connected);
+  perHostGauge(
+    'auditrelay_collector_host_last_seen_timestamp_seconds',
+    'Last record or heartbeat from the host (Unix time)',
+    (h) => h.lastSeen / 1000,
+  );
+  perHostGauge(
+    'auditrelay_collector_host_silent',
+    'Silent for longer than host_silence_timeout (1) or not (0)',
+    (h) => (h.silentSince === null ? 0 : 1),
+  );
+  gauge(r, 'auditrelay_collector_hosts', 'Hosts known (at most max_hosts)', () => hosts.summary().hosts);
+  gauge(
+    r,
+    'auditrelay_collector_hosts_connected',
+    'Hosts with a connection open',
+    () => hosts.summary().connected,
+  );
+  gauge(
+    r,
+    'auditrelay_collector_hosts_silent',
+    'Hosts silent for longer than host_silence_timeout',
+    () => hosts.summary().silent,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_hosts_overflow_records_total',
+    'Records of hosts beyond max_hosts (accounted as "(other)")',
+    () => hosts.summary().overflowRecords,
+  );
 }

@@ -35,10 +35,22 @@ function highlight(states) {
     if (label) label.textContent = path;
   }
 }
+const esc = (t) => String(t).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
+function renderHosts(s) {
+  const t = $('hosts');
+  if (!t || !s.hostList) return;
+  t.innerHTML = '<tr><th>host</th><th>kind</th><th>records</th><th>bytes</th><th>connected</th><th>last seen</th><th>silent for</th></tr>' +
+    s.hostList.map((h) => '<tr' + (h.silentSeconds !== null ? ' class="err"' : '') + '><td>' + esc(h.host) + '</td><td>' + h.kind +
+      '</td><td>' + h.records + '</td><td>' + h.bytes + '</td><td>' + (h.connected ? 'yes (' + h.connections + ')' : 'no') +
+      '</td><td>' + h.lastSeen.slice(0, 19).replace('T', ' ') + '</td><td>' + (h.silentSeconds === null ? '' : h.silentSeconds + ' s') + '</td></tr>').join('');
+}
 function render(s) {
-  for (const k of ['state', 'queueDepth', 'queueBytes', 'inFlight', 'connects', 'failures', 'recordsAcked', 'clients', 'records']) {
+  if (s.hosts) { s.hostCount = s.hosts.hosts; s.silentHosts = s.hosts.silent; }
+  if (s.log) { s.logState = s.log.suspended ? 'suspended (' + s.log.suspended + ')' : s.log.diskFull ? 'disk full' : s.log.diskLow ? 'disk low' : 'writing'; }
+  for (const k of ['state', 'queueDepth', 'queueBytes', 'inFlight', 'connects', 'failures', 'recordsAcked', 'clients', 'records', 'hostCount', 'silentHosts', 'logState']) {
     const el = $('v-' + k); if (el && s[k] !== undefined) el.textContent = s[k];
   }
+  renderHosts(s);
   document.body.dataset.connection = (s.states && s.states.connection) || '';
   highlight(s.states);
   if (s.transitions) $('transitions').innerHTML = s.transitions.slice().reverse().map((t) =>
@@ -47,6 +59,7 @@ function render(s) {
     '<tr class="err"><td>' + e.time.slice(11, 23) + '</td><td>' + e.source + '</td><td>' + e.message.replace(/</g, '&lt;') + '</td></tr>').join('');
 }
 const es = new EventSource('/events');
+if ($('hosts')) { const hosts = () => fetch('/status').then((r) => r.json()).then(render); hosts(); setInterval(hosts, 5000); }
 es.addEventListener('status', (m) => render(JSON.parse(m.data)));
 es.addEventListener('transition', () => fetch('/status').then((r) => r.json()).then(render));
 `;
@@ -55,7 +68,7 @@ export function renderPage(role: 'agent' | 'collector', svgs: Record<string, str
   const cards =
     role === 'agent'
       ? ['state', 'queueDepth', 'queueBytes', 'inFlight', 'connects', 'failures', 'recordsAcked']
-      : ['clients', 'records'];
+      : ['clients', 'records', 'hostCount', 'silentHosts', 'logState'];
   const names: Record<string, string> = {
     state: 'connection',
     queueDepth: 'queued records',
@@ -66,6 +79,9 @@ export function renderPage(role: 'agent' | 'collector', svgs: Record<string, str
     recordsAcked: 'acknowledged',
     clients: 'clients',
     records: 'records written',
+    hostCount: 'hosts',
+    silentHosts: 'silent hosts',
+    logState: 'log',
   };
   const machines = Object.entries(svgs)
     .map(
@@ -79,6 +95,7 @@ export function renderPage(role: 'agent' | 'collector', svgs: Record<string, str
 <h1>auditrelay ${role}</h1>
 <div class="grid">${cards.map((c) => `<div class="card">${names[c]}<b id="v-${c}">–</b></div>`).join('')}</div>
 <div class="machines">${machines}</div>
+${role === 'collector' ? '<h2>Hosts (silent first; every host in /metrics)</h2><table id="hosts"></table>' : ''}
 <h2>Recent errors</h2><table id="errors"></table>
 <h2>Recent transitions</h2><table id="transitions"></table>
 <script>${SCRIPT}</script>

@@ -41,6 +41,8 @@ export interface StatusServerOptions {
   port: number;
   role: 'agent' | 'collector';
   status: () => Record<string, unknown>;
+  /** What the event stream pushes every second; default `status` (the collector leaves its host list out). */
+  eventStatus?: () => Record<string, unknown>;
   registry: Registry;
   observer?: StateObserver;
   log: Logger;
@@ -83,7 +85,7 @@ export class StatusServer {
       });
     });
     this.#timer = setInterval(
-      () => this.#broadcast('status', this.#o.status()),
+      () => this.#broadcast('status', null),
       this.#o.pushIntervalMs ?? STATUS_PUSH_MS,
     );
     this.#timer.unref();
@@ -166,7 +168,7 @@ export class StatusServer {
           'cache-control': 'no-store',
           connection: 'keep-alive',
         });
-        res.write(`event: status\ndata: ${JSON.stringify(this.#snapshot())}\n\n`);
+        res.write(`event: status\ndata: ${JSON.stringify(this.#snapshot(true))}\n\n`);
         this.#clients.set(res, { skipped: 0 });
         req.on('close', () => this.#clients.delete(res));
         return;
@@ -178,11 +180,12 @@ export class StatusServer {
     }
   }
 
-  #snapshot(): Record<string, unknown> {
+  #snapshot(forEvents = false): Record<string, unknown> {
     const obs = this.#o.observer;
+    const status = forEvents && this.#o.eventStatus ? this.#o.eventStatus : this.#o.status;
     return {
       role: this.#o.role,
-      ...this.#o.status(),
+      ...status(),
       ...(obs
         ? {
             states: Object.fromEntries(obs.states),
@@ -195,7 +198,7 @@ export class StatusServer {
 
   #broadcast(event: string, data: unknown): void {
     if (this.#clients.size === 0) return;
-    const msg = `event: ${event}\ndata: ${JSON.stringify(event === 'status' ? this.#snapshot() : data)}\n\n`;
+    const msg = `event: ${event}\ndata: ${JSON.stringify(event === 'status' ? this.#snapshot(true) : data)}\n\n`;
     const highWater = this.#o.eventHighWater ?? EVENT_HIGH_WATER;
     const maxSkipped = this.#o.eventMaxSkipped ?? EVENT_MAX_SKIPPED;
     for (const [c, state] of this.#clients) {

@@ -363,7 +363,15 @@ describe('cli: end to end', () => {
     const dir = tempDir();
     const log = path.join(dir, 'audit.log');
     const port = await freePort();
-    const collector = start(['collector', '--listen', `127.0.0.1:${port}`, '--log', log]);
+    const collector = start([
+      'collector',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--log',
+      log,
+      '--evidence-key-file',
+      path.join(dir, 'keys', 'signing.key'),
+    ]);
     await pollUntil(
       () => collector.stderr.includes('"collector listening"') || collector.child.exitCode !== null,
       15_000,

@@ -187,7 +187,15 @@ describe('cli: expected failures are one line with what, where and what to do (e
   it('collector: the address is in use', async () => {
     const port = await listen(net.createServer());
     const log = path.join(tempDir(), 'audit.log');
-    const r = await runCli(['collector', '--listen', `127.0.0.1:${port}`, '--log', log]);
+    const r = await runCli([
+      'collector',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--log',
+      log,
+      '--evidence-key-file',
+      path.join(path.dirname(log), 'keys', 'signing.key'),
+    ]);
     expectOneLine(
       r,
       1,
@@ -318,7 +326,11 @@ describe('cli: signals during start-up', () => {
   it("collector: a SIGTERM before it listens stops it cleanly (exit 0), not with Node's default action", async () => {
     const dir = tempDir();
     // An auditd.conf key the collector ignores: its warning is the first thing the collector logs.
-    const conf = file(dir, 'auditd.conf', `local_events = yes\nlog_file = ${dir}/audit.log\n`);
+    const conf = file(
+      dir,
+      'auditd.conf',
+      `local_events = yes\nlog_file = ${dir}/audit.log\nevidence_key_file = ${dir}/keys/signing.key\n`,
+    );
     const collector = startCli(['collector', '--config', conf, '--listen', '127.0.0.1:0']);
     await collector.waitForOutput(/local_events: ignored/, 'the warning logged at start');
     process.kill(collector.pid, 'SIGTERM');
@@ -335,7 +347,7 @@ describe('cli: status reads a configuration of either kind', () => {
     const conf = file(
       dir,
       'collector.conf',
-      `tcp_listen_port = 60\ntcp_listen_address = 127.0.0.1\nlog_file = ${dir}/audit.log\nstatus_listen = 127.0.0.1:${statusPort}\n`,
+      `tcp_listen_port = 60\ntcp_listen_address = 127.0.0.1\nlog_file = ${dir}/audit.log\nevidence_key_file = ${dir}/keys/signing.key\nstatus_listen = 127.0.0.1:${statusPort}\n`,
     );
     const collector = startCli(['collector', '--config', conf, '--listen', '127.0.0.1:0']);
     await collector.waitForOutput(/"status page listening"/, 'the status listener');

@@ -37,7 +37,15 @@ function readIfThere(file: string): string | undefined {
 describe('SIGUSR1 to each long-running command', () => {
   it('collector and agent (→ that collector): nothing new listens, each does its SIGUSR1 job and keeps forwarding', async () => {
     const log = path.join(dir, 'received.log');
-    const collector = startCli(['collector', '--listen', '127.0.0.1:0', '--log', log]);
+    const collector = startCli([
+      'collector',
+      '--listen',
+      '127.0.0.1:0',
+      '--log',
+      log,
+      '--evidence-key-file',
+      path.join(dir, 'keys', 'signing.key'),
+    ]);
     await collector.waitForOutput(/"collector listening"/, 'the collector to listen');
     const port = (
       JSON.parse(
@@ -63,7 +71,8 @@ describe('SIGUSR1 to each long-running command', () => {
 
     for (let round = 1; round <= 2; round++) {
       process.kill(collector.pid, 'SIGUSR1');
-      await pollUntil(() => collector.stderr().split('"SIGUSR1: counters"').length - 1 === round, {
+      // The collector's SIGUSR1 rotates its log, as auditd (the second time the log is empty: not rotated).
+      await pollUntil(() => collector.stderr().split('"reason":"SIGUSR1"').length - 1 === round, {
         timeoutMs: 10_000,
         what: `the collector's SIGUSR1 line #${round}`,
       });
@@ -73,12 +82,14 @@ describe('SIGUSR1 to each long-running command', () => {
       expect(ports(collector.pid)).toEqual([port]);
       expect(ports(agent.pid)).toEqual([]);
     }
-    expect(collector.stderr()).toMatch(/"records":3,.*"msg":"SIGUSR1: counters"/);
+    expect(collector.stderr()).toMatch(/"msg":"SIGUSR1: [^"]*received\.log rotated/);
+    expect(collector.stderr()).toMatch(/"msg":"SIGUSR1: [^"]*received\.log is empty: not rotated"/);
+    expect(readCompleteLines(`${log}.1`).map((l) => l.toString())).toEqual(records(1, 3));
     expect(readFileSync(stateFile, 'utf8')).toMatch(/^recordsAcked = 3$/m);
 
     agent.child.stdin!.end(`${records(4, 3).join('\n')}\n`);
     expect(await agent.finished()).toMatchObject({ code: 0, signal: null });
-    expect(readCompleteLines(log).map((l) => l.toString())).toEqual(records(1, 6));
+    expect(readCompleteLines(log).map((l) => l.toString())).toEqual(records(4, 3));
     process.kill(collector.pid, 'SIGTERM');
     expect(await collector.finished()).toMatchObject({ code: 0, signal: null });
     expect(`${collector.stderr()}${agent.stderr()}`).not.toMatch(/Debugger listening|inspector/i);

@@ -41,6 +41,8 @@ describe('collector: descriptor limit', () => {
         '127.0.0.1:0',
         '--log',
         path.join(dir, 'audit.log'),
+        '--evidence-key-file',
+        path.join(dir, 'keys', 'signing.key'),
       ],
       { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, AUDITRELAY_LOG_FORMAT: 'json' } },
     );

@@ -449,7 +449,16 @@ export async function startCollector(
   port = 0,
   wrap?: { dir: string; size: string },
 ): Promise<{ proc: Proc; port: number }> {
-  const args = [BIN, 'collector', '--listen', `127.0.0.1:${port}`, '--log', logFile];
+  const args = [
+    BIN,
+    'collector',
+    '--listen',
+    `127.0.0.1:${port}`,
+    '--log',
+    logFile,
+    '--evidence-key-file',
+    path.join(path.dirname(logFile), 'keys', 'signing.key'),
+  ];
   const [cmd, argv] = wrap
     ? inPrivateTmpfs(wrap.dir, wrap.size, process.execPath, args)
     : [process.execPath, args];

@@ -166,7 +166,15 @@ describe.skipIf(!available)('auditrelay with the real auditd and audisp-remote',
   it('real audisp-remote → our collector: every corpus record, in order, byte-exact', async () => {
     sandbox = await NetnsSandbox.create();
     const logFile = path.join(sandbox.dir, 'collector.log');
-    const collector = auditrelay(['collector', '--listen', `127.0.0.1:${PORT}`, '--log', logFile]);
+    const collector = auditrelay([
+      'collector',
+      '--listen',
+      `127.0.0.1:${PORT}`,
+      '--log',
+      logFile,
+      '--evidence-key-file',
+      path.join(sandbox.dir, 'keys', 'signing.key'),
+    ]);
     await pollUntil(async () => (await sandbox!.tcpListeners(PORT)).length > 0, {
       timeoutMs: 15_000,
       what: 'the collector to listen',
@@ -192,7 +200,15 @@ describe.skipIf(!available)('auditrelay with the real auditd and audisp-remote',
     sandbox = await NetnsSandbox.create();
     const logFile = path.join(sandbox.dir, 'collector.log');
     const startCollector = async () => {
-      const c = auditrelay(['collector', '--listen', `127.0.0.1:${PORT}`, '--log', logFile]);
+      const c = auditrelay([
+        'collector',
+        '--listen',
+        `127.0.0.1:${PORT}`,
+        '--log',
+        logFile,
+        '--evidence-key-file',
+        path.join(sandbox!.dir, 'keys', 'signing.key'),
+      ]);
       await pollUntil(async () => (await sandbox!.tcpListeners(PORT)).length > 0, {
         timeoutMs: 15_000,
         what: 'the collector to listen',

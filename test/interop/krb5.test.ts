@@ -146,6 +146,7 @@ describe.skipIf(!available)('krb5 interop with the real auditd and audisp-remote
         'krb5_principal = auditd',
         `krb5_key_file = ${keytab}`,
         `log_file = ${logFile}`,
+        `evidence_key_file = ${path.join(sb.dir, 'keys', 'signing.key')}`,
         'tcp_max_per_addr = 16',
         '',
       ].join('\n'),

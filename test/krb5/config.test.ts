@@ -231,7 +231,7 @@ describe.skipIf(!built)('krb5 at start-up (auditrelay agent / collector)', () =>
     collectorConf = path.join(tmp.dir, 'auditd.conf');
     writeFileSync(
       collectorConf,
-      `tcp_listen_port = 9\ntransport = KRB5\nkrb5_key_file = ${key}\nlog_file = ${tmp.dir}/audit.log\n`,
+      `tcp_listen_port = 9\ntransport = KRB5\nkrb5_key_file = ${key}\nlog_file = ${tmp.dir}/audit.log\nevidence_key_file = ${tmp.dir}/keys/signing.key\n`,
       { mode: 0o640 },
     );
   });

@@ -126,7 +126,16 @@ describe.skipIf(!available)('import of a real audisp-remote queue file', () => {
     let err = '';
     const collector = sandbox.spawn(
       process.execPath,
-      [BIN, 'collector', '--listen', `127.0.0.1:${PORT}`, '--log', logFile],
+      [
+        BIN,
+        'collector',
+        '--listen',
+        `127.0.0.1:${PORT}`,
+        '--log',
+        logFile,
+        '--evidence-key-file',
+        path.join(sandbox.dir, 'keys', 'signing.key'),
+      ],
       {
         stdio: ['ignore', 'ignore', 'pipe'],
         env: { AUDITRELAY_LOG_FORMAT: 'json' },

@@ -51,7 +51,16 @@ describe.skipIf(!available)('plugin under the real auditd dispatcher', () => {
     const collectorLog = path.join(dir, 'forwarded.log');
     const collector = sandbox.spawn(
       process.execPath,
-      [BIN, 'collector', '--listen', `127.0.0.1:${COLLECTOR_PORT}`, '--log', collectorLog],
+      [
+        BIN,
+        'collector',
+        '--listen',
+        `127.0.0.1:${COLLECTOR_PORT}`,
+        '--log',
+        collectorLog,
+        '--evidence-key-file',
+        path.join(dir, 'keys', 'signing.key'),
+      ],
       {
         stdio: ['ignore', 'ignore', 'pipe'],
       },

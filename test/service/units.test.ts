@@ -199,6 +199,8 @@ describe.skipIf(!mdweAvailable)(
           '127.0.0.1:0',
           '--log',
           path.join(dir, 'audit.log'),
+          '--evidence-key-file',
+          path.join(dir, 'keys', 'signing.key'),
         ];
         const child = spawn(mdwe, args, {
           stdio: ['ignore', 'ignore', 'pipe'],

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -48,9 +48,19 @@ const DEFAULTS: CollectorConfig = {
   tlsAllowedClients: null,
   tlsCipherSuites: null,
   tlsKeyExchange: null,
-  logFile: '/var/log/audit/audit.log',
+  logFile: '/var/log/auditrelay/audit.log',
   flush: 'incremental_async',
   freq: 50,
+  maxLogFile: 100,
+  numLogs: 10,
+  maxLogFileAction: { kind: 'keep_logs' },
+  spaceLeft: { percent: 5 },
+  spaceLeftAction: { kind: 'syslog' },
+  adminSpaceLeft: { percent: 2 },
+  adminSpaceLeftAction: { kind: 'syslog' },
+  diskFullAction: { kind: 'syslog' },
+  diskErrorAction: { kind: 'syslog' },
+  actionMailAcct: 'root',
   tcpListenAddress: '127.0.0.1',
   handshakeTimeout: 5,
   maxMessageSize: 8970,
@@ -68,6 +78,11 @@ const DEFAULTS: CollectorConfig = {
   tlsAllowedNames: null,
   identityPolicy: null,
   maxPendingHandshakes: null,
+  evidence: true,
+  evidenceKeyFile: '/var/lib/auditrelay/evidence/signing.key',
+  evidenceCheckpointInterval: 10,
+  hostSilenceTimeout: 3600,
+  maxHosts: 100000,
 };
 
 describe('limits (issue 9)', () => {
@@ -110,17 +125,38 @@ describe('defaults', () => {
 });
 
 describe("Debian 12's shipped auditd.conf", () => {
-  it('is accepted, with a warning for every key that has no meaning for the collector', () => {
+  it('is accepted with its log management, with a warning for every key that has no meaning for the collector', () => {
     const { config, warnings } = loadCollectorConfig(FIXTURE, { checkOwnership: false });
     // Debian ships tcp_listen_queue = 5: kept, with a warning (a burst of clients would wait for SYN retries).
-    expect(config).toEqual({ ...DEFAULTS, flush: 'incremental_async', freq: 50, tcpListenQueue: 5 });
+    expect(config).toEqual({
+      ...DEFAULTS,
+      flush: 'incremental_async',
+      freq: 50,
+      tcpListenQueue: 5,
+      logFile: '/var/log/audit/audit.log',
+      maxLogFile: 8,
+      numLogs: 5,
+      maxLogFileAction: { kind: 'rotate' },
+      spaceLeft: { mib: 75 },
+      spaceLeftAction: { kind: 'syslog' },
+      adminSpaceLeft: { mib: 50 },
+      adminSpaceLeftAction: { kind: 'suspend' },
+      diskFullAction: { kind: 'suspend' },
+      diskErrorAction: { kind: 'suspend' },
+    });
     expect(warnings.filter((w) => w.key === 'tcp_listen_queue').map((w) => w.message)).toEqual([
       expect.stringMatching(/^5 is small: /),
     ]);
-    warnings.splice(
-      warnings.findIndex((w) => w.key === 'tcp_listen_queue'),
-      1,
-    );
+    // Its log_file is auditd's own: a warning says why the collector should not share it.
+    expect(warnings.filter((w) => w.key === 'log_file').map((w) => w.message)).toEqual([
+      expect.stringMatching(/^\/var\/log\/audit\/audit\.log is the log of this host's own auditd/),
+    ]);
+    for (const key of ['tcp_listen_queue', 'log_file']) {
+      warnings.splice(
+        warnings.findIndex((w) => w.key === key),
+        1,
+      );
+    }
     const text = readFileSync(FIXTURE, 'utf8');
     const ignored = text
       .split('\n')
@@ -275,7 +311,6 @@ describe('ignored and unknown keys', () => {
       expect(warnings).toHaveLength(1);
       expect(warnings[0]!.text).toBe(`${F}:1: ${key}: ignored: ${COLLECTOR_IGNORED_KEYS[key]}`);
     }
-    expect(parseCollectorConfig('space_left_action = exec /usr/sbin/alert\n', F).warnings).toHaveLength(1);
   });
 
   it('an ignored key still needs a value, as auditd', () => {
@@ -451,5 +486,155 @@ describe('formatCollectorConfig', () => {
         .map((l) => l.split(' ')[0]),
     ).toEqual(COLLECTOR_KEYS);
     expect(parseCollectorConfig(out, 'x').config).toEqual(cfg);
+  });
+});
+
+describe('log management keys (auditd.conf, issue 12)', () => {
+  it('max_log_file (MiB) and num_logs (at most 999, as auditd)', () => {
+    expect(parse1('max_log_file = 8').maxLogFile).toBe(8);
+    expect(parse1('max_log_file = 0').maxLogFile).toBe(0);
+    expect(parse1('num_logs = 999').numLogs).toBe(999);
+    expect(err1('num_logs = 1000')).toBe(`${F}:1: num_logs: 1000 is out of range (allowed: 0..999)`);
+    expect(err1('max_log_file = 8M')).toContain('"8M" is not a decimal integer');
+  });
+
+  it('max_log_file_action: ignore, syslog, suspend, rotate, keep_logs (and exec of 4.2), case-insensitive', () => {
+    for (const k of ['ignore', 'syslog', 'suspend', 'rotate', 'keep_logs'] as const) {
+      expect(parse1(`max_log_file_action = ${k.toUpperCase()}`).maxLogFileAction).toEqual({ kind: k });
+    }
+    expect(err1('max_log_file_action = email')).toBe(
+      `${F}:1: max_log_file_action: unknown value "email" (allowed: ignore, syslog, suspend, rotate, keep_logs, exec /path/to/script)`,
+    );
+  });
+
+  it('space_left and admin_space_left: MiB or 1%..99%; space_left must be the larger, as auditd', () => {
+    expect(parse1('space_left = 75').spaceLeft).toEqual({ mib: 75 });
+    expect(parse1('space_left = 25%').spaceLeft).toEqual({ percent: 25 });
+    expect(parse1('admin_space_left = 1%').adminSpaceLeft).toEqual({ percent: 1 });
+    expect(err1('space_left = 100%')).toContain('100% is out of range');
+    expect(err1('space_left = 5 %')).toContain('unexpected extra word');
+    expect(err1('space_left = 1.5')).toContain('"1.5" is neither a number of MiB nor a percentage');
+    expect(errorOf(() => parseCollectorConfig('space_left = 50\nadmin_space_left = 75\n', F)).message).toBe(
+      `${F}:2: space_left: space_left (50 MiB) must be larger than admin_space_left (75 MiB) (allowed: a larger space_left, or a smaller admin_space_left)`,
+    );
+    expect(
+      errorOf(() => parseCollectorConfig('space_left = 5%\nadmin_space_left = 5%\n', F)).message,
+    ).toContain('space_left (5%) must be larger than admin_space_left (5%)');
+    // Either off (0) is fine; MiB against a percentage is checked at run time.
+    expect(parseCollectorConfig('space_left = 0\nadmin_space_left = 75\n', F).config.spaceLeft).toEqual({
+      mib: 0,
+    });
+    expect(parseCollectorConfig('space_left = 10\nadmin_space_left = 5%\n', F).config.adminSpaceLeft).toEqual(
+      {
+        percent: 5,
+      },
+    );
+  });
+
+  it('the actions take what auditd allows for each key', () => {
+    for (const k of ['ignore', 'syslog', 'rotate', 'email', 'suspend', 'single', 'halt'] as const) {
+      expect(parse1(`space_left_action = ${k}`).spaceLeftAction).toEqual({ kind: k });
+      expect(parse1(`admin_space_left_action = ${k}`).adminSpaceLeftAction).toEqual({ kind: k });
+    }
+    expect(parse1('disk_full_action = rotate').diskFullAction).toEqual({ kind: 'rotate' });
+    expect(err1('disk_full_action = email')).toContain('unknown value "email"');
+    expect(err1('disk_error_action = rotate')).toContain('unknown value "rotate"');
+    expect(err1('disk_error_action = email')).toContain('unknown value "email"');
+    expect(err1('space_left_action = syslog /x')).toContain('unexpected extra word "/x"');
+  });
+
+  it('single and halt are accepted with a warning that says what the collector does instead', () => {
+    const { warnings } = parseCollectorConfig('admin_space_left_action = halt\n', F);
+    expect(warnings.map((w) => w.text)).toEqual([
+      `${F}:1: admin_space_left_action: halt: the collector does not change this server's run level for its clients' records (nothing on the clients would be protected by it); it suspends logging instead (clients keep their records) and logs at error level`,
+    ]);
+  });
+
+  it('exec takes a script checked as auditd checks it (absolute, regular, owner, mode), in a private directory', () => {
+    const dir = join(tmp, 'scripts');
+    mkdirSync(dir, { mode: 0o700 });
+    const script = join(dir, 'alert.sh');
+    writeFileSync(script, '#!/bin/sh\n', { mode: 0o750 });
+    expect(parse1(`space_left_action = exec ${script}`).spaceLeftAction).toEqual({
+      kind: 'exec',
+      path: script,
+    });
+    expect(parse1(`max_log_file_action = EXEC ${script}`).maxLogFileAction).toEqual({
+      kind: 'exec',
+      path: script,
+    });
+    expect(err1('disk_full_action = exec')).toBe(
+      `${F}:1: disk_full_action: exec needs the path of a script (allowed: exec /path/to/script)`,
+    );
+    expect(err1('disk_full_action = exec alert.sh')).toContain('"alert.sh" is not an absolute path');
+    expect(err1(`disk_full_action = exec ${join(dir, 'none.sh')}`)).toContain('cannot be used: ENOENT');
+    const loose = join(dir, 'loose.sh');
+    writeFileSync(loose, '#!/bin/sh\n', { mode: 0o777 });
+    chmodSync(loose, 0o777);
+    expect(err1(`disk_full_action = exec ${loose}`)).toContain(
+      'has mode 0777; it must be 0750, 0755, 0555 or 0550 (as auditd requires); fix with: chmod 0750',
+    );
+  });
+
+  it('action_mail_acct: an address or account of the characters auditd allows', () => {
+    expect(parse1('action_mail_acct = audit-team+alerts@example.com').actionMailAcct).toBe(
+      'audit-team+alerts@example.com',
+    );
+    expect(err1('action_mail_acct = a;rm')).toContain('"a;rm" is not an address');
+    expect(err1('action_mail_acct = root@localhost')).toContain('needs a "." after the "@"');
+  });
+
+  it('evidence, evidence_key_file, evidence_checkpoint_interval, host_silence_timeout, max_hosts', () => {
+    const c = parseCollectorConfig(
+      [
+        'evidence = no',
+        'evidence_key_file = /etc/auditrelay/evidence.key',
+        'evidence_checkpoint_interval = 60',
+        'host_silence_timeout = 0',
+        'max_hosts = 5000',
+      ].join('\n'),
+      F,
+    ).config;
+    expect(c).toMatchObject({
+      evidence: false,
+      evidenceKeyFile: '/etc/auditrelay/evidence.key',
+      evidenceCheckpointInterval: 60,
+      hostSilenceTimeout: 0,
+      maxHosts: 5000,
+    });
+    expect(err1('evidence_key_file = signing.key')).toContain('is not an absolute path');
+    expect(err1('max_hosts = 0')).toContain('out of range');
+  });
+
+  it('the effective config prints every key and parses back to the same', () => {
+    const dir = join(tmp, 'scripts2');
+    mkdirSync(dir, { mode: 0o700 });
+    const script = join(dir, 'full.sh');
+    writeFileSync(script, '#!/bin/sh\n', { mode: 0o755 });
+    const cfg = parseCollectorConfig(
+      [
+        'max_log_file = 50',
+        'num_logs = 3',
+        'max_log_file_action = rotate',
+        'space_left = 20%',
+        'space_left_action = email',
+        'admin_space_left = 100',
+        'admin_space_left_action = suspend',
+        `disk_full_action = exec ${script}`,
+        'disk_error_action = ignore',
+        'action_mail_acct = ops@example.com',
+      ].join('\n'),
+      F,
+    ).config;
+    const out = formatCollectorConfig(cfg);
+    expect(out).toContain(`disk_full_action = EXEC ${script}\n`);
+    expect(out).toContain('space_left = 20%\n');
+    expect(parseCollectorConfig(out, 'x').config).toEqual(cfg);
+  });
+
+  it('--evidence-key-file overrides evidence_key_file', () => {
+    expect(
+      withCollectorOverrides(defaultCollectorConfig(), { evidenceKeyFile: 'k/signing.key' }).evidenceKeyFile,
+    ).toBe(resolve('k/signing.key'));
   });
 });
