@@ -80,6 +80,7 @@ const DEFAULTS: AgentConfig = {
   stateFile: '/run/auditrelay/agent.state',
   statusListen: null,
   logLevel: 'info',
+  logTarget: 'auto',
 };
 
 describe('defaults', () => {
