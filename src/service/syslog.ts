@@ -6,8 +6,9 @@
  *   non-blocking socket. When `/dev/log` is a stream socket (`connect` answers EPROTOTYPE, e.g. a syslog-ng set
  *   up that way) it falls back to a stream connection with NUL-terminated messages, as glibc does; the stream
  *   is Node's own `net` socket, so it also works without the binding.
- * - Never blocks the event loop: a syslog daemon that does not keep up (EAGAIN) or is away (ENOENT,
- *   ECONNREFUSED while it restarts) costs a bounded backlog (`BACKLOG_MESSAGES` messages) retried on a timer;
+ * - Never blocks the event loop: a syslog daemon that does not keep up (EAGAIN: its queue holds only
+ *   net.unix.max_dgram_qlen datagrams, 10 without systemd's 512) or is away (ENOENT, ECONNREFUSED while it
+ *   restarts) costs a bounded backlog (`BACKLOG_MESSAGES` messages) retried on a timer (5 ms, doubling to 1 s);
  *   messages beyond it are counted, and the count is reported in syslog once it answers again. It never writes
  *   to the console (glibc's LOG_CONS) and never throws.
  * - A message longer than `MAX_MESSAGE_BYTES` is cut (rsyslog's default limit is 8 KiB).
@@ -33,7 +34,11 @@ export const FACILITY_DAEMON = 3;
 export const DEFAULT_SYSLOG_PATH = '/dev/log';
 export const MAX_MESSAGE_BYTES = 8192;
 export const BACKLOG_MESSAGES = 256;
+/** Reconnection attempts: at most one per RETRY_MS. */
 const RETRY_MS = 200;
+/** A full receive queue (EAGAIN): retried after 5 ms, doubling up to 1 s while nothing goes out. */
+const FLUSH_RETRY_MIN_MS = 5;
+const FLUSH_RETRY_MAX_MS = 1000;
 
 export interface SyslogOptions {
   /** Program name (the tag). Default 'auditrelay'. */
@@ -75,10 +80,11 @@ export class SyslogWriter {
   #sink: Sink = { kind: 'none' };
   readonly #backlog: Buffer[] = [];
   #retry: NodeJS.Timeout | null = null;
-  /** Messages lost since the daemon last accepted one, and the last reason. */
+  /** Messages lost and not reported yet. */
   #lostSinceOk = 0;
   #lastError = '';
   #nextOpenAt = 0;
+  #flushRetryMs = FLUSH_RETRY_MIN_MS;
   #closed = false;
 
   constructor(options: SyslogOptions = {}) {
@@ -159,40 +165,44 @@ export class SyslogWriter {
   }
 
   #flush(): void {
+    const sentBefore = this.stats.sent;
     while (this.#backlog.length > 0) {
       if (this.#sink.kind === 'none' && !this.#open()) break;
-      const msg = this.#backlog[0]!;
-      const outcome = this.#send(msg);
-      if (outcome === 'sent') {
-        this.#backlog.shift();
-        this.stats.sent++;
-        if (this.#lostSinceOk > 0) {
-          const lost = this.#lostSinceOk;
-          this.#lostSinceOk = 0;
-          this.#backlog.unshift(
-            this.format(
+      // Losses are reported before the next message that goes out.
+      const msg =
+        this.#lostSinceOk > 0
+          ? this.format(
               Severity.warning,
-              `${lost} log message(s) were lost while ${this.path} did not take them (${this.#lastError})`,
-            ),
-          );
-        }
+              `${this.#lostSinceOk} log message(s) were lost while ${this.path} did not take them (${this.#lastError})`,
+            )
+          : this.#backlog[0]!;
+      const isReport = msg !== this.#backlog[0];
+      const outcome = this.#send(msg);
+      if (outcome === 'later') break;
+      if (outcome === 'reconnect') continue; // at once (at most once per RETRY_MS), as glibc does
+      if (isReport) {
+        this.#lostSinceOk = 0; // sent, or refused for good: either way it is not tried again
+        continue;
+      }
+      this.#backlog.shift();
+      if (outcome === 'sent') {
+        this.stats.sent++;
         this.#lastError = '';
-      } else if (outcome === 'later') {
-        break;
-      } else if (outcome === 'reconnect') {
-        // The loop reconnects at once (at most once per RETRY_MS), as glibc does.
       } else {
-        // Refused for good (e.g. EMSGSIZE): drop this one, go on with the next.
-        this.#backlog.shift();
+        // Refused for good (e.g. EMSGSIZE): dropped, and reported with the next one.
         this.stats.dropped++;
         this.#lostSinceOk++;
       }
     }
+    this.#flushRetryMs =
+      this.stats.sent > sentBefore
+        ? FLUSH_RETRY_MIN_MS
+        : Math.min(FLUSH_RETRY_MAX_MS, this.#flushRetryMs * 2);
     if (this.#backlog.length > 0 && !this.#retry && !this.#closed) {
       this.#retry = setTimeout(() => {
         this.#retry = null;
         this.#flush();
-      }, RETRY_MS);
+      }, this.#flushRetryMs);
       this.#retry.unref();
     }
   }
