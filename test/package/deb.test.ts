@@ -387,18 +387,28 @@ describe.skipIf(!available)('the Debian package on a bare Debian 12', () => {
     };
     const left = files.filter(exists);
     // Directories shared with other packages (/etc, /usr/bin, …) stay, as do the conffile and the directories
-    // holding what the collector wrote.
+    // holding data: the collector's log, and the records the plugin could not deliver after the collector was
+    // killed (auditd's own DAEMON_* records of the client's disconnection and of its stop), kept in queue_dir.
     const shared = left.filter((p) => !p.includes('auditrelay'));
+    const withData = ['/var/log/auditrelay', '/var/spool/auditrelay'].filter(
+      (d) => readdirSync(at(d.slice(1))).length > 0,
+    );
+    expect(withData).toContain('/var/log/auditrelay');
     expect(left.filter((p) => !shared.includes(p)).sort()).toEqual(
-      ['/etc/audit/plugins.d/auditrelay.conf', '/var/log/auditrelay'].sort(),
+      ['/etc/audit/plugins.d/auditrelay.conf', ...withData].sort(),
     );
     expect(readdirSync(at('var/log/auditrelay'))).toEqual(['received.log']);
     const purge = await time('dpkg -P', () => inRoot(['dpkg', '-P', 'auditrelay'], { timeoutMs: 120_000 }));
     expect(purge.code, `${purge.stdout}\n${purge.stderr}`).toBe(0);
-    expect(purge.stderr).toContain('/var/log/auditrelay is not empty and was kept');
+    for (const d of withData) expect(purge.stderr).toContain(`${d} is not empty and was kept`);
     expect(exists('/etc/audit/plugins.d/auditrelay.conf')).toBe(false);
     expect((await inRoot(['dpkg-query', '-W', show('Status'), 'auditrelay'])).stdout).toBe('');
-    expect(files.filter(exists).filter((p) => p.includes('auditrelay'))).toEqual(['/var/log/auditrelay']);
+    expect(
+      files
+        .filter(exists)
+        .filter((p) => p.includes('auditrelay'))
+        .sort(),
+    ).toEqual(withData.sort());
   });
 
   it('lintian reports nothing (errors, warnings, information)', async () => {
