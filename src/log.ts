@@ -13,6 +13,7 @@
 import { type BigIntStats, fstatSync, statSync } from 'node:fs';
 import { type DestinationStream, type LevelWithSilent, type Logger, pino } from 'pino';
 import { Severity, type SyslogOptions, SyslogWriter } from './service/syslog.js';
+import { loadUnixDgram } from './service/unix-dgram.js';
 
 export type { Logger };
 
@@ -125,6 +126,11 @@ export function createLogger(options: LogOptions = {}): Logger {
   const { target } = resolveLogTarget(options.target ?? 'auto', env);
   if (target === 'syslog') {
     const writer = new SyslogWriter(options.syslog);
+    const unix = loadUnixDgram();
+    if (typeof unix === 'string') {
+      // Only a stream /dev/log can be reached now; say so where someone may read it.
+      process.stderr.write(`auditrelay: warning: syslog over datagrams is unavailable: ${unix}\n`);
+    }
     process.once('exit', () => writer.close());
     const stream: DestinationStream & { flush(): void } = {
       write: (line: string) => {

@@ -35,6 +35,10 @@ signals:
   SIGUSR1              write the state report to state_file
   SIGUSR2              leave a suspend (a failure action set to suspend)
 
+log: syslog (facility daemon, auditrelay[PID]) when stderr is /dev/null, as under auditd; journald with
+priorities under systemd; readable on a terminal; JSON lines otherwise. log_target or AUDITRELAY_LOG_TARGET
+choose (docs/logging.md).
+
 exit status: 0 done, nothing left undelivered; 1 records left undelivered or a failure; 2 usage error;
 3 supervisor escalation; 6 configuration error (docs/errors.md)
 `,
@@ -55,6 +59,9 @@ options:
 signals:
   SIGTERM, SIGINT      send ENDING to every client, flush the log, exit
   SIGUSR1              log the counters (clients, records, errors) at info level
+
+its own log: journald with priorities under systemd, readable on a terminal, syslog when stderr is
+/dev/null, JSON lines otherwise; AUDITRELAY_LOG_TARGET chooses (docs/logging.md).
 
 ${EXIT_STATUSES}
 `,
