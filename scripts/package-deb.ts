@@ -37,6 +37,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
@@ -289,7 +290,7 @@ License: ${license}`);
 
 /** Depends from the ELF files' libraries, with the versions Debian's symbols files require. */
 function shlibDepends(elfs: string[]): string {
-  const tmp = mkdtempSync(path.join(ROOT, 'packages', '.shlibdeps-'));
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'auditrelay-shlibdeps-'));
   try {
     writeFile(
       path.join(tmp, 'debian', 'control'),
@@ -350,8 +351,7 @@ export function buildDeb(opts: { out?: string } = {}): BuildResult {
 
   const outDir = path.resolve(opts.out ?? path.join(ROOT, 'packages'));
   mkdirSync(outDir, { recursive: true });
-  mkdirSync(path.join(ROOT, 'packages'), { recursive: true });
-  const stage = mkdtempSync(path.join(ROOT, 'packages', '.stage-'));
+  const stage = mkdtempSync(path.join(os.tmpdir(), 'auditrelay-deb-stage-'));
   try {
     const lib = path.join(stage, LIB);
     // The program.
