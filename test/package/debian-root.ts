@@ -8,7 +8,7 @@
  * run extracts a fresh copy. The mirror: AUDITRELAY_DEBIAN_MIRROR, else the first bookworm source of the host's
  * apt configuration, else deb.debian.org.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
@@ -18,6 +18,29 @@ import { findBinary } from '../helpers/prereq.js';
 export const SUITE = 'bookworm';
 export const VARIANT = 'minbase';
 export const INCLUDE = ['auditd', 'audispd-plugins', 'libgssapi-krb5-2', 'libkrb5-3'];
+
+/** Like run(), without blocking the event loop (debootstrap runs while the package is built). */
+function runAsync(cmd: string, args: string[], timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const keep = (d: Buffer) => {
+      out = (out + d.toString()).slice(-8000);
+    };
+    child.stdout.on('data', keep);
+    child.stderr.on('data', keep);
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`${cmd}: ${err.message}`));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve();
+      else reject(new Error(`${cmd} ${args.join(' ')} failed (${signal ?? `status ${code}`}):\n${out}`));
+    });
+  });
+}
 
 function run(cmd: string, args: string[], timeoutMs: number): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 });
@@ -59,7 +82,7 @@ export function cacheDir(): string {
 }
 
 /** The cached root tarball, made with debootstrap when missing. Returns its path and whether it was made now. */
-export function debianRootTarball(): { tarball: string; created: boolean; seconds: number } {
+export async function debianRootTarball(): Promise<{ tarball: string; created: boolean; seconds: number }> {
   const started = performance.now();
   const mirror = debianMirror();
   const key = createHash('sha256')
@@ -81,14 +104,14 @@ export function debianRootTarball(): { tarball: string; created: boolean; second
   const work = mkdtempSync(path.join(dir, '.build-'));
   try {
     const root = path.join(work, 'root');
-    run(
+    await runAsync(
       findBinary('debootstrap') ?? 'debootstrap',
       [`--variant=${VARIANT}`, `--include=${INCLUDE.join(',')}`, SUITE, root, mirror],
       20 * 60_000,
     );
     // Downloaded .debs are not part of a fresh system.
-    run('/bin/sh', ['-c', `rm -f "${root}"/var/cache/apt/archives/*.deb`], 60_000);
-    run('tar', ['--zstd', '-C', root, '-cf', `${tarball}.tmp`, '.'], 10 * 60_000);
+    await runAsync('/bin/sh', ['-c', `rm -f "${root}"/var/cache/apt/archives/*.deb`], 60_000);
+    await runAsync('tar', ['--zstd', '-C', root, '-cf', `${tarball}.tmp`, '.'], 10 * 60_000);
     renameSync(`${tarball}.tmp`, tarball);
   } finally {
     rmSync(work, { recursive: true, force: true });
