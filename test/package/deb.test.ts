@@ -217,6 +217,16 @@ describe.skipIf(!available)('the Debian package on a bare Debian 12', () => {
       "for (const a of ['unix', 'gssapi']) require('/usr/lib/auditrelay/native/build/Release/auditrelay_' + a + '.node')",
     ]);
     expect(load.code, load.stderr).toBe(0);
+    // …and the program finds them where it looks (PACKAGE_ROOT/native/build/Release).
+    const found = await inRoot([
+      '/usr/lib/auditrelay/bin/node',
+      '--input-type=module',
+      '-e',
+      "const u = await import('/usr/lib/auditrelay/dist/src/service/unix-dgram.js'); " +
+        "const g = await import('/usr/lib/auditrelay/dist/src/krb5/gssapi.js'); " +
+        'console.log(typeof u.loadUnixDgram(), g.isGssapiAvailable())',
+    ]);
+    expect(found.stdout, found.stderr).toBe('object true\n');
     const mode = (p: string) => {
       const st = statSync(at(p));
       return `${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid}`;
