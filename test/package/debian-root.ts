@@ -104,14 +104,28 @@ export async function debianRootTarball(): Promise<{ tarball: string; created: b
   const work = mkdtempSync(path.join(dir, '.build-'));
   try {
     const root = path.join(work, 'root');
+    // At a lower priority, as the other CPU-heavy steps of the package test (other test files run meanwhile).
     await runAsync(
-      findBinary('debootstrap') ?? 'debootstrap',
-      [`--variant=${VARIANT}`, `--include=${INCLUDE.join(',')}`, SUITE, root, mirror],
+      'nice',
+      [
+        '-n',
+        '10',
+        findBinary('debootstrap') ?? 'debootstrap',
+        `--variant=${VARIANT}`,
+        `--include=${INCLUDE.join(',')}`,
+        SUITE,
+        root,
+        mirror,
+      ],
       20 * 60_000,
     );
     // Downloaded .debs are not part of a fresh system.
     await runAsync('/bin/sh', ['-c', `rm -f "${root}"/var/cache/apt/archives/*.deb`], 60_000);
-    await runAsync('tar', ['--zstd', '-C', root, '-cf', `${tarball}.tmp`, '.'], 10 * 60_000);
+    await runAsync(
+      'nice',
+      ['-n', '10', 'tar', '--zstd', '-C', root, '-cf', `${tarball}.tmp`, '.'],
+      10 * 60_000,
+    );
     renameSync(`${tarball}.tmp`, tarball);
   } finally {
     rmSync(work, { recursive: true, force: true });
@@ -123,6 +137,6 @@ export async function debianRootTarball(): Promise<{ tarball: string; created: b
 /** A fresh copy of the root in a new directory under `parent`. */
 export function extractRoot(tarball: string, parent: string): string {
   const root = mkdtempSync(path.join(parent, 'debian12-'));
-  run('tar', ['--zstd', '-C', root, '-xpf', tarball], 10 * 60_000);
+  run('nice', ['-n', '10', 'tar', '--zstd', '-C', root, '-xpf', tarball], 10 * 60_000);
   return root;
 }
