@@ -43,7 +43,7 @@ import {
 } from './errors.js';
 import { checkParentDirectory, writeFileAtomic } from './fs/safe-files.js';
 import { openInput } from './input/spec.js';
-import { createLogger, type Logger } from './log.js';
+import { createLogger, type Logger, reportFailure } from './log.js';
 import { checkUpstreamQueueFile, importQueue } from './migrate/import-queue.js';
 import { PACKAGE_ROOT } from './paths.js';
 import { DurableQueue } from './queue/durable-queue.js';
@@ -117,31 +117,31 @@ export async function main(argv: string[]): Promise<number> {
 function reportError(err: unknown, command: string | undefined): number {
   const usage = () => (command ? commandUsage(command) : overallUsage());
   if (err instanceof ConfigError) {
-    process.stderr.write(`auditrelay: config error: ${err.message}\n`);
+    reportFailure(`auditrelay: config error: ${err.message}`);
     return ExitCodes.CONFIG;
   }
   if (err instanceof UsageError) {
-    process.stderr.write(`auditrelay: ${err.message}\n\n${usage()}`);
+    reportFailure(`auditrelay: ${err.message}`, `\n${usage()}`);
     return ExitCodes.USAGE;
   }
   if (err instanceof EscalationError) {
-    process.stderr.write(`auditrelay: ${err.message}\n`);
+    reportFailure(`auditrelay: ${err.message}`);
     return ExitCodes.ESCALATED;
   }
   if (err instanceof AuditRelayError) {
-    process.stderr.write(`auditrelay: ${err.message}\n`);
+    reportFailure(`auditrelay: ${err.message}`);
     return ExitCodes.FAILURE;
   }
   // A parseArgs error: reworded as one line naming the option.
   const e = err as { code?: string; message?: string };
   if (typeof e?.code === 'string' && e.code.startsWith('ERR_PARSE_ARGS')) {
-    process.stderr.write(`auditrelay: ${parseArgsMessage(e.code, e.message ?? '', command)}\n\n${usage()}`);
+    reportFailure(`auditrelay: ${parseArgsMessage(e.code, e.message ?? '', command)}`, `\n${usage()}`);
     return ExitCodes.USAGE;
   }
   // A system error (a port in use, a missing directory, ...): what, where and what to do.
   const unavailable = explainSystemError(err, command);
   if (unavailable) {
-    process.stderr.write(`auditrelay: ${unavailable.message}\n`);
+    reportFailure(`auditrelay: ${unavailable.message}`);
     return ExitCodes.FAILURE;
   }
   throw err;
@@ -190,7 +190,7 @@ async function runAgent(args: string[]): Promise<number> {
     ? checkInspectUrl(values.inspect, values['inspect-remote'] ?? false)
     : null;
   const cfg = loadAgentConfig(configPath);
-  const log = createLogger({ level: cfg.logLevel, name: 'auditrelay-agent' });
+  const log = createLogger({ level: cfg.logLevel, name: 'auditrelay-agent', target: cfg.logTarget });
   const settings = settingsFromConfig(cfg);
   const inspector = inspectUrl ? await createInspector(inspectUrl) : null;
   if (inspector) {

@@ -35,6 +35,10 @@ signals:
   SIGUSR1              write the state report to state_file
   SIGUSR2              leave a suspend (a failure action set to suspend)
 
+log: syslog (facility daemon, auditrelay[PID]) when stderr is /dev/null, as under auditd; journald with
+priorities under systemd; readable on a terminal; JSON lines otherwise. log_target or AUDITRELAY_LOG_TARGET
+choose (docs/logging.md).
+
 exit status: 0 done, nothing left undelivered; 1 records left undelivered or a failure; 2 usage error;
 3 supervisor escalation; 6 configuration error (docs/errors.md)
 `,
@@ -62,6 +66,9 @@ signals (as auditd):
                        restart are kept and logged; a bad file keeps the running configuration)
   SIGUSR1              rotate the log now (or, after logrotate renamed it, open a new one)
   SIGUSR2              resume logging suspended by a disk action (suspend, exec, ...)
+
+its own log: journald with priorities under systemd, readable on a terminal, syslog when stderr is
+/dev/null, JSON lines otherwise; AUDITRELAY_LOG_TARGET chooses (docs/logging.md).
 
 ${EXIT_STATUSES}
 `,

@@ -72,6 +72,8 @@ export const RELOAD_POLICY: Readonly<Record<keyof AgentConfig, ReloadPolicy>> = 
   stateFile: 'restart',
   statusListen: 'restart',
   logLevel: 'live',
+  // The log's destination (syslog socket, journald stream) is chosen once, before anything is logged.
+  logTarget: 'restart',
 };
 
 /** The changed keys, by upstream name (`max_in_flight`), sorted by what applying them takes. */

@@ -13,6 +13,7 @@ import {
   type InputSpec,
   parseInputSpec,
 } from '../input/spec.js';
+import { LOG_TARGETS, type LogTarget } from '../log.js';
 import {
   DEFAULT_CIPHER_SUITES,
   NO_PQC_REASON,
@@ -182,6 +183,8 @@ export interface AgentConfig {
   /** null = no status listener. */
   statusListen: HostPort | null;
   logLevel: LogLevel;
+  /** Where the log goes: auto (from what stderr is), stderr, journal, syslog (src/log.ts, docs/logging.md). */
+  logTarget: LogTarget;
 }
 
 /** Upstream's hard-coded path (audisp-remote takes no option for it). */
@@ -240,6 +243,7 @@ export const AGENT_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   stateFile: '/run/auditrelay/agent.state',
   statusListen: null,
   logLevel: 'info',
+  logTarget: 'auto',
 } satisfies AgentConfig);
 
 /** Ranges of the numeric keys, for validation and documentation. */
@@ -592,6 +596,12 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
       cfg.logLevel = parseKeyword(e, ctx.file, LOG_LEVELS);
     },
     format: (cfg) => cfg.logLevel,
+  },
+  log_target: {
+    apply: (cfg, e, ctx) => {
+      cfg.logTarget = parseKeyword(e, ctx.file, LOG_TARGETS);
+    },
+    format: (cfg) => cfg.logTarget,
   },
 };
 

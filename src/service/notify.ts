@@ -3,19 +3,14 @@
  * that it is alive (`WATCHDOG=1`), reloading (`RELOADING=1`) or stopping (`STOPPING=1`), through the
  * datagram socket named by `$NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace).
  *
- * Node has no unix datagram sockets, so the datagram is sent by a helper. Default transport:
- * `systemd-notify VAR=value…` (shipped with systemd itself, so present wherever NOTIFY_SOCKET can be set):
- * - it waits until systemd has processed the message (sd_notify barrier, systemd ≥ 246; we never pass
- *   --no-block), which closes the classic race where the short-lived sender is gone before systemd looked
- *   up its cgroup;
- * - it sends in the name of its parent (our pid) when it may (CAP_SYS_ADMIN), else under its own pid;
- *   the hardened unit has no capabilities, so the unit must say `NotifyAccess=all` (any process of the
- *   service's cgroup may notify) — see docs/service.md for why not `main`;
- * - one short process per message: READY/STATUS/STOPPING are rare, WATCHDOG=1 is sent every
- *   WatchdogSec/2 (15 s with the shipped units).
- * Alternative transport: `datagramTransport(send)` with a native `send(path, bytes)` (a dozen lines in
- * the existing addon, proposed in docs/service.md); messages then come from the main pid itself and
- * `NotifyAccess=main` suffices.
+ * Transport (docs/service.md, "Readiness and watchdog"):
+ * - default: one datagram sent by this process itself through the `auditrelay_unix` binding
+ *   (native/unix.cc, src/service/unix-dgram.ts), non-blocking, as sd_notify(3) does. The main pid sends, so
+ *   the units say `NotifyAccess=main`: no other process of the service can speak in its name.
+ * - fallback, when the binding is not built (an npm install without a C++ compiler): `systemd-notify
+ *   VAR=value…`, one short child process per message, which waits for systemd's barrier. Without
+ *   CAP_SYS_ADMIN it sends under its own pid, which `NotifyAccess=main` rejects: such an installation needs
+ *   `NotifyAccess=all` in a drop-in, and the notifier says so in the log.
  *
  * Messages are sent one at a time, in order. Failures never reject: they are logged (once per kind) and
  * counted, because a notification problem must not stop the forwarding of audit records.
@@ -23,6 +18,7 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import type { Logger } from '../log.js';
+import { loadUnixDgram, type UnixDgram } from './unix-dgram.js';
 
 /** Sends one notification message (newline-separated assignments) to the socket. */
 export interface NotifyTransport {
@@ -36,8 +32,25 @@ export type DatagramSender = (socketPath: string, message: Buffer) => void;
 export function datagramTransport(send: DatagramSender): NotifyTransport {
   return {
     name: 'datagram',
-    send: async (socket, message) => send(socket, Buffer.from(message, 'utf8')),
+    send: async (socket, message) => {
+      checkAddress(socket);
+      send(socket, Buffer.from(message, 'utf8'));
+    },
   };
+}
+
+/** The default transport: the `auditrelay_unix` binding. */
+export function nativeTransport(unix: UnixDgram): NotifyTransport {
+  return datagramTransport((socket, message) => unix.sendTo(socket, message));
+}
+
+/** systemd ≥ 254 may also name an AF_VSOCK address (`vsock:CID:PORT`), for virtual machines; not for us. */
+function checkAddress(socket: string): void {
+  if (!socket.startsWith('/') && !socket.startsWith('@')) {
+    throw new NotifyError(
+      `NOTIFY_SOCKET=${socket} is neither a path nor an abstract socket (@name); only AF_UNIX is supported`,
+    );
+  }
 }
 
 const SYSTEMD_NOTIFY_CANDIDATES = [
@@ -108,8 +121,13 @@ export interface SdNotifierOptions {
   /** Where NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID are read. Default process.env. */
   env?: NodeJS.ProcessEnv;
   log?: Logger;
-  /** Default: systemd-notify (found in /usr/bin, /bin, /usr/local/bin, or `systemdNotifyPath`). */
+  /**
+   * Default: the native datagram sender (`auditrelay_unix`); without it, systemd-notify (found in /usr/bin, /bin,
+   * /usr/local/bin, or `systemdNotifyPath`).
+   */
   transport?: NotifyTransport;
+  /** The native binding, or why it is unavailable. Default: loadUnixDgram(). */
+  unix?: UnixDgram | string;
   systemdNotifyPath?: string;
   /** Per-message deadline of the systemd-notify transport. Default 10 s. */
   timeoutMs?: number;
@@ -173,15 +191,24 @@ export class SdNotifier {
       this.#transport = options.transport;
       return;
     }
+    const unix = options.unix ?? loadUnixDgram();
+    if (typeof unix !== 'string') {
+      this.#transport = nativeTransport(unix);
+      return;
+    }
     const path = options.systemdNotifyPath ?? findSystemdNotify();
     if (!path) {
       this.#transport = null;
       this.#log?.error(
         { notifySocket: this.socket },
-        'NOTIFY_SOCKET is set but systemd-notify was not found (/usr/bin/systemd-notify): readiness and watchdog notifications cannot be sent; systemd will time the start out (Type=notify)',
+        `NOTIFY_SOCKET is set but neither the native binding nor systemd-notify is there (${unix}): readiness and watchdog notifications cannot be sent; systemd will time the start out (Type=notify)`,
       );
       return;
     }
+    this.#log?.warn(
+      { notifySocket: this.socket, systemdNotify: path },
+      `sd_notify through ${path} (${unix}): it sends under its own pid, so the unit needs NotifyAccess=all (a drop-in); the shipped units say NotifyAccess=main`,
+    );
     this.#transport = systemdNotifyTransport(path, options.timeoutMs ?? 10_000);
   }
 

@@ -206,10 +206,18 @@ describe('SIGUSR1 during start-up, before any handler of ours', () => {
     expect(wrapper).toMatch(
       /^exec "\$NODE" .*'--inspect-port=\[fe80::1\]:9229' "\$AUDITRELAY_HOME\/bin\/auditrelay\.js"/m,
     );
+    // The Debian package's /usr/bin/auditrelay.
+    const command = readFileSync(path.join(REPO_ROOT, 'packaging/auditrelay'), 'utf8');
+    expect(command).toMatch(
+      /^exec \/usr\/lib\/auditrelay\/bin\/node '--inspect-port=\[fe80::1\]:9229' \/usr\/lib\/auditrelay\/bin\/auditrelay\.js "\$@"$/m,
+    );
     for (const unit of ['auditrelay-agent.service', 'auditrelay-collector.service']) {
       const text = readFileSync(path.join(REPO_ROOT, 'packaging/systemd', unit), 'utf8');
       expect(text).toMatch(
-        new RegExp(`^ExecStart=/usr/bin/node .*${INSPECT_PORT_GUARD.replace(/[[\]]/g, '\\$&')} `, 'm'),
+        new RegExp(
+          `^ExecStart=/usr/lib/auditrelay/bin/node .*${INSPECT_PORT_GUARD.replace(/[[\]]/g, '\\$&')} `,
+          'm',
+        ),
       );
     }
   });

@@ -58,6 +58,16 @@ const PACKAGE_OF: Record<string, string> = {
   'systemd-analyze': 'systemd',
   'systemd-notify': 'systemd',
   strace: 'strace',
+  debootstrap: 'debootstrap',
+  'dpkg-deb': 'dpkg',
+  'dpkg-shlibdeps': 'dpkg-dev',
+  lintian: 'lintian',
+  strip: 'binutils',
+  readelf: 'binutils',
+  chroot: 'coreutils',
+  tar: 'tar',
+  zstd: 'zstd',
+  groff: 'groff-base',
 };
 
 /** Absolute path of an executable: `name` itself if absolute and executable, else the first hit in SEARCH_DIRS. */

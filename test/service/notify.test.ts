@@ -1,8 +1,12 @@
 /**
  * sd_notify (src/service/notify.ts) against a fake NOTIFY_SOCKET: Node cannot receive unix datagrams, so a
  * small python3 program binds the datagram socket (a path, or an abstract name), receives with SO_PASSCRED
- * (the sender's pid, as systemd sees it), closes the file descriptors of systemd-notify's barrier message
- * (as PID 1 does, which lets systemd-notify return) and prints one JSON line per datagram.
+ * (the sender's pid, as systemd sees it, which is what NotifyAccess=main checks), closes the file descriptors
+ * of systemd-notify's barrier message (as PID 1 does, which lets systemd-notify return) and prints one JSON
+ * line per datagram. With `--hold` it never reads, as a PID 1 that does not keep up.
+ *
+ * Default transport: the native binding (auditrelay_unix), sending from our own pid. Fallback without it:
+ * systemd-notify.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -11,6 +15,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { datagramTransport, SdNotifier } from '../../src/service/notify.js';
+import { loadUnixDgram, unixAddonPath } from '../../src/service/unix-dgram.js';
 import { findBinary, requireOrSkip } from '../helpers/prereq.js';
 import { pollUntil, terminate } from '../helpers/wait.js';
 
@@ -21,6 +26,8 @@ s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind('\0' + name[1:] if name.startswith('@') else name)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 print(json.dumps({"ready": True}), flush=True)
+if len(sys.argv) > 2 and sys.argv[2] == '--hold':
+    sys.stdin.read()
 while True:
     data, anc, flags, _ = s.recvmsg(65536, socket.CMSG_SPACE(64 * 4) + socket.CMSG_SPACE(12))
     pid = None
@@ -52,10 +59,15 @@ afterEach(async () => {
   root = '';
 });
 
-async function receiver(name: string): Promise<{ got: Datagram[]; messages: () => string[] }> {
+async function receiver(
+  name: string,
+  opts: { hold?: boolean } = {},
+): Promise<{ got: Datagram[]; messages: () => string[] }> {
   const script = join(root, 'receiver.py');
   writeFileSync(script, RECEIVER);
-  const child = spawn(findBinary('python3')!, [script, name], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(findBinary('python3')!, [script, name, ...(opts.hold ? ['--hold'] : [])], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
   procs.push(child);
   const got: Datagram[] = [];
   let ready = false;
@@ -84,18 +96,148 @@ function hasSysAdmin(): boolean {
   return m ? (BigInt(`0x${m[1]}`) & (1n << 21n)) !== 0n : false;
 }
 
+const nativeAvailable = requireOrSkip({
+  suite: 'sd_notify through the native binding (python3 receiver)',
+  binaries: ['python3'],
+  files: [unixAddonPath()],
+});
+
+describe.skipIf(!nativeAvailable)('sd_notify through the native binding (the default)', () => {
+  it('sends READY, STATUS, RELOADING, WATCHDOG and STOPPING in order, from our own pid (NotifyAccess=main)', async () => {
+    root = mkdtempSync(join(tmpdir(), 'auditrelay-notify-'));
+    const sock = join(root, 'notify.sock');
+    const r = await receiver(sock);
+    const logs: { level: number; msg: string }[] = [];
+    const log = pino({ level: 'debug' }, { write: (l: string) => void logs.push(JSON.parse(l)) });
+    const n = new SdNotifier({ env: { NOTIFY_SOCKET: sock }, log });
+    expect(n.enabled).toBe(true);
+    await n.ready('forwarding to 192.0.2.1:60');
+    await n.status('queue: 3 records\nsecond line');
+    await n.reloading();
+    await n.ready();
+    await n.watchdog();
+    await n.stopping();
+    await n.close();
+    await pollUntil(() => r.messages().length === 6, { timeoutMs: 10_000, what: '6 notifications' });
+    expect(r.messages()).toEqual([
+      'READY=1\nSTATUS=forwarding to 192.0.2.1:60',
+      'STATUS=queue: 3 records second line',
+      'RELOADING=1',
+      'READY=1',
+      'WATCHDOG=1',
+      'STOPPING=1',
+    ]);
+    // No child process: every datagram comes from this process, no barrier, no descriptor passed.
+    expect(r.got.every((d) => d.pid === process.pid && d.fds === 0)).toBe(true);
+    expect(n.stats).toMatchObject({ sent: 6, failed: 0 });
+    expect(logs.filter((l) => l.level >= 40)).toEqual([]);
+  });
+
+  it('an abstract NOTIFY_SOCKET (@name) works too', async () => {
+    root = mkdtempSync(join(tmpdir(), 'auditrelay-notify-'));
+    const name = `@auditrelay-test-${process.pid}-${Date.now()}`;
+    const r = await receiver(name);
+    const n = new SdNotifier({ env: { NOTIFY_SOCKET: name } });
+    await n.ready();
+    await n.watchdogTrigger();
+    await pollUntil(() => r.messages().length === 2, { timeoutMs: 10_000, what: 'READY=1' });
+    expect(r.messages()).toEqual(['READY=1', 'WATCHDOG=trigger']);
+    expect(r.got.map((d) => d.pid)).toEqual([process.pid, process.pid]);
+  });
+
+  it('pings the watchdog every WATCHDOG_USEC/2', async () => {
+    root = mkdtempSync(join(tmpdir(), 'auditrelay-notify-'));
+    const sock = join(root, 'notify.sock');
+    const r = await receiver(sock);
+    const n = new SdNotifier({
+      env: { NOTIFY_SOCKET: sock, WATCHDOG_USEC: '200000', WATCHDOG_PID: String(process.pid) },
+      log: pino({ level: 'silent' }),
+    });
+    expect(n.watchdogMs).toBe(200);
+    n.startWatchdog();
+    await pollUntil(() => r.messages().filter((m) => m === 'WATCHDOG=1').length >= 3, {
+      timeoutMs: 10_000,
+      what: '3 watchdog pings',
+    });
+    await n.close();
+    expect(new Set(r.messages())).toEqual(new Set(['WATCHDOG=1']));
+  });
+
+  it('a missing socket: the failure is logged once with its errno, never rejects', async () => {
+    root = mkdtempSync(join(tmpdir(), 'auditrelay-notify-'));
+    const logs: { level: number; msg: string; transport?: string }[] = [];
+    const log = pino({ level: 'debug' }, { write: (l: string) => void logs.push(JSON.parse(l)) });
+    const sock = join(root, 'absent.sock');
+    const n = new SdNotifier({ env: { NOTIFY_SOCKET: sock }, log });
+    await n.ready();
+    await n.status('x');
+    expect(n.stats.failed).toBe(2);
+    const errors = logs.filter((l) => l.level === 50);
+    expect(errors).toHaveLength(1);
+    expect(errors[0]?.transport).toBe('datagram');
+    expect(errors[0]?.msg).toBe(
+      `systemd notification READY failed: sendto ${sock}: No such file or directory`,
+    );
+  });
+
+  it('a receiver that does not read never blocks us: sends fail with EAGAIN once its queue is full', async () => {
+    root = mkdtempSync(join(tmpdir(), 'auditrelay-notify-'));
+    const sock = join(root, 'notify.sock');
+    await receiver(sock, { hold: true });
+    const logs: { level: number; msg: string }[] = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => void logs.push(JSON.parse(l)) });
+    const n = new SdNotifier({ env: { NOTIFY_SOCKET: sock }, log });
+    // net.unix.max_dgram_qlen (default 512) datagrams fit in the receiver's queue; the next ones cannot.
+    const qlen = Number(readFileSync('/proc/sys/net/unix/max_dgram_qlen', 'utf8'));
+    for (let i = 0; i < qlen + 50; i++) void n.status(`${i}`);
+    await n.close();
+    expect(n.stats.sent).toBeGreaterThan(0);
+    expect(n.stats.failed).toBeGreaterThan(0);
+    expect(n.stats.sent + n.stats.failed).toBe(qlen + 50);
+    expect(logs.filter((l) => l.level === 50).map((l) => l.msg)).toEqual([
+      `systemd notification STATUS failed: sendto ${sock}: Resource temporarily unavailable`,
+    ]);
+  });
+
+  it('the binding reports errors as Node does (code, errno, syscall)', () => {
+    const unix = loadUnixDgram();
+    if (typeof unix === 'string') throw new Error(unix);
+    let caught: NodeJS.ErrnoException | undefined;
+    try {
+      unix.sendTo('/nonexistent/auditrelay.sock', Buffer.from('x'));
+    } catch (err) {
+      caught = err as NodeJS.ErrnoException;
+    }
+    expect(caught).toMatchObject({ code: 'ENOENT', errno: -2, syscall: 'sendto' });
+    expect(() => unix.sendTo(`/${'x'.repeat(200)}`, Buffer.from('x'))).toThrow(
+      expect.objectContaining({ code: 'ENAMETOOLONG' }),
+    );
+  });
+});
+
 const available = requireOrSkip({
   suite: 'sd_notify (systemd-notify + python3 receiver)',
   binaries: ['systemd-notify', 'python3'],
 });
 
-describe.skipIf(!available)('sd_notify through systemd-notify', () => {
+/** `unix: '…'`: as an installation without the native binding. */
+const NO_BINDING = 'the unix socket binding is not built (test)';
+
+describe.skipIf(!available)('sd_notify through systemd-notify (fallback without the binding)', () => {
   it('sends READY, STATUS, WATCHDOG and STOPPING in order; systemd-notify waits for the barrier', async () => {
     root = mkdtempSync(join(tmpdir(), 'auditrelay-notify-'));
     const sock = join(root, 'notify.sock');
     const r = await receiver(sock);
-    const n = new SdNotifier({ env: { NOTIFY_SOCKET: sock }, log: pino({ level: 'silent' }) });
+    const logs: { level: number; msg: string }[] = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => void logs.push(JSON.parse(l)) });
+    const n = new SdNotifier({ env: { NOTIFY_SOCKET: sock }, log, unix: NO_BINDING });
     expect(n.enabled).toBe(true);
+    // It says that the shipped units (NotifyAccess=main) need a drop-in.
+    expect(logs.filter((l) => l.level === 40).map((l) => l.msg)).toEqual([
+      expect.stringMatching(
+        /sd_notify through .*systemd-notify \(the unix socket binding is not built \(test\)\).*NotifyAccess=all/,
+      ),
+    ]);
     await n.ready('forwarding to 192.0.2.1:60');
     await n.status('queue: 3 records\nsecond line');
     await n.watchdog();
@@ -121,7 +263,7 @@ describe.skipIf(!available)('sd_notify through systemd-notify', () => {
     root = mkdtempSync(join(tmpdir(), 'auditrelay-notify-'));
     const name = `@auditrelay-test-${process.pid}-${Date.now()}`;
     const r = await receiver(name);
-    const n = new SdNotifier({ env: { NOTIFY_SOCKET: name } });
+    const n = new SdNotifier({ env: { NOTIFY_SOCKET: name }, unix: NO_BINDING });
     await n.ready();
     await pollUntil(() => r.messages().length === 1, { timeoutMs: 10_000, what: 'READY=1' });
     expect(r.messages()).toEqual(['READY=1']);
@@ -134,6 +276,7 @@ describe.skipIf(!available)('sd_notify through systemd-notify', () => {
     const n = new SdNotifier({
       env: { NOTIFY_SOCKET: sock, WATCHDOG_USEC: '200000', WATCHDOG_PID: String(process.pid) },
       log: pino({ level: 'silent' }),
+      unix: NO_BINDING,
     });
     expect(n.watchdogMs).toBe(200);
     n.startWatchdog();
@@ -156,7 +299,7 @@ describe.skipIf(!available)('sd_notify through systemd-notify', () => {
     root = mkdtempSync(join(tmpdir(), 'auditrelay-notify-'));
     const logs: { level: number; msg: string }[] = [];
     const log = pino({ level: 'debug' }, { write: (l: string) => void logs.push(JSON.parse(l)) });
-    const n = new SdNotifier({ env: { NOTIFY_SOCKET: join(root, 'absent.sock') }, log });
+    const n = new SdNotifier({ env: { NOTIFY_SOCKET: join(root, 'absent.sock') }, log, unix: NO_BINDING });
     await n.ready();
     await n.status('x');
     expect(n.stats.failed).toBe(2);

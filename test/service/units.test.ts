@@ -2,7 +2,8 @@
  * The systemd units in packaging/systemd: `systemd-analyze verify` (syntax, known directives, executables),
  * `systemd-analyze security --offline` (exposure level), and the directives docs/service.md promises.
  *
- * `verify` fails when an Exec*= binary does not exist. The units name /usr/bin/node; the test copies each
+ * `verify` fails when an Exec*= binary does not exist. The units name the Debian package's Node runtime,
+ * /usr/lib/auditrelay/bin/node (UNIT_NODE); the test copies each
  * unit to a temporary directory and replaces that path by the node running the tests (process.execPath),
  * leaving everything else — including /usr/bin/auditrelay, which verify does not check because it is an
  * argument — unchanged. systemd is not started: only the analyzer runs.
@@ -18,6 +19,8 @@ import { pollUntil, signalAndWait, terminate } from '../helpers/wait.js';
 const REPO = path.resolve(import.meta.dirname, '..', '..');
 const UNITS = ['auditrelay-agent.service', 'auditrelay-collector.service'];
 const MAX_EXPOSURE = 2.5;
+/** The Node runtime of the Debian package (docs/packaging.md), named by ExecStart. */
+const UNIT_NODE = '/usr/lib/auditrelay/bin/node';
 
 /** `Key=value` lines per section; repeated keys keep every value. */
 function parseUnit(text: string): Map<string, string[]> {
@@ -50,13 +53,17 @@ describe('systemd units: directives', () => {
         return v!.at(-1)!;
       };
       expect(one('Type')).toBe('notify');
-      // systemd-notify sends from its own pid (src/service/notify.ts): only NotifyAccess=all reaches systemd.
-      expect(one('NotifyAccess')).toBe('all');
+      // The main process sends its notifications itself (src/service/notify.ts, native binding).
+      expect(one('NotifyAccess')).toBe('main');
+      // The journal files the log under auditrelay with the priorities of its <N> prefixes (src/log.ts).
+      expect(one('SyslogIdentifier')).toBe('auditrelay');
+      expect(one('SyslogFacility')).toBe('daemon');
+      expect(one('SyslogLevelPrefix')).toBe('yes');
       expect(Number.parseInt(one('WatchdogSec'), 10)).toBeGreaterThan(0);
       expect(one('Restart')).toBe('on-failure');
       expect(one('RestartPreventExitStatus').split(' ')).toEqual(['2', '6']);
       expect(one('ExecStart')).toMatch(
-        /^\/usr\/bin\/node --jitless --no-expose-wasm .*\/usr\/lib\/auditrelay\/bin\/auditrelay\.js (agent|collector) --config /,
+        /^\/usr\/lib\/auditrelay\/bin\/node --jitless --no-expose-wasm .*\/usr\/lib\/auditrelay\/bin\/auditrelay\.js (agent|collector) --config /,
       );
       expect(one('MemoryDenyWriteExecute')).toBe('yes');
       for (const k of [
@@ -100,10 +107,10 @@ describe.skipIf(!available)('systemd units: systemd-analyze', () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const analyze = findBinary('systemd-analyze') ?? 'systemd-analyze';
 
-  /** The unit with /usr/bin/node replaced by the node running the tests. */
+  /** The unit with the package's Node replaced by the node running the tests. */
   function copy(name: string): string {
     const file = path.join(dir, name);
-    writeFileSync(file, unitText(name).replaceAll('/usr/bin/node ', `${process.execPath} `));
+    writeFileSync(file, unitText(name).replaceAll(`${UNIT_NODE} `, `${process.execPath} `));
     return file;
   }
 
@@ -147,7 +154,7 @@ function execStart(name: string): string[] {
   const line = parseUnit(unitText(name)).get('Service.ExecStart')!.at(-1)!;
   return line
     .split(' ')
-    .map((a) => (a === '/usr/bin/node' ? process.execPath : a))
+    .map((a) => (a === UNIT_NODE ? process.execPath : a))
     .map((a) =>
       a === '/usr/lib/auditrelay/bin/auditrelay.js' ? path.join(REPO, 'bin', 'auditrelay.js') : a,
     );

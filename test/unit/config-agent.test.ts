@@ -91,6 +91,7 @@ const DEFAULTS: AgentConfig = {
   stateFile: '/run/auditrelay/agent.state',
   statusListen: null,
   logLevel: 'info',
+  logTarget: 'auto',
 };
 
 describe('defaults', () => {
@@ -658,6 +659,7 @@ describe('formatEffectiveConfig', () => {
       'state_file = /var/run/other.state',
       'status_listen = [::1]:9100',
       'log_level = trace',
+      'log_target = syslog',
     ].join('\n');
     expect(() => parseAgentConfig(text, F)).toThrow('3000 is out of range');
     const cfg = parseAgentConfig(text.replace('queue_max_bytes = 3000', 'queue_max_bytes = 20000'), F);
