@@ -25,8 +25,8 @@ import { LinkRegistry } from './links.js';
 import type { ReloadPlan } from './reload-policy.js';
 import { SequenceCounter } from './session.js';
 import type { AgentSettings } from './settings.js';
-import type { FlowWindow } from './window.js';
 import { TlsClient } from './tls-transport.js';
+import type { FlowWindow } from './window.js';
 
 /**
  * A stop ends the actor system at `drain_timeout` (the supervisor's own timer); the process exits at most

@@ -58,15 +58,9 @@ import { ConfigError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { encodeReply, FrameDecoder } from '../protocol/codec.js';
 import { HEADER_SIZE, MAX_AUDIT_MESSAGE_LENGTH, MessageType } from '../protocol/constants.js';
-import { applyIdentity, type IdentityPolicy, identityStamp, type PeerIdentity } from './identity.js';
 import type { EvidenceParts, EvidenceSettings, EvidenceSinkStatus } from './evidence-sink.js';
-import {
-  type HostEntry,
-  type HostsSummary,
-  HostTable,
-  type HostView,
-  nodeNameOf,
-} from './hosts.js';
+import { type HostEntry, type HostsSummary, HostTable, type HostView, nodeNameOf } from './hosts.js';
+import { applyIdentity, type IdentityPolicy, identityStamp, type PeerIdentity } from './identity.js';
 import { Krb5Acceptor, type Krb5CollectorSettings, type Krb5ServerSession } from './krb5.js';
 import {
   DEFAULT_LOG_MANAGEMENT,
