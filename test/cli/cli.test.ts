@@ -206,7 +206,7 @@ describe('cli: check-config', () => {
     expect(r.code).toBe(6);
     expect(r.stdout).toBe('');
     expect(r.stderr).toBe(
-      `auditrelay: config error: ${file}:3: transport: unknown value "udp" (allowed: tcp, krb5)\n`,
+      `auditrelay: config error: ${file}:3: transport: unknown value "udp" (allowed: tcp, krb5, tls)\n`,
     );
   });
 
