@@ -80,9 +80,9 @@ function rewriteLinks(tree: Root, fromDir: string): Root {
             installed &&
             only &&
             (only.type === 'text' || only.type === 'inlineCode') &&
-            only.value === original
+            only.value === original.split('#')[0]
           ) {
-            // [docs/queue.md](docs/queue.md): the installed path, once.
+            // [docs/queue.md](docs/queue.md) (with or without an anchor): the installed path, once.
             only.value = installed;
             link.url = '';
           } else {

@@ -418,17 +418,20 @@ describe.skipIf(!available)('the Debian package on a bare Debian 12', () => {
     };
     const left = files.filter(exists);
     // Directories shared with other packages (/etc, /usr/bin, …) stay, as do the conffile and the directories
-    // holding data: the collector's log, and the records the plugin could not deliver after the collector was
-    // killed (auditd's own DAEMON_* records of the client's disconnection and of its stop), kept in queue_dir.
+    // holding data: the collector's log, its evidence signing key (created at its first start), and the records
+    // the plugin could not deliver after the collector was killed (auditd's own DAEMON_* records of the client's
+    // disconnection and of its stop), kept in queue_dir.
     const shared = left.filter((p) => !p.includes('auditrelay'));
-    const withData = ['/var/log/auditrelay', '/var/spool/auditrelay'].filter(
+    const withData = ['/var/log/auditrelay', '/var/lib/auditrelay', '/var/spool/auditrelay'].filter(
       (d) => readdirSync(at(d.slice(1))).length > 0,
     );
     expect(withData).toContain('/var/log/auditrelay');
+    expect(withData).toContain('/var/lib/auditrelay');
     expect(left.filter((p) => !shared.includes(p)).sort()).toEqual(
       ['/etc/audit/plugins.d/auditrelay.conf', ...withData].sort(),
     );
-    expect(readdirSync(at('var/log/auditrelay'))).toEqual(['received.log']);
+    // The log and the evidence kept beside it (docs/evidence.md).
+    expect(readdirSync(at('var/log/auditrelay')).sort()).toEqual(['received.log', 'received.log.evidence']);
     const purge = await time('dpkg -P', () => inRoot(['dpkg', '-P', 'auditrelay'], { timeoutMs: 120_000 }));
     expect(purge.code, `${purge.stdout}\n${purge.stderr}`).toBe(0);
     for (const d of withData) expect(purge.stderr).toContain(`${d} is not empty and was kept`);
