@@ -31,6 +31,7 @@ import { missingPrerequisites } from '../test/helpers/prereq.js';
 import { AUDITD_BIN, startRealAuditd } from '../test/helpers/real-auditd.js';
 import { hasExited, pollUntil, terminate, waitForExit } from '../test/helpers/wait.js';
 import { cpuSeconds, machine, memory } from './host.js';
+import { replaceBetween } from './report.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const BIN = path.join(REPO_ROOT, 'bin', 'auditrelay.js');
@@ -361,12 +362,6 @@ parts.push(
 const report = parts.join('\n\n');
 process.stdout.write(`${report}\n`);
 if (opt.out) {
-  const text = readFileSync(opt.out, 'utf8');
-  const begin = '<!-- collector-ops:begin -->';
-  const end = '<!-- collector-ops:end -->';
-  const a = text.indexOf(begin);
-  const b = text.indexOf(end);
-  if (a < 0 || b < 0) throw new Error(`${opt.out} has no ${begin} … ${end} section`);
-  writeFileSync(opt.out, `${text.slice(0, a + begin.length)}\n${report}\n${text.slice(b)}`);
+  replaceBetween(opt.out, 'collector-ops', report);
 }
 process.exit(0);
