@@ -236,7 +236,7 @@ export class Peers {
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
     });
-    await pollUntil(() => out.includes('ready'), { timeoutMs: 15_000, what: 'the status forwarder' });
+    await pollUntil(() => out.includes('ready'), { timeoutMs: 60_000, what: 'the status forwarder' });
     return () =>
       new Promise((resolve) => {
         const req = http.get({ socketPath, path: '/status', timeout: 5000 }, (res) => {
