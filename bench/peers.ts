@@ -220,6 +220,8 @@ export class Peers {
    */
   async statusReader(port: number): Promise<() => Promise<Record<string, unknown> | null>> {
     const socketPath = path.join(this.sandbox.dir, `status-${port}.sock`);
+    // A forwarder of an earlier run on the same port left its socket file: listen() would fail on it.
+    rmSync(socketPath, { force: true });
     const forward = `
       const net = require('node:net');
       const [socketPath, port] = process.argv.slice(1);
@@ -233,10 +235,20 @@ export class Peers {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
+    let err = '';
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
     });
-    await pollUntil(() => out.includes('ready'), { timeoutMs: 60_000, what: 'the status forwarder' });
+    child.stderr!.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
+    await pollUntil(
+      () => {
+        if (child.exitCode !== null) throw new Error(`the status forwarder exited: ${err.trim()}`);
+        return out.includes('ready');
+      },
+      { timeoutMs: 60_000, what: 'the status forwarder' },
+    );
     return () =>
       new Promise((resolve) => {
         const req = http.get({ socketPath, path: '/status', timeout: 5000 }, (res) => {
