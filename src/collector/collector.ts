@@ -1631,7 +1631,8 @@ export class Collector {
     this.#writing = false;
     if (err) {
       // What a failed client sent after its failed records, received before it could see the failure, is refused
-      // with them, unwritten: it sends all of it again (audisp-remote and our agent close on DISKFULL/DISKERROR),
+      // with them, unwritten: it sends all of it again (audisp-remote reconnects; our agent gives up what it has in
+      // flight at the DISKFULL/DISKERROR and sends it again on the same link once a probe is accepted),
       // so writing any of it now (the disk may have room a moment later) would put those records in the log
       // twice, or ahead of the ones that failed.
       const failed = new Set(batch.map((e) => e.session));

@@ -217,13 +217,19 @@ describe('a real agent against a collector whose disk fills (tmpfs, root)', () =
       });
       await agent.waitForLog(/DISKFULL/);
       expect(c.logs.some((l) => /no space left on the file system of .*DISKFULL/.test(l.msg))).toBe(true);
-      // Room again once the agent has closed the connection that got DISKFULL (as it does: it sends everything
-      // unacknowledged again on a new one): the agent's records arrive, once each, in order. (Room back within
-      // the round trip after a DISKFULL can make a record the agent sent meanwhile a duplicate: docs/collector.md.)
-      await pollUntil(() => c.logs.some((l) => l.msg === 'client disconnected'), {
+      // The agent keeps the link to a full server and probes it with one record a second (issue 16 item 3,
+      // docs/collector.md): it does not close the connection, and its probes are refused (counted as write
+      // failures) while the disk stays full. Room again only once a probe was refused, so that nothing the
+      // agent sent before it saw DISKFULL can still be written (docs/collector.md): every record once, in order.
+      const refusedAtDiskFull = c.collector.stats.writeFailures;
+      await pollUntil(() => c.collector.stats.writeFailures > refusedAtDiskFull, {
         timeoutMs: 10_000,
-        what: "the agent's first connection closed",
+        what: 'a probe of the agent refused with DISKFULL on the open link',
       });
+      expect(
+        c.logs.filter((l) => l.msg === 'client disconnected'),
+        'the agent closed its link to the full server',
+      ).toEqual([]);
       execFileSync('rm', ['-f', ballast]);
       await pollUntil(() => linesOf([c.logFile]).length === 400, {
         timeoutMs: 30_000,
@@ -238,6 +244,9 @@ describe('a real agent against a collector whose disk fills (tmpfs, root)', () =
             .join('\n')}`,
       });
       expect(linesOf([c.logFile])).toEqual(records(1, 400));
+      // On the same link: the server accepted the agent's probe, and the agent sent the rest.
+      await agent.waitForLog(/the server accepts records again/);
+      expect(c.logs.filter((l) => l.msg === 'client disconnected')).toEqual([]);
       await pollUntil(() => !c.collector.logStatus().diskLow, {
         timeoutMs: 10_000,
         what: 'the disk not low',

@@ -11,6 +11,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import {
   closeSync,
   existsSync,
+  fstatSync,
   mkdirSync,
   openSync,
   readdirSync,
@@ -57,9 +58,17 @@ const SEQ_RE = / seq=(\d+) /;
  */
 export class Receiver {
   readonly lines: string[] = [];
-  readonly #files: { path: string; offset: number; partial: string }[] = [];
+  /**
+   * The files tailed, each as `tail -F` does: through an open descriptor (which follows the file when it is
+   * renamed), and when the name points to another file (the server rotated its log: the collector's default
+   * `max_log_file = 100` with `keep_logs` rotates during the long scenarios) the rest of the old file is read,
+   * then the new one from its start.
+   */
+  readonly #files: { path: string; fd: number | null; ino: number; offset: number; partial: string }[] = [];
   #seen = new Uint8Array(1 << 16);
   contiguous = 0;
+  /** Rotations followed (for diagnostics). */
+  rotations = 0;
   readonly #skipPrefix: string | null;
 
   constructor(opts: { skipPrefix?: string } = {}) {
@@ -68,26 +77,67 @@ export class Receiver {
 
   /** Tails `file` too (e.g. the log of a restarted auditd); lines are appended after those of earlier files. */
   addFile(file: string): void {
-    this.#files.push({ path: file, offset: 0, partial: '' });
+    this.#files.push({ path: file, fd: null, ino: -1, offset: 0, partial: '' });
   }
 
   poll(): void {
     for (const f of this.#files) {
-      if (!existsSync(f.path)) continue;
-      const size = statSync(f.path).size;
-      if (size <= f.offset) continue;
-      const fd = openSync(f.path, 'r');
-      try {
-        const buf = Buffer.allocUnsafe(size - f.offset);
-        const n = readSync(fd, buf, 0, buf.length, f.offset);
-        f.offset += n;
-        const text = f.partial + buf.subarray(0, n).toString('latin1');
-        const parts = text.split('\n');
-        f.partial = parts.pop() ?? '';
-        for (const line of parts) this.#add(line);
-      } finally {
-        closeSync(fd);
+      if (f.fd === null) {
+        if (!existsSync(f.path)) continue;
+        try {
+          f.fd = openSync(f.path, 'r');
+        } catch {
+          continue; // renamed or removed between the check and the open: next poll
+        }
+        f.ino = fstatSync(f.fd).ino;
+        f.offset = 0;
       }
+      this.#readToEnd(f);
+      let current: number | null = null;
+      try {
+        current = statSync(f.path).ino;
+      } catch {
+        // renamed, its successor not created yet: keep reading the old one
+      }
+      if (current !== null && current !== f.ino) {
+        // Rotated: what was written to the old file before the rename, then the new file from its start.
+        this.#readToEnd(f);
+        if (f.partial !== '') this.#add(f.partial);
+        f.partial = '';
+        closeSync(f.fd);
+        f.fd = null;
+        this.rotations++;
+        try {
+          f.fd = openSync(f.path, 'r');
+          f.ino = fstatSync(f.fd).ino;
+          f.offset = 0;
+          this.#readToEnd(f);
+        } catch {
+          // gone again: next poll
+        }
+      }
+    }
+  }
+
+  #readToEnd(f: { fd: number | null; offset: number; partial: string }): void {
+    if (f.fd === null) return;
+    const buf = Buffer.allocUnsafe(1 << 20);
+    for (;;) {
+      const n = readSync(f.fd, buf, 0, buf.length, f.offset);
+      if (n <= 0) return;
+      f.offset += n;
+      const text = f.partial + buf.subarray(0, n).toString('latin1');
+      const parts = text.split('\n');
+      f.partial = parts.pop() ?? '';
+      for (const line of parts) this.#add(line);
+    }
+  }
+
+  /** Closes the descriptors of the tailed files. */
+  close(): void {
+    for (const f of this.#files) {
+      if (f.fd !== null) closeSync(f.fd);
+      f.fd = null;
     }
   }
 
@@ -126,7 +176,8 @@ export class Receiver {
         timeoutMs,
         intervalMs: 10,
         what: `records 1..${n} at the server`,
-        diagnostics: () => `have 1..${this.contiguous} (${this.lines.length} lines)\n${agent?.tail() ?? ''}`,
+        diagnostics: () =>
+          `have 1..${this.contiguous} (${this.lines.length} lines, ${this.rotations} log rotation(s) followed)\n${agent?.tail() ?? ''}`,
       },
     );
   }

@@ -144,6 +144,8 @@ interface LinkScenario {
   bound?: number;
   agentExtra?: string[];
   heartbeat?: number;
+  /** The server's last log lines, for the diagnostics of a wait that times out. */
+  serverTail?: () => string;
   /** Feeder pace: records per batch, ms between batches. Default 100 every 5 ms. */
   feed?: [number, number];
 }
@@ -163,8 +165,14 @@ async function runLinkScenario(s: LinkScenario): Promise<void> {
   feeder.start(agent.child.stdin!);
   cleanups.push(() => feeder.stop());
   const firstKinds: string[] = [];
+  const watched = {
+    get exited() {
+      return agent.exited;
+    },
+    tail: () => `${agent.tail()}${s.serverTail ? `\nserver:\n${s.serverTail()}` : ''}`,
+  };
   for (let cycle = 1; cycle <= CYCLES; cycle++) {
-    await s.receiver.waitContiguous(feeder.written, 20_000, agent);
+    await s.receiver.waitContiguous(feeder.written, 20_000, watched);
     const before = agent.failures().length;
     await s.inject(cycle);
     await agent.waitForFailures(before + 1, 15_000);
@@ -173,7 +181,7 @@ async function runLinkScenario(s: LinkScenario): Promise<void> {
     expect(s.expectKinds, `cycle ${cycle}: the agent detected ${kind}`).toContain(kind);
     await s.heal(cycle);
   }
-  await s.receiver.waitContiguous(feeder.written, 20_000, agent);
+  await s.receiver.waitContiguous(feeder.written, 20_000, watched);
   await feeder.stop();
   agent.child.stdin!.end();
   const exit = await agent.waitForExit(30_000);
@@ -203,6 +211,7 @@ async function collectorEnv(name: string, opts: { proxy: boolean }) {
   const first = await startCollector(logFile);
   const receiver = new Receiver();
   receiver.addFile(logFile);
+  cleanups.push(() => receiver.close());
   const proxy = opts.proxy ? new FaultProxy({ port: first.port }) : null;
   if (proxy) {
     await proxy.start();
@@ -238,6 +247,7 @@ function proxyScenario(
       port: env.port,
       receiver: env.receiver,
       dir: env.dir,
+      serverTail: () => env.collector.tail(),
       expectKinds,
       inject: () => proxy.armMode(mode),
       heal: async () => proxy.setMode('forward'),
@@ -255,6 +265,7 @@ describe('fault matrix: our agent → our collector', () => {
       port: env.port,
       receiver: env.receiver,
       dir: env.dir,
+      serverTail: () => env.collector.tail(),
       expectKinds: ['link-lost'],
       inject: async () => {
         await env.collector.kill9();
@@ -271,6 +282,7 @@ describe('fault matrix: our agent → our collector', () => {
       port: env.port,
       receiver: env.receiver,
       dir: env.dir,
+      serverTail: () => env.collector.tail(),
       expectKinds: ['remote-ending'],
       inject: async () => {
         env.collector.child.kill('SIGTERM');
@@ -294,15 +306,17 @@ describe('fault matrix: our agent → our collector', () => {
     proxyScenario('acks stalled', 'stall', ['reply-timeout'], { feed: [40, 10] }),
   );
   it('garbage replies', { timeout: 120_000 }, proxyScenario('garbage replies', 'garbage', ['protocol']));
+  // The agent keeps the link to a full server and probes it with one record every second (issue 16 item 3):
+  // each cycle lasts up to that second, so a gentler pace keeps the backlog small, as for the blackhole.
   it(
     'DISKFULL replies, then recovery',
     { timeout: 120_000 },
-    proxyScenario('DISKFULL replies', 'diskfull', ['disk-full']),
+    proxyScenario('DISKFULL replies', 'diskfull', ['disk-full'], { feed: [40, 10] }),
   );
   it(
     'DISKERROR replies, then recovery',
     { timeout: 120_000 },
-    proxyScenario('DISKERROR replies', 'diskerror', ['disk-error']),
+    proxyScenario('DISKERROR replies', 'diskerror', ['disk-error'], { feed: [40, 10] }),
   );
 
   it.skipIf(!rootAvailable)(
@@ -319,6 +333,7 @@ describe('fault matrix: our agent → our collector', () => {
       const inside = `/proc/${collector.pid}/root${logDir}`;
       const receiver = new Receiver();
       receiver.addFile(`${inside}/collector.log`);
+      cleanups.push(() => receiver.close());
       const filler = `${inside}/filler`;
       await runLinkScenario({
         name: 'server disk full (ENOSPC)',
@@ -329,6 +344,9 @@ describe('fault matrix: our agent → our collector', () => {
         expectKinds: ['disk-full'],
         inject: async () => fillUp(filler, inside),
         heal: async () => unlinkSync(filler),
+        // Each cycle lasts up to the agent's probe interval (1 s): a gentler pace keeps the log (and the
+        // backlog) well within the 64 MiB tmpfs.
+        feed: [40, 10],
       });
     },
   );

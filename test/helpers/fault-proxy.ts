@@ -4,13 +4,15 @@
  * message boundary and the replies the client sees stay in request order.
  *
  * Modes (`setMode`): the new mode applies to every connection accepted from then on, and — except
- * `forward` — to every open connection too. A connection that met a fault keeps it: switching back to
- * `forward` heals the path for new connections only (the agent has to notice and reconnect, which is what
- * is being tested).
+ * `forward` — to every open connection too. A connection that met a network fault keeps it: switching back
+ * to `forward` heals the path for new connections only (the agent has to notice and reconnect, which is what
+ * is being tested). A server's full disk is not a fault of the connection: switching back to `forward` from
+ * `diskfull`/`diskerror` heals open connections too, as a real server (auditd, our collector) answers on the
+ * same connection once its disk has room again (the agent probes it on the open link: issue 16 item 3).
  *
  * | mode        | open connections                                   | new connections                        |
  * |-------------|----------------------------------------------------|----------------------------------------|
- * | `forward`   | unchanged                                          | proxied                                |
+ * | `forward`   | unchanged (healed from `diskfull`/`diskerror`)     | proxied                                |
  * | `blackhole` | nothing forwarded either way, no FIN, no RST       | accepted, then silence                 |
  * | `reset`     | RST to both sides                                  | accepted, then RST                     |
  * | `close`     | FIN to both sides                                  | accepted, then FIN (as auditd's op=dup)|
@@ -128,7 +130,11 @@ export class FaultProxy {
   setMode(mode: FaultMode): void {
     this.#mode = mode;
     this.history.push({ mode, at: Date.now() });
-    if (mode === 'forward') return;
+    if (mode === 'forward') {
+      // The disk has room again: the server answers on the open connections too.
+      for (const p of this.#pairs) if (p.mode === 'diskfull' || p.mode === 'diskerror') p.mode = 'forward';
+      return;
+    }
     for (const p of [...this.#pairs]) {
       if (p.done) continue;
       if (mode === 'reset') this.#reset(p);

@@ -95,6 +95,8 @@ export class PathRun {
   #connected = 0;
   /** Per link (accept order): the queue position of its first record. */
   readonly #linkStart: number[] = [];
+  /** Per link: the queue positions at which refused records started again on it (the probes). */
+  readonly #restarts = new Map<number, number[]>();
 
   readonly #krb5: Krb5Env | null;
 
@@ -186,6 +188,7 @@ export class PathRun {
         authTimeoutMs: profile.authTimeoutMs,
         stableLinkMs: profile.stableLinkMs,
         suspendRetryMs: profile.suspendRetryMs,
+        diskFullProbeMs: profile.diskFullProbeMs,
       };
       s.replyTimeoutMs = profile.replyTimeoutMs;
       s.drainTimeoutMs = profile.drainTimeoutMs;
@@ -462,12 +465,31 @@ export class PathRun {
         return;
       case 'disk-full':
       case 'disk-error':
+        // A full server refuses every message it holds (in online.serverFull: the probe).
         await this.#held(conn!);
-        this.server.reply(
-          conn!,
-          step.action === 'disk-full' ? MessageType.DISKFULL : MessageType.DISKERROR,
-          'model test',
+        while (conn!.unreplied.length > 0)
+          this.server.reply(
+            conn!,
+            step.action === 'disk-full' ? MessageType.DISKFULL : MessageType.DISKERROR,
+            'model test',
+          );
+        return;
+      case 'accept':
+        // The server has room again: it acknowledges the probe, the oldest queued record, alone.
+        // (What it still holds from before the refusal the agent no longer counts: it is answered first.)
+        await pollUntil(
+          () =>
+            conn!.unreplied.at(-1)?.type === MessageType.MESSAGE &&
+            conn!.unreplied.at(-1)!.payload.equals(this.#written[agent.queue.totalAcked]!),
+          {
+            timeoutMs: 5_000,
+            intervalMs: 5,
+            what: 'the probe record on the link',
+            diagnostics: () =>
+              `unanswered: ${conn!.unreplied.map((m) => (m.type === MessageType.MESSAGE ? JSON.stringify(m.payload.toString('latin1').slice(0, 60)) : `type ${m.type}`)).join(', ')}; the queue's head (acked ${agent.queue.totalAcked}): ${JSON.stringify(this.#written[agent.queue.totalAcked]?.toString('latin1').slice(0, 60))}`,
+          },
         );
+        while (conn!.unreplied.length > 0) this.server.reply(conn!, MessageType.ACK);
         return;
       case 'withhold':
         // Nothing is answered any more; the reply deadline does the rest.
@@ -557,7 +579,7 @@ export class PathRun {
     const probe = this.#probes[k]!;
     const before = this.#probes[k - 1];
     const failure: Record<string, RegExp> = {
-      'error(dial)': /^dial: connect to 127\.0\.0\.1:\d+ failed: ECONNREFUSED$/,
+      'error(dial)': /^dial: connect to 127\.0\.0\.1:\d+( from local port \d+)? failed: ECONNREFUSED$/,
       'after(connectTimeout)': /^dial-timeout: /,
       'error(authenticate)':
         /^auth: Kerberos handshake .* failed: the server closed the connection after receiving our ticket/,
@@ -570,7 +592,24 @@ export class PathRun {
       DISK_ERROR: /^disk-error: server replied DISKERROR: model test$/,
     };
     const pattern = failure[step.event];
-    if (pattern) {
+    const toFull = step.model.toState.value === 'online.serverFull';
+    if (pattern && (toFull || step.model.fromState!.value === 'online.serverFull')) {
+      // Refused on this link: the next records on it start again at the queue's head (the probe).
+      const link = this.#connectedAt(k) - 1;
+      const restarts = this.#restarts.get(link) ?? [];
+      restarts.push(probe.acked);
+      this.#restarts.set(link, restarts);
+    }
+    if (pattern && toFull) {
+      // DISKFULL/DISKERROR on a link the agent keeps (issue 16 item 3): reported, not a failure of the link:
+      // no backoff, the link stays, every refused record is still queued.
+      expect(probe.lastFailure, `lastFailure after ${step.event}`).toMatch(pattern);
+      expect(probe.attempt).toBe(before?.attempt ?? 0);
+      const conn = this.server.conns[this.#connectedAt(k) - 1]!;
+      expect(conn.closed, 'the link to the full server is kept').toBe(false);
+      this.#expectQueue(probe);
+      expect(probe.depth).toBeGreaterThan(0);
+    } else if (pattern) {
       expect(probe.lastFailure, `lastFailure after ${step.event}`).toMatch(pattern);
       expect(probe.attempt).toBe(Math.min((before?.attempt ?? 0) + 1, MAX_COUNTED_ATTEMPTS));
       if (isOnline(step.model.fromState!.value)) {
@@ -627,6 +666,24 @@ export class PathRun {
         break;
       case 'after(stableLink)':
         expect(probe.attempt).toBe(0);
+        break;
+      case 'after(diskFullProbe)': {
+        // The probe: the oldest queued record, alone, on the same link.
+        const conn = this.server.conns[this.#connectedAt(k) - 1]!;
+        await pollUntil(() => conn.unreplied.length > 0 || conn.closed, {
+          timeoutMs: 5_000,
+          intervalMs: 5,
+          what: 'the probe record on the link',
+        });
+        expect(conn.unreplied.map((m) => m.payload)).toEqual([this.#written[probe.acked]]);
+        expect(probe.attempt).toBe(before!.attempt);
+        break;
+      }
+      case 'ACCEPTING':
+        // The probe was acknowledged: one record less; the link stays, no backoff.
+        expect(probe.acked).toBe(before!.acked + 1);
+        expect(probe.attempt).toBe(before!.attempt);
+        this.#expectQueue(probe);
         break;
       case 'ESTABLISHED':
         // The agent says "connected" at the server's first reply on the link, once.
@@ -685,11 +742,19 @@ export class PathRun {
         what: 'the abandoned link to close',
       });
     }
-    // Each link carried records exactly as written, in order, starting at the queue's head.
+    // Each link carried records exactly as written, in order, starting at the queue's head; after a refusal
+    // (DISKFULL/DISKERROR) on the link, again from the queue's head then (the probe), in order.
     this.server.conns.slice(0, this.#connected).forEach((conn, i) => {
       const got = messages(conn);
-      const start = this.#linkStart[i] ?? 0;
-      expect(got, `records on link ${i + 1}`).toEqual(this.#written.slice(start, start + got.length));
+      const restarts = [...(this.#restarts.get(i) ?? [])];
+      let next = this.#linkStart[i] ?? 0;
+      got.forEach((m, j) => {
+        if (!m.equals(this.#written[next] ?? Buffer.alloc(0)) && restarts.length > 0) {
+          next = restarts.shift()!;
+        }
+        expect(m, `record ${j + 1} on link ${i + 1}`).toEqual(this.#written[next]);
+        next++;
+      });
     });
     expect(agent.queue.totalAppended).toBe(this.#written.length);
     if (code === 0) {

@@ -30,27 +30,39 @@ import {
  * `attempt` itself is clamped by the machine (MAX_COUNTED_ATTEMPTS), but every retry would still be a new
  * state; "above zero" is the coarsest view in which `after(stableLink) / resetAttempts` is an edge and not a
  * loop, so the search can cover it. `outage` and `connectedOnce` choose failure actions, not transitions.
+ * `answered`: the server has answered the agent before (`lastSession` is set), which the guard
+ * `refusedRightAfterAccept` reads when a link is lost before its first reply (the stale-session rule).
  */
 export interface Abstract {
   value: string;
   stopping: boolean;
   attempted: boolean;
   confirmed: boolean;
+  answered: boolean;
 }
 
 export function abstractOf(snapshot: { value: unknown; context: unknown }): Abstract {
-  const ctx = snapshot.context as { stopping?: boolean; attempt?: number; confirmed?: boolean };
+  const ctx = snapshot.context as {
+    stopping?: boolean;
+    attempt?: number;
+    confirmed?: boolean;
+    lastSession?: unknown;
+  };
   return {
     value: statePath(snapshot.value),
     stopping: ctx.stopping === true,
     attempted: (ctx.attempt ?? 0) > 0,
     confirmed: ctx.confirmed === true,
+    answered: ctx.lastSession !== null && ctx.lastSession !== undefined,
   };
 }
 
 /**
  * `backoff`, `backoff (stopping)`, `online.connected (attempt>0)`, `online.draining (stopping, confirmed)`.
- * `confirmed` is shown (and compared) only while draining: elsewhere the state value says it.
+ * `confirmed` is shown (and compared) only while draining: elsewhere the state value says it. `answered` is not
+ * compared (it would double the states before the first reply, and the simple paths with them): it changes which
+ * LINK_LOST transition a link lost before its first reply takes, not where it goes, so every path is replayed
+ * from its start (`replay`) to take the transitions its own history leads to.
  */
 export function keyOf(a: Abstract): string {
   const flags = [
@@ -124,6 +136,8 @@ export interface ConnectionModel {
   graphs: { policy: string; states: number; edges: number; simple: number; shortest: number }[];
   /** The model step for `event` in the state after `step` (for inserting a step into a path). */
   stepFrom(policy: Policy, step: ModelStep, event: EventObject): ModelStep;
+  /** The path's events taken again from the start: each step from the snapshot its own history leads to. */
+  replay(path: ModelPath): ModelPath;
 }
 
 const isClosed = (s: AnyMachineSnapshot) => s.status === 'done';
@@ -152,7 +166,7 @@ export function buildModel(machine: AnyStateMachine, options: ModelOptions): Con
 
   const memo = new Map<string, { next: AnyMachineSnapshot; transitions: string[] }>();
   const step = (policy: Policy, from: AnyMachineSnapshot, event: EventObject): ModelStep => {
-    const memoKey = `${policy.name}|${snapshotKey(from)}|${JSON.stringify(event)}`;
+    const memoKey = `${policy.name}|${snapshotKey(from)}|${abstractOf(from).answered}|${JSON.stringify(event)}`;
     let taken = memo.get(memoKey);
     if (!taken) {
       taken = transitionsTaken(machine, from, event);
@@ -180,6 +194,13 @@ export function buildModel(machine: AnyStateMachine, options: ModelOptions): Con
 
   const candidates: ModelPath[] = [];
   const graphs: ConnectionModel['graphs'] = [];
+  const inits = new Map<Policy, ModelStep>();
+  const replay = (path: ModelPath): ModelPath => {
+    const steps: ModelStep[] = [inits.get(path.policy)!];
+    for (let k = 1; k < path.steps.length; k++)
+      steps.push(step(path.policy, steps[k - 1]!.snapshot, path.steps[k]!.event));
+    return { ...path, steps };
+  };
   for (const policy of policies) {
     const input = options.input(policy);
     const { initial, transitions: initTransitions } = initialTransitions(machine, input);
@@ -193,10 +214,12 @@ export function buildModel(machine: AnyStateMachine, options: ModelOptions): Con
       transitions: initTransitions,
       snapshot: initial,
     };
+    inits.set(policy, init);
     const traversal = { input, events: eventsFor, serializeState } as const;
 
     const simple = getSimplePaths(machine, { ...traversal, events: simpleEvents, toState: isClosed });
-    for (const p of simple) candidates.push({ policy, origin: 'simple', steps: convert(policy, init, p) });
+    for (const p of simple)
+      candidates.push(replay({ policy, origin: 'simple', steps: convert(policy, init, p) }));
 
     // Shortest paths: to the source of each edge, the edge, then the shortest way from its target to `closed`.
     const adjacency = getAdjacencyMap(machine, traversal);
@@ -225,7 +248,7 @@ export function buildModel(machine: AnyStateMachine, options: ModelOptions): Con
         if (!head || edge.to === fromKey) continue;
         const tail = isClosed(edge.snapshot) ? [] : tailFrom(edge.snapshot, edge);
         if (!tail) continue;
-        candidates.push({ policy, origin: 'shortest', steps: [...head, edge, ...tail] });
+        candidates.push(replay({ policy, origin: 'shortest', steps: [...head, edge, ...tail] }));
         shortest++;
       }
     }
@@ -245,6 +268,7 @@ export function buildModel(machine: AnyStateMachine, options: ModelOptions): Con
     candidates,
     graphs,
     stepFrom: (policy, at, event) => step(policy, at.snapshot, event),
+    replay,
   };
 }
 
@@ -352,7 +376,7 @@ export function insertLoops<P>(
           const next = path.steps[p + 1]!;
           // The step after the loop starts from the loop's snapshot (same abstract state).
           const steps = [...path.steps.slice(0, p + 1), loop, { ...next }, ...path.steps.slice(p + 2)];
-          const longer: ModelPath = { ...path, steps };
+          const longer = model.replay({ ...path, steps });
           const plan = planOf(longer);
           if (isRejected(plan)) continue;
           out[c] = { path: longer, plan };
@@ -410,7 +434,7 @@ export function joinedCandidates<P>(
       for (const h of hs) for (const t of ts) combos.push([h, t]);
       combos.sort((a, b) => a[0].length + a[1].length - (b[0].length + b[1].length));
       for (const [h, t] of combos.slice(0, limit)) {
-        const path: ModelPath = { policy, origin: 'joined', steps: [...h, edge, ...t] };
+        const path = model.replay({ policy, origin: 'joined', steps: [...h, edge, ...t] });
         if (isRejected(planOf(path))) continue;
         out.push(path);
         break;

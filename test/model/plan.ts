@@ -44,6 +44,7 @@ export type Action =
   | 'disk-error'
   | 'withhold'
   | 'answer'
+  | 'accept'
   | 'release'
   | 'configure'
   | 'relink'
@@ -88,6 +89,7 @@ export interface Profile {
   authTimeoutMs: number;
   stableLinkMs: number;
   suspendRetryMs: number;
+  diskFullProbeMs: number;
   replyTimeoutMs: number;
   drainTimeoutMs: number;
 }
@@ -115,6 +117,8 @@ export const CONNECT_TIMEOUT_MS = 500;
 export const AUTH_TIMEOUT_MS = 600;
 export const STABLE_LINK_MS = 400;
 export const SUSPEND_RETRY_MS = 150;
+/** The probe interval of `online.serverFull` when a path takes after(diskFullProbe) (else never). */
+export const DISK_FULL_PROBE_MS = 100;
 export const REPLY_TIMEOUT_MS = 250;
 /** The drain deadline (the supervisor's) never ends a model path: every path ends in `closed`. */
 export const DRAIN_TIMEOUT_MS = 60_000;
@@ -149,6 +153,7 @@ const ACTION_OF: Record<string, Action> = {
   DISK_FULL: 'disk-full',
   DISK_ERROR: 'disk-error',
   REPLY_TIMEOUT: 'withhold',
+  ACCEPTING: 'accept',
 };
 
 /**
@@ -172,6 +177,8 @@ function estimate(event: string, step: ModelStep, p: Profile): number {
       return p.backoffMaxMs;
     case 'after(suspendRetry)':
       return p.suspendRetryMs;
+    case 'after(diskFullProbe)':
+      return p.diskFullProbeMs;
     case 'after(stableLink)':
       return p.stableLinkMs;
     case 'REPLY_TIMEOUT':
@@ -207,6 +214,11 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
     authTimeoutMs: has('after(authTimeout)') ? AUTH_TIMEOUT_MS : 10_000,
     stableLinkMs: long(STABLE_LINK_MS, has('after(stableLink)')),
     suspendRetryMs: long(SUSPEND_RETRY_MS, has('after(suspendRetry)')),
+    // The session probes a full server by itself: short whenever the path meets one.
+    diskFullProbeMs: long(
+      DISK_FULL_PROBE_MS,
+      model.some((s) => s.toState.value === 'online.serverFull'),
+    ),
     replyTimeoutMs: has('REPLY_TIMEOUT') ? REPLY_TIMEOUT_MS : 60_000,
     drainTimeoutMs: DRAIN_TIMEOUT_MS,
   };
@@ -255,6 +267,7 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
       case 'after(backoffDelay)':
       case 'after(suspendRetry)':
       case 'after(stableLink)':
+      case 'after(diskFullProbe)':
         steps.push(planned('passive'));
         break;
       case 'after(connectTimeout)':
@@ -364,7 +377,14 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
   const adjusts = (i: number) => {
     const s = steps[i]!;
     const from = s.model.fromState!;
-    return s.mode === 'awaited' && isOnline(from.value) && !from.stopping && s.action !== 'answer';
+    // A full server (online.serverFull) takes no records but a probe: nothing can be arranged there.
+    return (
+      s.mode === 'awaited' &&
+      isOnline(from.value) &&
+      from.value !== 'online.serverFull' &&
+      !from.stopping &&
+      s.action !== 'answer'
+    );
   };
   const requirement = (i: number): Pending | null => {
     const s = steps[i]!;
@@ -392,6 +412,15 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
     const s = steps[k]!;
     const from = s.model.fromState!;
     const at = `${s.event} in ${s.model.from} (step ${k})`;
+    // In online.serverFull the session sends nothing but its probe (the oldest record, alone, every
+    // diskFullProbeMs): the server's answer to it (ACCEPTING, DISK_FULL, DISK_ERROR; none: REPLY_TIMEOUT)
+    // waits for it (the executor's #held).
+    if (
+      from.value === 'online.serverFull' &&
+      s.event === 'STOP' &&
+      !(s.model.event as { pending?: number }).pending
+    )
+      return no(k, `${at}: the records the full server refused are still queued`);
     if (adjusts(k)) {
       const ahead = lookahead(k + 1);
       if (s.action === 'end-input') {
@@ -433,7 +462,28 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
         // released by the DRAINED step
       }
     }
+    if ((s.action === 'disk-full' || s.action === 'disk-error') && isOnline(from.value) && !confirmedAt(k))
+      return no(
+        k,
+        `${at}: the session reports the server's first reply (ESTABLISHED) before its refusal, so the link is confirmed first`,
+      );
+    if (
+      (s.action === 'disk-full' || s.action === 'disk-error') &&
+      from.value !== 'online.serverFull' &&
+      pending === 'none'
+    )
+      return no(
+        k,
+        `${at}: nothing is queued for the server to refuse but the link's probe heartbeat, and a stopping agent with nothing to probe waits for the drain deadline`,
+      );
     if (s.action === 'withhold' || s.action === 'disk-full' || s.action === 'disk-error') {
+      pending = 'some';
+      held = true;
+    }
+    // A full server: its probe is (soon) on the link, waiting for a reply.
+    if (s.model.toState.value === 'online.serverFull') held = true;
+    if (s.action === 'accept') {
+      // The probe accepted: the session sends what is queued, which the server holds.
       pending = 'some';
       held = true;
     }
