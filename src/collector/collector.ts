@@ -503,9 +503,13 @@ export class Collector {
     await this.#store.openLog();
     this.#checkDescriptorLimit();
     try {
-      await listen(this.#server, this.#s.host, this.#s.port, this.#s.listenBacklog);
-      // Before any record is written (a write waits for it), after the address proved free.
+      // The address first (a port in use is one line at once, before the slow part), then the evidence, then the
+      // listener: a client must not connect to a collector that cannot write yet (resuming the chain replays the
+      // current log's evidence, seconds for a large log; a client accepted meanwhile would have its records held
+      // until its reply deadline drops the link). Refused instead, it retries with backoff.
+      if (this.#s.port !== 0) await checkAddressFree(this.#s.host, this.#s.port);
       await this.#store.openEvidence();
+      await listen(this.#server, this.#s.host, this.#s.port, this.#s.listenBacklog);
     } catch (err) {
       if (this.#server.listening) this.#server.close();
       if (this.#fdTimer) clearInterval(this.#fdTimer);
@@ -1814,6 +1818,13 @@ function listen(server: net.Server, host: string, port: number, backlog: number)
       resolve();
     });
   });
+}
+
+/** Throws listen()'s error (EADDRINUSE, EACCES, EADDRNOTAVAIL) when `host:port` cannot be bound now. */
+async function checkAddressFree(host: string, port: number): Promise<void> {
+  const probe = net.createServer();
+  await listen(probe, host, port, 1);
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
 }
 
 function isFull(err: NodeJS.ErrnoException): boolean {
