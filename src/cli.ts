@@ -16,6 +16,7 @@ import { keepRestartKeys, reloadPlan } from './agent/reload-policy.js';
 import { settingsFromConfig } from './agent/settings.js';
 import { TlsClient } from './agent/tls-transport.js';
 import { Collector } from './collector/collector.js';
+import type { HostLossView } from './collector/hosts.js';
 import { collectorReloadPlan, keepCollectorRestartKeys } from './collector/reload-policy.js';
 import { collectorSettings, fromConfig } from './collector/settings.js';
 import {
@@ -660,7 +661,28 @@ function formatStatus(s: Record<string, unknown>): string {
     connected: boolean;
     lastSeen: string;
     silentSeconds: number | null;
+    loss?: HostLossView | null;
   }[];
+  const lossy = hosts.filter(
+    (h) =>
+      h.loss &&
+      (h.loss.missing > 0 || h.loss.kernelLost > 0 || h.loss.auditdAborts > 0 || h.loss.auditdErrors > 0),
+  );
+  if (lossy.length > 0) {
+    lines.push('hosts with loss (auditrelay report over the logs has the details):');
+    for (const h of lossy.slice(0, 20)) {
+      const l = h.loss!;
+      const parts = [
+        l.missing > 0 ? `${l.missing} record(s) missing in ${l.gaps} gap(s)` : '',
+        l.kernelLost > 0 ? `kernel lost ${l.kernelLost} event(s)` : '',
+        l.auditdAborts > 0 ? `${l.auditdAborts} auditd abort(s)` : '',
+        l.auditdErrors > 0 ? `${l.auditdErrors} auditd error(s)` : '',
+        l.restarts > 0 ? `${l.restarts} agent restart(s)` : '',
+      ].filter((p) => p !== '');
+      lines.push(`  ${h.host}: ${parts.join(', ')}`);
+    }
+    if (lossy.length > 20) lines.push(`  … and ${lossy.length - 20} more (auditrelay status --json)`);
+  }
   const silent = hosts.filter((h) => h.silentSeconds !== null);
   if (silent.length > 0) {
     lines.push('silent hosts:');
