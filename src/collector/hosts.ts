@@ -94,6 +94,11 @@ function newHostLoss(): HostLoss {
   return { ...emptySignalCounts(), gapRecords: 0, gaps: 0, lateRecords: 0, ridRecords: 0, restarts: 0 };
 }
 
+function lossOf(h: HostEntry): HostLoss {
+  if (h.loss === null) h.loss = newHostLoss();
+  return h.loss;
+}
+
 /** Records that never arrived, as far as is known now. */
 export function missingNow(l: HostLoss): number {
   return Math.max(0, l.gapRecords - l.lateRecords);
@@ -316,7 +321,7 @@ export class HostTable {
   noteLine(h: HostEntry, line: Buffer): void {
     const signal = lossSignalOfLine(line);
     if (!signal) return;
-    countSignal((h.loss ??= newHostLoss()), signal);
+    countSignal(lossOf(h), signal);
     if (signal.kind === 'kernel-lost' || signal.kind === 'daemon-abort' || signal.kind === 'daemon-error') {
       const now = this.#now();
       if (now - (this.#reportWarnedAt.get(h) ?? -LOSS_WARN_INTERVAL_MS) < LOSS_WARN_INTERVAL_MS) return;
@@ -336,9 +341,9 @@ export class HostTable {
    */
   noteSession(agent: string, boot: number): void {
     const a = this.#agent(agent);
-    if (!a || !a.seq.noteBoot(boot)) return;
+    if (!a?.seq.noteBoot(boot)) return;
     if (a.host) {
-      (a.host.loss ??= newHostLoss()).restarts++;
+      lossOf(a.host).restarts++;
       this.#log.info(
         { host: a.host.name, agent, boot: new Date(boot).toISOString(), restarts: a.seq.restarts },
         `agent ${agent} of host ${a.host.name} restarted (started ${new Date(boot).toISOString()})`,
@@ -355,7 +360,7 @@ export class HostTable {
     if (rid === null) return;
     const a = this.#agent(rid.agent);
     if (!a) return;
-    const loss = (h.loss ??= newHostLoss());
+    const loss = lossOf(h);
     if (a.host !== h) {
       a.host = h;
       loss.restarts += a.pendingRestarts;
@@ -395,7 +400,7 @@ export class HostTable {
    */
   seedAgent(agent: string, highestSeq: number): void {
     const a = this.#agent(agent);
-    if (a && a.seq.seqs.empty) a.seq.seqs.add(highestSeq);
+    if (a?.seq.seqs.empty) a.seq.seqs.add(highestSeq);
   }
 
   #agent(agent: string): LiveAgent | null {
