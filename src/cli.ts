@@ -66,6 +66,7 @@ const COMMANDS: Readonly<Record<string, (args: string[]) => Promise<number> | nu
   events: (args) => runEvents(args),
   verify: (args) => runVerifyCommand(args),
   pubkey: (args) => runPubkeyCommand(args),
+  report: (args) => runReportCommand(args),
   demo: async (args) => {
     const { runDemo } = await import('./demo.js');
     return runDemo(args);
@@ -753,6 +754,38 @@ async function runVerifyCommand(args: string[]): Promise<number> {
     },
     { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) },
   );
+}
+
+/** \`report\`: loss per host in collector logs (docs/loss.md). */
+async function runReportCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      since: { type: 'string' },
+      until: { type: 'string' },
+      json: { type: 'boolean' },
+      'serial-gaps': { type: 'boolean' },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  const { runReport } = await import('./evidence/report.js');
+  try {
+    return await runReport(
+      {
+        paths: positionals,
+        ...(values.since !== undefined ? { since: values.since } : {}),
+        ...(values.until !== undefined ? { until: values.until } : {}),
+        json: values.json ?? false,
+        serialGaps: values['serial-gaps'] ?? false,
+      },
+      { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) },
+    );
+  } catch (err) {
+    // The reader of stdout went away (`| head`): stop quietly.
+    if ((err as NodeJS.ErrnoException).code === 'EPIPE') return ExitCodes.OK;
+    throw err;
+  }
 }
 
 /** \`pubkey\`: the verifier key of the evidence signing key. */
