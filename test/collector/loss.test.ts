@@ -11,6 +11,7 @@ import { HostTable, MAX_LIVE_RANGES } from '../../src/collector/hosts.js';
 import { encodeEvent } from '../../src/protocol/codec.js';
 import { MessageType } from '../../src/protocol/constants.js';
 import { collectorMetrics } from '../../src/status/metrics.js';
+import { renderPage } from '../../src/status/page.js';
 import { WireClient } from '../helpers/wire-client.js';
 import { cleanup, onCleanup, startCollector } from './harness.js';
 
@@ -122,6 +123,14 @@ describe('loss per host (HostTable hooks)', () => {
     t.noteRecord(web1, { agent: 'A1', seq: 20 });
     const again = (await metricsOf(t)).split('\n');
     expect(again).toContain('auditrelay_collector_host_gap_records_total{host="web1",kind="node"} 14');
+  });
+
+  it('the status page shows a card and a column for loss (its script parses)', () => {
+    const html = renderPage('collector', {});
+    expect(html).toContain('hosts with loss');
+    expect(html).toContain('<th>loss</th>');
+    const script = html.split('<script>')[1]!.split('</script>')[0]!;
+    expect(() => new Function(script)).not.toThrow();
   });
 
   it('a host without record identities or loss reports has no loss series', async () => {
