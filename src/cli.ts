@@ -16,6 +16,7 @@ import { keepRestartKeys, reloadPlan } from './agent/reload-policy.js';
 import { settingsFromConfig } from './agent/settings.js';
 import { TlsClient } from './agent/tls-transport.js';
 import { Collector } from './collector/collector.js';
+import type { HostLossView } from './collector/hosts.js';
 import { collectorReloadPlan, keepCollectorRestartKeys } from './collector/reload-policy.js';
 import { collectorSettings, fromConfig } from './collector/settings.js';
 import {
@@ -65,6 +66,7 @@ const COMMANDS: Readonly<Record<string, (args: string[]) => Promise<number> | nu
   events: (args) => runEvents(args),
   verify: (args) => runVerifyCommand(args),
   pubkey: (args) => runPubkeyCommand(args),
+  report: (args) => runReportCommand(args),
   demo: async (args) => {
     const { runDemo } = await import('./demo.js');
     return runDemo(args);
@@ -660,7 +662,28 @@ function formatStatus(s: Record<string, unknown>): string {
     connected: boolean;
     lastSeen: string;
     silentSeconds: number | null;
+    loss?: HostLossView | null;
   }[];
+  const lossy = hosts.filter(
+    (h) =>
+      h.loss &&
+      (h.loss.missing > 0 || h.loss.kernelLost > 0 || h.loss.auditdAborts > 0 || h.loss.auditdErrors > 0),
+  );
+  if (lossy.length > 0) {
+    lines.push('hosts with loss (auditrelay report over the logs has the details):');
+    for (const h of lossy.slice(0, 20)) {
+      const l = h.loss!;
+      const parts = [
+        l.missing > 0 ? `${l.missing} record(s) missing in ${l.gaps} gap(s)` : '',
+        l.kernelLost > 0 ? `kernel lost ${l.kernelLost} event(s)` : '',
+        l.auditdAborts > 0 ? `${l.auditdAborts} auditd abort(s)` : '',
+        l.auditdErrors > 0 ? `${l.auditdErrors} auditd error(s)` : '',
+        l.restarts > 0 ? `${l.restarts} agent restart(s)` : '',
+      ].filter((p) => p !== '');
+      lines.push(`  ${h.host}: ${parts.join(', ')}`);
+    }
+    if (lossy.length > 20) lines.push(`  … and ${lossy.length - 20} more (auditrelay status --json)`);
+  }
   const silent = hosts.filter((h) => h.silentSeconds !== null);
   if (silent.length > 0) {
     lines.push('silent hosts:');
@@ -731,6 +754,38 @@ async function runVerifyCommand(args: string[]): Promise<number> {
     },
     { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) },
   );
+}
+
+/** \`report\`: loss per host in collector logs (docs/loss.md). */
+async function runReportCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      since: { type: 'string' },
+      until: { type: 'string' },
+      json: { type: 'boolean' },
+      'serial-gaps': { type: 'boolean' },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  const { runReport } = await import('./evidence/report.js');
+  try {
+    return await runReport(
+      {
+        paths: positionals,
+        ...(values.since !== undefined ? { since: values.since } : {}),
+        ...(values.until !== undefined ? { until: values.until } : {}),
+        json: values.json ?? false,
+        serialGaps: values['serial-gaps'] ?? false,
+      },
+      { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) },
+    );
+  } catch (err) {
+    // The reader of stdout went away (`| head`): stop quietly.
+    if ((err as NodeJS.ErrnoException).code === 'EPIPE') return ExitCodes.OK;
+    throw err;
+  }
 }
 
 /** \`pubkey\`: the verifier key of the evidence signing key. */

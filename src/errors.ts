@@ -138,6 +138,8 @@ export const ExitCodes = {
   CONFIG: 6,
   /** The supervisor gave up restarting a failing actor. */
   ESCALATED: 3,
+  /** `report`: no loss seen, but an input could not be read (the report does not cover it). */
+  INCOMPLETE: 4,
   /** An error nobody foresaw: a bug. The only case that prints a stack trace. */
   INTERNAL: 70,
 } as const;

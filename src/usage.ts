@@ -171,6 +171,30 @@ directory).
 exit status: 0 done; 1 a failure; 2 usage error (docs/errors.md)
 `,
   },
+  report: {
+    synopsis: '[--since T] [--until T] [--serial-gaps] [--json] PATH...',
+    summary: "loss per host in collector logs: gaps, agent restarts, the kernel's loss reports",
+    details: `Reads collector logs (PATH: log files, rotated ones, .gz, or directories of them; give every collector's
+logs together: an agent's records are one sequence across all of them, so what it sent to another collector
+after a failover is not a gap) and reports per host: records, first and last audit time, gaps in each
+agent's record numbers (rid=AGENT:SEQ, written by the collector), audit serials missing (a hint), auditd's
+starts, stops, aborts and errors (DAEMON_*), events the kernel reported lost (CONFIG_CHANGE audit_lost), and a
+summary line (docs/loss.md).
+
+options:
+  --since T            only records at or after audit time T
+  --until T            only records before audit time T
+                       T: 2026-12-01, 2026-12-01T10:00[:SS][Z|+HH:MM] (local time without a zone),
+                       Unix seconds (1764583200), now, -30m, -2h, -7d
+  --serial-gaps        count audit serial gaps as loss (exit 1), not only as a hint: for hosts
+                       whose clients send no record numbers (audisp-remote), with node names set
+  --json               the report as one JSON document (docs/loss.md, "JSON")
+  -h, --help           this text
+
+exit status: 0 no loss seen; 1 loss seen; 2 usage error; 4 no loss seen, but an input could not be read
+(named on stderr; the report does not cover it) (docs/errors.md)
+`,
+  },
   demo: {
     synopsis: '[--rounds N] [--rate N]',
     summary: 'forward the bundled real audit records through an agent and a collector on loopback',

@@ -1668,7 +1668,8 @@ export class Collector {
       if (!err) {
         this.stats.records += e.records;
         s.records += e.records;
-        if (e.host) this.#hosts.count(e.host, e.records, e.lineBytes);
+        // Also reads each line for the kernel's and auditd's loss reports (docs/loss.md).
+        if (e.host) this.#hosts.count(e.host, e.records, e.lineBytes, e.lines);
         if (outcome === 'disklow') this.stats.diskLowReplies += e.records;
       }
       if (s.lastEntry === e) {

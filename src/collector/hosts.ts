@@ -15,7 +15,23 @@
  * warning per interval naming it (names come from unauthenticated records, so a hostile client could otherwise
  * make the table grow without end). Node names are reduced to printable ASCII (`%HH` for other bytes) and 255
  * bytes, so they are safe in log lines, JSON and metric labels.
+ *
+ * Loss (docs/loss.md): the collector tells the table about every session's hello (`noteSession(agent, boot)`) and
+ * every written record's identity (`noteRecord(host, rid)`); `count()` also reads every written record for the
+ * kernel's and auditd's own loss reports. Per host: records that never arrived (gaps in an agent's sequence),
+ * records that arrived after a later one (filling a gap), agent restarts, events the kernel reported lost, auditd's
+ * aborts, errors, starts. The sequence logic is src/evidence/loss.ts (shared with `auditrelay report`). Agents are
+ * bounded like hosts (`maxHosts`), and each agent's sequence to MAX_LIVE_RANGES ranges.
  */
+import {
+  AgentSequence,
+  countSignal,
+  emptySignalCounts,
+  lossSignalOfLine,
+  type Rid,
+  type SignalCounts,
+  signalsShowLoss,
+} from '../evidence/loss.js';
 
 export const OTHER_HOST = '(other)';
 /** Longest host name kept (a DNS name has at most 253 characters). */
@@ -39,6 +55,69 @@ export interface HostEntry {
   silentSince: number | null;
   /** Created for a session whose first record then named another host, and used for nothing else. */
   provisional: boolean;
+  /** What is known about its losses; null until the first record identity or loss report. */
+  loss: HostLoss | null;
+}
+
+/** Per-host loss counters (monotonic, except `missing`). */
+export interface HostLoss extends SignalCounts {
+  /** Records of its agents' sequences skipped over when a later one was written: never arrived (yet). */
+  gapRecords: number;
+  /** Gaps opened. */
+  gaps: number;
+  /** Records written after a later one of the same agent: they filled a gap. */
+  lateRecords: number;
+  /** Records written with an identity. */
+  ridRecords: number;
+  /** Restarts of its agents (a later boot in a session's hello). */
+  restarts: number;
+}
+
+/** Ranges of an agent's sequence kept live (then the oldest gaps are counted but no longer listed). */
+export const MAX_LIVE_RANGES = 64;
+
+interface LiveAgent {
+  seq: AgentSequence;
+  /** The host its latest record was accounted under. */
+  host: HostEntry | null;
+  /** Restarts seen before its host was known. */
+  pendingRestarts: number;
+  /** Last gap warning (ms), and records of gaps since then not named in a warning. */
+  warnedAt: number;
+  unwarned: number;
+}
+
+/** At most one warning per agent (gaps) or host (loss reports) per minute. */
+const LOSS_WARN_INTERVAL_MS = 60_000;
+
+function newHostLoss(): HostLoss {
+  return { ...emptySignalCounts(), gapRecords: 0, gaps: 0, lateRecords: 0, ridRecords: 0, restarts: 0 };
+}
+
+function lossOf(h: HostEntry): HostLoss {
+  if (h.loss === null) h.loss = newHostLoss();
+  return h.loss;
+}
+
+/** Records that never arrived, as far as is known now. */
+export function missingNow(l: HostLoss): number {
+  return Math.max(0, l.gapRecords - l.lateRecords);
+}
+
+/** Something was lost (or may have been): records missing, the kernel's count, auditd aborted or failed. */
+export function showsLoss(l: HostLoss): boolean {
+  return missingNow(l) > 0 || signalsShowLoss(l);
+}
+
+export interface HostLossView {
+  missing: number;
+  gaps: number;
+  lateRecords: number;
+  restarts: number;
+  kernelLost: number;
+  auditdAborts: number;
+  auditdErrors: number;
+  auditdStarts: number;
 }
 
 export interface HostView {
@@ -50,6 +129,8 @@ export interface HostView {
   connections: number;
   lastSeen: string;
   silentSeconds: number | null;
+  /** Loss seen for it (null: no record identity, no loss report so far). */
+  loss: HostLossView | null;
 }
 
 export interface HostsSummary {
@@ -60,6 +141,16 @@ export interface HostsSummary {
   overflowRecords: number;
   maxHosts: number;
   silenceTimeoutSeconds: number;
+  /** Hosts with records missing, a kernel loss count, or an auditd abort or error. */
+  hostsWithLoss: number;
+  /** Records missing now, all hosts. */
+  missingRecords: number;
+  /** Events the kernel reported lost, all hosts. */
+  kernelLost: number;
+  /** Agents whose sequences are followed (at most max_hosts). */
+  agents: number;
+  /** Records (and hellos) of agents beyond that: not followed. */
+  untrackedRecords: number;
 }
 
 export interface HostLogger {
@@ -116,6 +207,9 @@ export class HostTable {
   #overflowRecords = 0;
   #overflowWarnedAt = 0;
   #overflowSince = 0;
+  readonly #agents = new Map<string, LiveAgent>();
+  readonly #reportWarnedAt = new WeakMap<HostEntry, number>();
+  #untrackedRecords = 0;
 
   constructor(o: HostTableOptions) {
     this.#maxHosts = o.maxHosts;
@@ -165,6 +259,7 @@ export class HostTable {
         lastSeen: now,
         silentSince: null,
         provisional: false,
+        loss: null,
       };
       this.#hosts.set(name, h);
     }
@@ -211,11 +306,119 @@ export class HostTable {
     );
   }
 
-  /** Records written for `h`. */
-  count(h: HostEntry, records: number, bytes: number): void {
+  /**
+   * Records written for `h`. `lines` (the written lines, optionally interleaved with newline buffers of length 1)
+   * are read for the kernel's and auditd's loss reports (a few byte comparisons per record).
+   */
+  count(h: HostEntry, records: number, bytes: number, lines?: readonly Buffer[]): void {
     h.records += records;
     h.bytes += bytes;
     if (h.name === OTHER_HOST) this.#overflowRecords += records;
+    if (lines) for (const line of lines) if (line.length > 1) this.noteLine(h, line);
+  }
+
+  /** One written record line of `h`: counted when it is a loss report (CONFIG_CHANGE audit_lost, DAEMON_*). */
+  noteLine(h: HostEntry, line: Buffer): void {
+    const signal = lossSignalOfLine(line);
+    if (!signal) return;
+    countSignal(lossOf(h), signal);
+    if (signal.kind === 'kernel-lost' || signal.kind === 'daemon-abort' || signal.kind === 'daemon-error') {
+      const now = this.#now();
+      if (now - (this.#reportWarnedAt.get(h) ?? -LOSS_WARN_INTERVAL_MS) < LOSS_WARN_INTERVAL_MS) return;
+      this.#reportWarnedAt.set(h, now);
+      this.#log.warn(
+        { host: h.name, type: signal.type, lost: signal.lost },
+        signal.kind === 'kernel-lost'
+          ? `host ${h.name} reports that its kernel lost ${signal.lost} audit event(s) (${signal.type}); raise its backlog limit (auditctl -b) or lower the event rate`
+          : `host ${h.name}: its auditd reports ${signal.type === 'DAEMON_ABORT' ? 'that it stopped on an error' : 'an error'} (${signal.type}); events may be missing there`,
+      );
+    }
+  }
+
+  /**
+   * A session's hello (RECORD-ID.md): its agent id and boot (ms of the agent's start). A later boot than the
+   * last one seen for that agent is counted as a restart of the agent (on its host, once its records say which).
+   */
+  noteSession(agent: string, boot: number): void {
+    const a = this.#agent(agent);
+    if (!a?.seq.noteBoot(boot)) return;
+    if (a.host) {
+      lossOf(a.host).restarts++;
+      this.#log.info(
+        { host: a.host.name, agent, boot: new Date(boot).toISOString(), restarts: a.seq.restarts },
+        `agent ${agent} of host ${a.host.name} restarted (started ${new Date(boot).toISOString()})`,
+      );
+    } else a.pendingRestarts++;
+  }
+
+  /**
+   * A record of `h` was written, with its identity (null: a client without record identities, e.g.
+   * audisp-remote). A number past the highest one of its agent opens a gap (counted and logged); a number inside
+   * a gap fills it (a late record: after a reconnection or a failover).
+   */
+  noteRecord(h: HostEntry, rid: Rid | null): void {
+    if (rid === null) return;
+    const a = this.#agent(rid.agent);
+    if (!a) return;
+    const loss = lossOf(h);
+    if (a.host !== h) {
+      a.host = h;
+      loss.restarts += a.pendingRestarts;
+      a.pendingRestarts = 0;
+    }
+    loss.ridRecords++;
+    const before = a.seq.seqs.max;
+    const r = a.seq.note(rid.seq);
+    if (r.skipped > 0) {
+      loss.gapRecords += r.skipped;
+      loss.gaps++;
+      const now = this.#now();
+      if (now - a.warnedAt < LOSS_WARN_INTERVAL_MS) a.unwarned += r.skipped;
+      else {
+        const more = a.unwarned > 0 ? ` (and ${a.unwarned} more in gaps since the last warning)` : '';
+        this.#log.warn(
+          {
+            host: h.name,
+            agent: rid.agent,
+            from: before + 1,
+            to: rid.seq - 1,
+            records: r.skipped,
+            more: a.unwarned,
+          },
+          `host ${h.name}: records ${before + 1}..${rid.seq - 1} of agent ${rid.agent} (${r.skipped}) never arrived before record ${rid.seq}${more}: lost, or sent to another collector (auditrelay report over every collector's logs tells)`,
+        );
+        a.warnedAt = now;
+        a.unwarned = 0;
+      }
+    }
+    loss.lateRecords += r.filled;
+  }
+
+  /**
+   * What the collector knew of an agent before it restarted (e.g. the highest number in its log's tail), so that
+   * a gap across the collector's restart is seen. Numbers before it are not counted as missing.
+   */
+  seedAgent(agent: string, highestSeq: number): void {
+    const a = this.#agent(agent);
+    if (a?.seq.seqs.empty) a.seq.seqs.add(highestSeq);
+  }
+
+  #agent(agent: string): LiveAgent | null {
+    let a = this.#agents.get(agent);
+    if (a) return a;
+    if (this.#agents.size >= this.#maxHosts) {
+      this.#untrackedRecords++;
+      return null;
+    }
+    a = {
+      seq: new AgentSequence(agent, MAX_LIVE_RANGES),
+      host: null,
+      pendingRestarts: 0,
+      warnedAt: Number.NEGATIVE_INFINITY,
+      unwarned: 0,
+    };
+    this.#agents.set(agent, a);
+    return a;
   }
 
   /** Marks hosts silent for longer than the timeout: one warning per host and silence. */
@@ -242,7 +445,17 @@ export class HostTable {
 
   summary(): HostsSummary {
     let connected = 0;
-    for (const h of this.#hosts.values()) if (h.connected > 0) connected++;
+    let hostsWithLoss = 0;
+    let missingRecords = 0;
+    let kernelLost = 0;
+    for (const h of this.#hosts.values()) {
+      if (h.connected > 0) connected++;
+      if (h.loss) {
+        if (showsLoss(h.loss)) hostsWithLoss++;
+        missingRecords += missingNow(h.loss);
+        kernelLost += h.loss.kernelLost;
+      }
+    }
     return {
       hosts: this.#hosts.size,
       connected,
@@ -250,22 +463,32 @@ export class HostTable {
       overflowRecords: this.#overflowRecords,
       maxHosts: this.#maxHosts,
       silenceTimeoutSeconds: this.#silenceMs / 1000,
+      hostsWithLoss,
+      missingRecords,
+      kernelLost,
+      agents: this.#agents.size,
+      untrackedRecords: this.#untrackedRecords,
     };
   }
 
-  /** Every host (silent ones first, then by name); at most `limit`. */
+  /** Every host (silent ones first, then those with loss, then by name); at most `limit`. */
   list(limit = Number.POSITIVE_INFINITY): HostView[] {
     const now = this.#now();
+    const lossy = (h: HostEntry) => h.loss !== null && showsLoss(h.loss);
     const all = [...this.#hosts.values()].sort((a, b) =>
       (a.silentSince === null) !== (b.silentSince === null)
         ? a.silentSince === null
           ? 1
           : -1
-        : a.name < b.name
-          ? -1
-          : a.name > b.name
-            ? 1
-            : 0,
+        : lossy(a) !== lossy(b)
+          ? lossy(a)
+            ? -1
+            : 1
+          : a.name < b.name
+            ? -1
+            : a.name > b.name
+              ? 1
+              : 0,
     );
     return all.slice(0, limit).map((h) => ({
       host: h.name,
@@ -276,6 +499,7 @@ export class HostTable {
       connections: h.connected,
       lastSeen: new Date(h.lastSeen).toISOString(),
       silentSeconds: h.silentSince === null ? null : Math.round((now - h.lastSeen) / 1000),
+      loss: h.loss === null ? null : lossView(h.loss),
     }));
   }
 
@@ -303,4 +527,17 @@ export class HostTable {
     this.#overflowWarnedAt = now;
     this.#overflowSince = 0;
   }
+}
+
+export function lossView(l: HostLoss): HostLossView {
+  return {
+    missing: missingNow(l),
+    gaps: l.gaps,
+    lateRecords: l.lateRecords,
+    restarts: l.restarts,
+    kernelLost: l.kernelLost,
+    auditdAborts: l.daemonAborts,
+    auditdErrors: l.daemonErrors,
+    auditdStarts: l.daemonStarts,
+  };
 }

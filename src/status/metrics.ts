@@ -5,7 +5,7 @@
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { CollectorStats } from '../collector/collector.js';
 import type { EvidenceSinkStatus } from '../collector/evidence-sink.js';
-import type { HostEntry, HostsSummary } from '../collector/hosts.js';
+import { type HostEntry, type HostsSummary, missingNow } from '../collector/hosts.js';
 import type { LogStoreStatus } from '../collector/log-store.js';
 
 export interface AgentMetricsSource {
@@ -294,7 +294,13 @@ function evidenceMetrics(r: Registry, read: () => EvidenceSinkStatus | null): vo
 
 /** Per host (label `host`, and `kind`: krb5, tls, node, address, other), read at scrape time. */
 function hostMetrics(r: Registry, hosts: NonNullable<CollectorMetricsSource['hosts']>): void {
-  const perHostCounter = (name: string, help: string, read: (h: HostEntry) => number) => {
+  /** `only`: hosts without it have no series (e.g. loss counters for hosts never seen with a record identity). */
+  const perHostCounter = (
+    name: string,
+    help: string,
+    read: (h: HostEntry) => number,
+    only?: (h: HostEntry) => boolean,
+  ) => {
     const last = new Map<string, number>();
     new Counter({
       name,
@@ -304,6 +310,7 @@ function hostMetrics(r: Registry, hosts: NonNullable<CollectorMetricsSource['hos
       collect() {
         const seen = new Set<string>();
         for (const h of hosts.entries()) {
+          if (only && !only(h)) continue;
           seen.add(h.name);
           const now = read(h);
           const before = last.get(h.name) ?? 0;
@@ -346,6 +353,73 @@ function hostMetrics(r: Registry, hosts: NonNullable<CollectorMetricsSource['hos
     'auditrelay_collector_host_silent',
     'Silent for longer than host_silence_timeout (1) or not (0)',
     (h) => (h.silentSince === null ? 0 : 1),
+  );
+  // Loss (docs/loss.md): series only for hosts with a record identity or a loss report so far.
+  const hasLoss = (h: HostEntry) => h.loss !== null;
+  perHostCounter(
+    'auditrelay_collector_host_gap_records_total',
+    "Records of the host's agents that never arrived before a later one was written (gaps in the sequence; lost, or sent to another collector)",
+    (h) => h.loss?.gapRecords ?? 0,
+    hasLoss,
+  );
+  perHostCounter(
+    'auditrelay_collector_host_late_records_total',
+    'Records written after a later one of the same agent (they filled a gap)',
+    (h) => h.loss?.lateRecords ?? 0,
+    hasLoss,
+  );
+  perHostCounter(
+    'auditrelay_collector_host_agent_restarts_total',
+    "Restarts of the host's agents (a later boot in a session's hello)",
+    (h) => h.loss?.restarts ?? 0,
+    hasLoss,
+  );
+  perHostCounter(
+    'auditrelay_collector_host_kernel_lost_total',
+    "Events the host's kernel reported lost (CONFIG_CHANGE audit_lost old=N, lost=N in DAEMON_* records)",
+    (h) => h.loss?.kernelLost ?? 0,
+    hasLoss,
+  );
+  perHostCounter(
+    'auditrelay_collector_host_auditd_aborts_total',
+    'DAEMON_ABORT records of the host (its auditd stopped on an error)',
+    (h) => h.loss?.daemonAborts ?? 0,
+    hasLoss,
+  );
+  perHostCounter(
+    'auditrelay_collector_host_auditd_errors_total',
+    'DAEMON_ERR records of the host (its auditd hit an error)',
+    (h) => h.loss?.daemonErrors ?? 0,
+    hasLoss,
+  );
+  perHostCounter(
+    'auditrelay_collector_host_auditd_starts_total',
+    'DAEMON_START records of the host (its auditd, and with it the agent, started)',
+    (h) => h.loss?.daemonStarts ?? 0,
+    hasLoss,
+  );
+  new Gauge({
+    name: 'auditrelay_collector_host_missing_records',
+    help: 'Records of the host missing now: gap records not filled by a late one',
+    labelNames: ['host', 'kind'],
+    registers: [r],
+    collect() {
+      this.reset();
+      for (const h of hosts.entries())
+        if (h.loss) this.set({ host: h.name, kind: h.kind }, missingNow(h.loss));
+    },
+  });
+  gauge(
+    r,
+    'auditrelay_collector_hosts_with_loss',
+    'Hosts with records missing, a kernel loss count, or an auditd abort or error',
+    () => hosts.summary().hostsWithLoss,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_untracked_records_total',
+    'Records and hellos of agents whose sequences are not followed (beyond max_hosts agents)',
+    () => hosts.summary().untrackedRecords,
   );
   gauge(r, 'auditrelay_collector_hosts', 'Hosts known (at most max_hosts)', () => hosts.summary().hosts);
   gauge(

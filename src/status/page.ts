@@ -39,15 +39,20 @@ const esc = (t) => String(t).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&l
 function renderHosts(s) {
   const t = $('hosts');
   if (!t || !s.hostList) return;
-  t.innerHTML = '<tr><th>host</th><th>kind</th><th>records</th><th>bytes</th><th>connected</th><th>last seen</th><th>silent for</th></tr>' +
-    s.hostList.map((h) => '<tr' + (h.silentSeconds !== null ? ' class="err"' : '') + '><td>' + esc(h.host) + '</td><td>' + h.kind +
+  const loss = (l) => !l ? '' : [l.missing ? l.missing + ' missing' : '', l.kernelLost ? 'kernel lost ' + l.kernelLost : '',
+    l.auditdAborts ? l.auditdAborts + ' auditd abort(s)' : '', l.auditdErrors ? l.auditdErrors + ' auditd error(s)' : '',
+    l.restarts ? l.restarts + ' restart(s)' : ''].filter((x) => x).join(', ');
+  const lossy = (l) => l && (l.missing || l.kernelLost || l.auditdAborts || l.auditdErrors);
+  t.innerHTML = '<tr><th>host</th><th>kind</th><th>records</th><th>bytes</th><th>connected</th><th>last seen</th><th>silent for</th><th>loss</th></tr>' +
+    s.hostList.map((h) => '<tr' + (h.silentSeconds !== null || lossy(h.loss) ? ' class="err"' : '') + '><td>' + esc(h.host) + '</td><td>' + h.kind +
       '</td><td>' + h.records + '</td><td>' + h.bytes + '</td><td>' + (h.connected ? 'yes (' + h.connections + ')' : 'no') +
-      '</td><td>' + h.lastSeen.slice(0, 19).replace('T', ' ') + '</td><td>' + (h.silentSeconds === null ? '' : h.silentSeconds + ' s') + '</td></tr>').join('');
+      '</td><td>' + h.lastSeen.slice(0, 19).replace('T', ' ') + '</td><td>' + (h.silentSeconds === null ? '' : h.silentSeconds + ' s') +
+      '</td><td>' + loss(h.loss) + '</td></tr>').join('');
 }
 function render(s) {
-  if (s.hosts) { s.hostCount = s.hosts.hosts; s.silentHosts = s.hosts.silent; }
+  if (s.hosts) { s.hostCount = s.hosts.hosts; s.silentHosts = s.hosts.silent; s.lossHosts = s.hosts.hostsWithLoss; }
   if (s.log) { s.logState = s.log.suspended ? 'suspended (' + s.log.suspended + ')' : s.log.diskFull ? 'disk full' : s.log.diskLow ? 'disk low' : 'writing'; }
-  for (const k of ['state', 'queueDepth', 'queueBytes', 'inFlight', 'connects', 'failures', 'recordsAcked', 'clients', 'records', 'hostCount', 'silentHosts', 'logState']) {
+  for (const k of ['state', 'queueDepth', 'queueBytes', 'inFlight', 'connects', 'failures', 'recordsAcked', 'clients', 'records', 'hostCount', 'silentHosts', 'lossHosts', 'logState']) {
     const el = $('v-' + k); if (el && s[k] !== undefined) el.textContent = s[k];
   }
   renderHosts(s);
@@ -68,7 +73,7 @@ export function renderPage(role: 'agent' | 'collector', svgs: Record<string, str
   const cards =
     role === 'agent'
       ? ['state', 'queueDepth', 'queueBytes', 'inFlight', 'connects', 'failures', 'recordsAcked']
-      : ['clients', 'records', 'hostCount', 'silentHosts', 'logState'];
+      : ['clients', 'records', 'hostCount', 'silentHosts', 'lossHosts', 'logState'];
   const names: Record<string, string> = {
     state: 'connection',
     queueDepth: 'queued records',
@@ -81,6 +86,7 @@ export function renderPage(role: 'agent' | 'collector', svgs: Record<string, str
     records: 'records written',
     hostCount: 'hosts',
     silentHosts: 'silent hosts',
+    lossHosts: 'hosts with loss',
     logState: 'log',
   };
   const machines = Object.entries(svgs)
@@ -95,7 +101,7 @@ export function renderPage(role: 'agent' | 'collector', svgs: Record<string, str
 <h1>auditrelay ${role}</h1>
 <div class="grid">${cards.map((c) => `<div class="card">${names[c]}<b id="v-${c}">–</b></div>`).join('')}</div>
 <div class="machines">${machines}</div>
-${role === 'collector' ? '<h2>Hosts (silent first; every host in /metrics)</h2><table id="hosts"></table>' : ''}
+${role === 'collector' ? '<h2>Hosts (silent first, then those with loss; every host in /metrics)</h2><table id="hosts"></table>' : ''}
 <h2>Recent errors</h2><table id="errors"></table>
 <h2>Recent transitions</h2><table id="transitions"></table>
 <script>${SCRIPT}</script>

@@ -21,6 +21,7 @@ const COMMANDS = [
   'events',
   'verify',
   'pubkey',
+  'report',
   'demo',
 ];
 
