@@ -500,9 +500,16 @@ export async function startCollector(
   port = 0,
   wrap?: { dir: string; size: string },
 ): Promise<{ proc: Proc; port: number }> {
+  // max_log_file as Debian's auditd.conf ships it (8 MiB): a restart resumes the evidence chain of the current
+  // file by replaying it (docs/evidence.md), which at the scenarios' pace and the default 100 MiB takes longer than
+  // these scenarios give a restart on a loaded 2-core machine.
+  const conf = path.join(path.dirname(logFile), 'collector.conf');
+  writeFileSync(conf, 'max_log_file = 8\nmax_log_file_action = keep_logs\n', { mode: 0o600 });
   const args = [
     BIN,
     'collector',
+    '--config',
+    conf,
     '--listen',
     `127.0.0.1:${port}`,
     '--log',
