@@ -138,6 +138,8 @@ export const ExitCodes = {
   CONFIG: 6,
   /** The supervisor gave up restarting a failing actor. */
   ESCALATED: 3,
+  /** `auditrelay status`: the agent or collector answered and is unhealthy (its /health would answer 503). */
+  UNHEALTHY: 4,
   /** An error nobody foresaw: a bug. The only case that prints a stack trace. */
   INTERNAL: 70,
 } as const;

@@ -15,12 +15,22 @@ export interface Transition {
   from: string | null;
   to: string;
   event: string;
+  /**
+   * A flip back and forth between two states of one actor (the queue's `empty` ⇄ `holding` at every record, the
+   * connection's `backoff` ⇄ `connecting` through an outage) is kept as one entry: `count` flips since `since`,
+   * the last one at `time` (from, to, event are the last one's). Absent for a single transition.
+   */
+  count?: number;
+  since?: string;
 }
 
 export interface ErrorEntry {
   time: string;
   source: string;
   message: string;
+  /** The same error again and again in a row (e.g. every attempt of an outage) is one entry: how often, since when. */
+  count?: number;
+  since?: string;
 }
 
 const KEEP_TRANSITIONS = 50;
@@ -28,7 +38,14 @@ const KEEP_ERRORS = 20;
 /** Actors whose states are shown (the supervisor's children). */
 const WATCHED = new Set(['connection', 'reader', 'queue']);
 
-export class StateObserver extends EventEmitter<{ transition: [Transition]; failure: [ErrorEntry] }> {
+/**
+ * `transition` is emitted for every state change; its second argument is true when the change was folded into
+ * the previous entry of `transitions` (a flip back: see Transition.count), so that a listener can skip those.
+ */
+export class StateObserver extends EventEmitter<{
+  transition: [Transition, boolean];
+  failure: [ErrorEntry];
+}> {
   /** Current state per watched actor, as a dotted path (`online.connected`). */
   readonly states = new Map<string, string>();
   readonly transitions: Transition[] = [];
@@ -58,12 +75,32 @@ export class StateObserver extends EventEmitter<{ transition: [Transition]; fail
       event: ev.event.type,
     };
     this.states.set(ref.id, to);
-    push(this.transitions, t, KEEP_TRANSITIONS);
-    this.emit('transition', t);
+    const prev = this.transitions.at(-1);
+    const flipBack =
+      prev !== undefined &&
+      prev.actor === t.actor &&
+      prev.from === t.to &&
+      prev.to === t.from &&
+      prev.from !== null;
+    if (flipBack) {
+      prev.since ??= prev.time;
+      prev.count = (prev.count ?? 1) + 1;
+      Object.assign(prev, { time: t.time, from: t.from, to: t.to, event: t.event });
+    } else push(this.transitions, t, KEEP_TRANSITIONS);
+    this.emit('transition', flipBack ? { ...prev } : t, flipBack);
   };
 
   recordError(source: string, message: string): void {
-    const e = { time: new Date().toISOString(), source, message };
+    const time = new Date().toISOString();
+    const prev = this.errors.at(-1);
+    if (prev && prev.source === source && prev.message === message) {
+      prev.since ??= prev.time;
+      prev.count = (prev.count ?? 1) + 1;
+      prev.time = time;
+      this.emit('failure', { ...prev });
+      return;
+    }
+    const e: ErrorEntry = { time, source, message };
     push(this.errors, e, KEEP_ERRORS);
     this.emit('failure', e);
   }
