@@ -652,7 +652,9 @@ function formatStatus(s: Record<string, unknown>): string {
     | undefined;
   lines.push(`auditrelay ${s.role}`);
   if (health) {
-    lines.push(`  ${'health'.padEnd(14)} ${health.status.toUpperCase()}${health.healthy ? '' : ' (unhealthy)'}`);
+    lines.push(
+      `  ${'health'.padEnd(14)} ${health.status.toUpperCase()}${health.healthy ? '' : ' (unhealthy)'}`,
+    );
     for (const r of health.reasons) lines.push(`    ${r.code}: ${r.message}`);
   }
   if (s.version !== undefined) lines.push(`  ${'version'.padEnd(14)} ${s.version}`);

@@ -7,8 +7,9 @@
  * drops and an alert on `== 1` or `== 0` always has data. Each registry also carries `auditrelay_build_info` and
  * prom-client's process metrics (`process_*`, `nodejs_*`).
  */
-import { type AnyStateMachine } from 'xstate';
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { AnyStateMachine } from 'xstate';
 import { INERT_LOGICS } from '../agent/children.js';
 import type { LinkMeter } from '../agent/link-meter.js';
 import {

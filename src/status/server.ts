@@ -21,8 +21,8 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../log.js';
-import { type Health, healthText } from './health.js';
 import { DIAGRAMS_DIR } from '../paths.js';
+import { type Health, healthText } from './health.js';
 import type { StateObserver } from './observer.js';
 import { renderPage } from './page.js';
 
