@@ -34,6 +34,7 @@ body.stale main { opacity: .45; filter: grayscale(1); }
 .card span { color: #555; font-size: .9em; }
 .card b { display: block; font-size: 1.35em; overflow-wrap: anywhere; }
 .card.bad b { color: #c62828; }
+.card.wide { grid-column: span 2; }
 h2 { font-size: 1.05em; margin: 1em 0 .3em; }
 .machines { display: flex; flex-wrap: wrap; gap: 1em; }
 .machine { border: 1px solid #ddd; border-radius: 6px; padding: .5em; }
@@ -112,14 +113,15 @@ function renderBanner() {
   if (last && ROLE === 'agent') set('lastAck', last.lastAckAt ? ago(Date.now() - Date.parse(last.lastAckAt)) + ' ago' : 'never', !last.lastAckAt && last.queueDepth > 0);
 }
 function renderErrors(s) {
-  if (!s.errors) return;
-  const list = s.errors.slice().reverse();
+  // The collector keeps no error list: its failed log write, while it lasts, is its latest error.
+  const errors = s.errors || (s.lastWriteError ? [{ time: s.lastWriteError.time, source: 'log', message: 'write failed: ' + s.lastWriteError.code }] : []);
+  const list = errors.slice().reverse();
   $('errors').innerHTML = list.length === 0 ? '<tr><td class="none">none</td></tr>' : list.map((e) =>
     '<tr class="err"><td class="n">' + clock(e.time) + '</td><td>' + esc(e.source) + '</td><td>' + esc(e.message) +
     (e.count ? ' <span class="n">(×' + e.count + ' since ' + clock(e.since) + ')</span>' : '') + '</td></tr>').join('');
 }
 function renderTransitions(s) {
-  if (!s.transitions) return;
+  if (!s.transitions || !$('transitions')) return;
   $('transitions').innerHTML = s.transitions.slice().reverse().map((t) =>
     '<tr><td class="n">' + clock(t.time) + '</td><td>' + esc(t.actor) + '</td><td>' +
     (t.count ? esc(t.from) + ' ⇄ ' + esc(t.to) + ' <span class="n">(×' + t.count + ' since ' + clock(t.since) + ')</span>'
@@ -182,10 +184,11 @@ setInterval(renderBanner, 1000);
 if ($('hosts')) { const hosts = () => fetch('/status').then((r) => r.json()).then(render).catch(() => {}); hosts(); setInterval(hosts, 5000); }
 `;
 
-type Card = [id: string, label: string];
+/** id, label, and whether it takes two columns. */
+type Card = [id: string, label: string, wide?: boolean];
 
 const AGENT_CARDS: Card[] = [
-  ['server', 'server'],
+  ['server', 'server', true],
   ['state', 'connection'],
   ['rate', 'records/s (10 s)'],
   ['lastAck', 'last ACK'],
@@ -198,7 +201,7 @@ const AGENT_CARDS: Card[] = [
 ];
 
 const COLLECTOR_CARDS: Card[] = [
-  ['listen', 'listening on'],
+  ['listen', 'listening on', true],
   ['logState', 'log'],
   ['rate', 'records/s (10 s)'],
   ['clients', 'clients'],
@@ -223,11 +226,11 @@ export function renderPage(role: 'agent' | 'collector', svgs: Record<string, str
 <body data-health="">
 <header id="banner"><span id="verdict">…</span><span id="who">auditrelay ${role}</span><span id="age"></span><ul id="reasons"></ul></header>
 <main>
-<div class="grid">${cards.map(([id, label]) => `<div class="card"><span>${label}</span><b id="v-${id}">–</b></div>`).join('')}</div>
+<div class="grid">${cards.map(([id, label, wide]) => `<div class="card${wide ? ' wide' : ''}"><span>${label}</span><b id="v-${id}">–</b></div>`).join('')}</div>
 <h2>Latest errors</h2><table id="errors"></table>
 ${machines ? `<h2>State</h2><div class="machines">${machines}</div>` : ''}
 ${role === 'collector' ? '<h2>Hosts (silent first; every host in /metrics)</h2><table id="hosts"></table>' : ''}
-<h2>Recent transitions</h2><table id="transitions"></table>
+${machines ? '<h2>Recent transitions</h2><table id="transitions"></table>' : ''}
 </main>
 <script>const ROLE = '${role}';${SCRIPT}</script>
 </body></html>
