@@ -81,7 +81,8 @@ export class StateObserver extends EventEmitter<{
       prev.actor === t.actor &&
       prev.from === t.to &&
       prev.to === t.from &&
-      prev.from !== null;
+      prev.from !== null &&
+      t.from !== t.to; // a restart (a new session in the same state) is never folded
     if (flipBack) {
       prev.since ??= prev.time;
       prev.count = (prev.count ?? 1) + 1;
