@@ -860,10 +860,18 @@ function writeStateReport(agent: Agent, file: string, log: Logger): void {
     `pid = ${process.pid}`,
     ...Object.entries(s).map(([k, v]) => `${k} = ${v}`),
     ...[...agent.observer.states].map(([m, v]) => `state.${m} = ${v}`),
-    ...agent.observer.errors.slice(-5).map((e) => `error = ${e.time} ${e.source}: ${e.message}`),
+    ...agent.observer.errors
+      .slice(-5)
+      .map(
+        (e) =>
+          `error = ${e.time} ${e.source}: ${e.message}${e.count ? ` (x${e.count} since ${e.since})` : ''}`,
+      ),
     ...agent.observer.transitions
       .slice(-10)
-      .map((t) => `transition = ${t.time} ${t.actor}: ${t.from} -> ${t.to} (${t.event})`),
+      .map(
+        (t) =>
+          `transition = ${t.time} ${t.actor}: ${t.from} -> ${t.to} (${t.event})${t.count ? ` (x${t.count} since ${t.since})` : ''}`,
+      ),
   ];
   try {
     // Never through a link, the temporary file created exclusively, in a directory only we can write.
