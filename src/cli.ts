@@ -860,13 +860,13 @@ function writeStateReport(agent: Agent, file: string, log: Logger): void {
     `pid = ${process.pid}`,
     ...Object.entries(s).map(([k, v]) => `${k} = ${v}`),
     ...[...agent.observer.states].map(([m, v]) => `state.${m} = ${v}`),
-    ...agent.observer.errors
+    ...agent.observer.foldedErrors
       .slice(-5)
       .map(
         (e) =>
           `error = ${e.time} ${e.source}: ${e.message}${e.count ? ` (x${e.count} since ${e.since})` : ''}`,
       ),
-    ...agent.observer.transitions
+    ...agent.observer.foldedTransitions
       .slice(-10)
       .map(
         (t) =>

@@ -40,7 +40,7 @@ const WATCHED = new Set(['connection', 'reader', 'queue']);
 
 /**
  * `transition` is emitted for every state change; its second argument is true when the change was folded into
- * the previous entry of `transitions` (a flip back: see Transition.count), so that a listener can skip those.
+ * the previous entry of `foldedTransitions` (a flip back: see Transition.count), so that a listener can skip those.
  */
 export class StateObserver extends EventEmitter<{
   transition: [Transition, boolean];
@@ -48,8 +48,16 @@ export class StateObserver extends EventEmitter<{
 }> {
   /** Current state per watched actor, as a dotted path (`online.connected`). */
   readonly states = new Map<string, string>();
+  /** Every transition and every error, one entry each (the last KEEP_TRANSITIONS / KEEP_ERRORS). */
   readonly transitions: Transition[] = [];
   readonly errors: ErrorEntry[] = [];
+  /**
+   * The same, for people (the page, /status, the SIGUSR1 report): a flip back and forth is one entry, the same
+   * error in a row is one entry (with `count` and `since`), each list bounded on its own, so that a queue flipping
+   * at every record does not push the connection's transitions out.
+   */
+  readonly foldedTransitions: Transition[] = [];
+  readonly foldedErrors: ErrorEntry[] = [];
   /** Per watched actor: the session (an actor restarted by the supervisor is a new one) and its state. */
   readonly #last = new Map<string, { session: string; state: string }>();
 
@@ -75,7 +83,8 @@ export class StateObserver extends EventEmitter<{
       event: ev.event.type,
     };
     this.states.set(ref.id, to);
-    const prev = this.transitions.at(-1);
+    push(this.transitions, t, KEEP_TRANSITIONS);
+    const prev = this.foldedTransitions.at(-1);
     const flipBack =
       prev !== undefined &&
       prev.actor === t.actor &&
@@ -87,22 +96,19 @@ export class StateObserver extends EventEmitter<{
       prev.since ??= prev.time;
       prev.count = (prev.count ?? 1) + 1;
       Object.assign(prev, { time: t.time, from: t.from, to: t.to, event: t.event });
-    } else push(this.transitions, t, KEEP_TRANSITIONS);
-    this.emit('transition', flipBack ? { ...prev } : t, flipBack);
+    } else push(this.foldedTransitions, { ...t }, KEEP_TRANSITIONS);
+    this.emit('transition', t, flipBack);
   };
 
   recordError(source: string, message: string): void {
-    const time = new Date().toISOString();
-    const prev = this.errors.at(-1);
+    const e: ErrorEntry = { time: new Date().toISOString(), source, message };
+    push(this.errors, e, KEEP_ERRORS);
+    const prev = this.foldedErrors.at(-1);
     if (prev && prev.source === source && prev.message === message) {
       prev.since ??= prev.time;
       prev.count = (prev.count ?? 1) + 1;
-      prev.time = time;
-      this.emit('failure', { ...prev });
-      return;
-    }
-    const e: ErrorEntry = { time, source, message };
-    push(this.errors, e, KEEP_ERRORS);
+      prev.time = e.time;
+    } else push(this.foldedErrors, { ...e }, KEEP_ERRORS);
     this.emit('failure', e);
   }
 }

@@ -214,8 +214,8 @@ export class StatusServer {
       ...(obs
         ? {
             states: Object.fromEntries(obs.states),
-            transitions: obs.transitions.slice(-20),
-            errors: obs.errors.slice(-10),
+            transitions: obs.foldedTransitions.slice(-20),
+            errors: obs.foldedErrors.slice(-10),
           }
         : {}),
     };

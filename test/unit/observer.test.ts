@@ -35,19 +35,22 @@ describe('state observer', () => {
       actor.send({ type: 'GO' });
       actor.send({ type: 'BACK' });
     }
-    expect(observer.transitions).toHaveLength(2); // the start, then one folded entry
-    expect(observer.transitions[1]).toMatchObject({
+    // Every transition is kept as it was; the folded list has the start, then one entry.
+    expect(observer.transitions).toHaveLength(50);
+    expect(observer.foldedTransitions).toHaveLength(2);
+    expect(observer.foldedTransitions[1]).toMatchObject({
       actor: 'queue',
       from: 'holding',
       to: 'empty',
       count: 2000,
     });
-    expect(observer.transitions[1]!.since).toBeDefined();
+    expect(observer.foldedTransitions[1]!.since).toBeDefined();
     expect(folded.filter((f) => !f)).toHaveLength(2);
     for (let i = 0; i < 30; i++) observer.recordError('connection', 'dial: connect ECONNREFUSED');
     observer.recordError('connection', 'something else');
-    expect(observer.errors).toHaveLength(2);
-    expect(observer.errors[0]).toMatchObject({ message: 'dial: connect ECONNREFUSED', count: 30 });
+    expect(observer.errors).toHaveLength(20);
+    expect(observer.foldedErrors).toHaveLength(2);
+    expect(observer.foldedErrors[0]).toMatchObject({ message: 'dial: connect ECONNREFUSED', count: 30 });
     actor.stop();
   });
 });
