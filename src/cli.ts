@@ -46,7 +46,7 @@ import { checkParentDirectory, writeFileAtomic } from './fs/safe-files.js';
 import { openInput } from './input/spec.js';
 import { createLogger, type Logger, reportFailure } from './log.js';
 import { checkUpstreamQueueFile, importQueue } from './migrate/import-queue.js';
-import { PACKAGE_ROOT } from './paths.js';
+import { packageVersion } from './paths.js';
 import { DurableQueue } from './queue/durable-queue.js';
 import { SpillOnStopQueue } from './queue/spill-on-stop-queue.js';
 import type { RecordQueue } from './queue/types.js';
@@ -54,6 +54,7 @@ import { SdNotifier } from './service/notify.js';
 import { checkInspectUrl, createInspector } from './status/inspect.js';
 import { agentMetrics, collectorMetrics } from './status/metrics.js';
 import { StatusServer } from './status/server.js';
+import { agentView, collectorView } from './status/views.js';
 import { explainSystemError } from './system-errors.js';
 import { COMMAND_USAGE, commandUsage, overallUsage } from './usage.js';
 
@@ -171,10 +172,7 @@ function parseArgsMessage(code: string, message: string, command: string | undef
 }
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as {
-    version: string;
-  };
-  return `auditrelay ${pkg.version}`;
+  return `auditrelay ${packageVersion()}`;
 }
 
 async function runAgent(args: string[]): Promise<number> {
@@ -280,17 +278,30 @@ async function runAgent(args: string[]): Promise<number> {
     void notifier.ready();
   };
   for (const [sig, fn] of handlers) process.on(sig, fn);
-  const status = cfg.statusListen
-    ? new StatusServer({
-        host: cfg.statusListen.host,
-        port: cfg.statusListen.port,
-        role: 'agent',
-        status: () => ({ ...agent.status() }),
-        registry: agentMetrics({ status: () => agent.status(), states: () => agent.observer.states }),
-        observer: agent.observer,
-        log,
-      })
+  const view = cfg.statusListen
+    ? agentView(agent, () => ({
+        linkDownMs: current.healthLinkDownTimeout * 1000,
+        queueFill: current.healthQueueThreshold / 100,
+      }))
     : null;
+  const status =
+    cfg.statusListen && view
+      ? new StatusServer({
+          host: cfg.statusListen.host,
+          port: cfg.statusListen.port,
+          role: 'agent',
+          status: view.status,
+          health: view.health,
+          registry: agentMetrics({
+            status: () => agent.status(),
+            states: () => agent.observer.states,
+            meter: agent.meter,
+            health: view.health,
+          }),
+          observer: agent.observer,
+          log,
+        })
+      : null;
   const running = agent.run();
   if (status) await startStatus(status, log);
   void notifier.ready(`forwarding ${input.name} to ${server}`);
@@ -302,6 +313,7 @@ async function runAgent(args: string[]): Promise<number> {
   agent.observer.off('transition', onTransition);
   input.close();
   await status?.stop();
+  view?.close();
   inspector?.stop();
   // A clean stop: what is not delivered stays on disk (mode = forward) or is written there now (immediate).
   const { lost } = await queue.close(agent.heldRecords);
@@ -371,14 +383,16 @@ async function runCollector(args: string[]): Promise<number> {
   };
   let status: StatusServer | null = null;
   const notifier = new SdNotifier({ log, unsetEnvironment: true });
+  const view = collectorView(collector);
   const newStatusServer = (listen: HostPort) =>
     new StatusServer({
       host: listen.host,
       port: listen.port,
       role: 'collector',
-      status: () => collectorStatus(collector, HOSTS_IN_STATUS),
-      eventStatus: () => collectorStatus(collector, 0),
-      registry: collectorMetrics(collector),
+      status: view.status,
+      eventStatus: view.eventStatus,
+      health: view.health,
+      registry: collectorMetrics(collector, view.health),
       log,
     });
   /** SIGHUP: re-read the file; a bad file keeps the running configuration (and says why). */
@@ -455,24 +469,10 @@ async function runCollector(args: string[]): Promise<number> {
     await status?.stop();
     await notifier.close();
   } finally {
+    view.close();
     for (const [sig, fn] of handlers) process.off(sig, fn);
   }
   return ExitCodes.OK;
-}
-
-/** Hosts listed in /status (silent ones first); /metrics has all of them. */
-const HOSTS_IN_STATUS = 1000;
-
-/** The collector's /status: counters, the log, the evidence, and per-host accounting (up to `hosts` hosts). */
-function collectorStatus(collector: Collector, hosts: number): Record<string, unknown> {
-  const { list, ...summary } = collector.hostsStatus(hosts);
-  return {
-    ...collector.stats,
-    log: collector.logStatus(),
-    evidence: collector.evidenceStatus(),
-    hosts: summary,
-    ...(hosts > 0 ? { hostList: list } : {}),
-  };
 }
 
 function checkConfig(args: string[]): number {
@@ -517,13 +517,11 @@ async function showStatus(args: string[]): Promise<number> {
       ? checkStatusUrl(values.url)
       : statusUrlFromConfig(values.config ?? UPSTREAM_AGENT_CONFIG_PATH);
   const target = new URL('/status', base);
-  const s = await fetchStatus(target);
-  if (values.json) {
-    process.stdout.write(`${JSON.stringify(s, null, 2)}\n`);
-    return ExitCodes.OK;
-  }
-  process.stdout.write(formatStatus(s));
-  return ExitCodes.OK;
+  const s = (await fetchStatus(target, 'status')) as Record<string, unknown>;
+  process.stdout.write(values.json ? `${JSON.stringify(s, null, 2)}\n` : formatStatus(s));
+  // The exit status is what /health answers: 0 for 200, UNHEALTHY (4) for 503; unreachable is 1 (fetchStatus).
+  const healthy = (await fetchStatus(new URL('/health', base), 'health')) as boolean;
+  return healthy ? ExitCodes.OK : ExitCodes.UNHEALTHY;
 }
 
 /** `--url`: an http(s) URL of a status listener. */
@@ -550,7 +548,7 @@ const STATUS_TIMEOUT_MS = 5000;
  * fetch(): fetch refuses the ports of the Fetch standard's block list (e.g. 6000), and a connection closed
  * without an answer leaves its promise pending forever.
  */
-function fetchStatus(target: URL): Promise<Record<string, unknown>> {
+function fetchStatus(target: URL, what: 'status' | 'health'): Promise<Record<string, unknown> | boolean> {
   const get = target.protocol === 'https:' ? https.get : http.get;
   const unreachable = (why: string, cause?: unknown) =>
     new UnavailableError(
@@ -563,6 +561,11 @@ function fetchStatus(target: URL): Promise<Record<string, unknown>> {
     );
   return new Promise((resolve, reject) => {
     const req = get(target, { timeout: STATUS_TIMEOUT_MS }, (res) => {
+      if (what === 'health' && (res.statusCode === 200 || res.statusCode === 503)) {
+        res.resume();
+        resolve(res.statusCode === 200);
+        return;
+      }
       if (res.statusCode !== 200) {
         res.resume();
         reject(notOurs(`answered HTTP ${res.statusCode}`));
@@ -645,8 +648,18 @@ function configKind(file: string): 'agent' | 'collector' {
 
 function formatStatus(s: Record<string, unknown>): string {
   const lines: string[] = [];
-  const skip = new Set(['states', 'transitions', 'errors', 'role', 'hostList']);
+  const skip = new Set(['states', 'transitions', 'errors', 'role', 'hostList', 'health', 'version']);
+  const health = s.health as
+    | { status: string; healthy: boolean; reasons: { code: string; message: string }[] }
+    | undefined;
   lines.push(`auditrelay ${s.role}`);
+  if (health) {
+    lines.push(
+      `  ${'health'.padEnd(14)} ${health.status.toUpperCase()}${health.healthy ? '' : ' (unhealthy)'}`,
+    );
+    for (const r of health.reasons) lines.push(`    ${r.code}: ${r.message}`);
+  }
+  if (s.version !== undefined) lines.push(`  ${'version'.padEnd(14)} ${s.version}`);
   const states = (s.states ?? {}) as Record<string, string>;
   for (const [m, v] of Object.entries(states)) lines.push(`  ${m.padEnd(14)} ${v}`);
   for (const [k, v] of Object.entries(s)) {
@@ -902,10 +915,18 @@ function writeStateReport(agent: Agent, file: string, log: Logger): void {
     `pid = ${process.pid}`,
     ...Object.entries(s).map(([k, v]) => `${k} = ${v}`),
     ...[...agent.observer.states].map(([m, v]) => `state.${m} = ${v}`),
-    ...agent.observer.errors.slice(-5).map((e) => `error = ${e.time} ${e.source}: ${e.message}`),
-    ...agent.observer.transitions
+    ...agent.observer.foldedErrors
+      .slice(-5)
+      .map(
+        (e) =>
+          `error = ${e.time} ${e.source}: ${e.message}${e.count ? ` (x${e.count} since ${e.since})` : ''}`,
+      ),
+    ...agent.observer.foldedTransitions
       .slice(-10)
-      .map((t) => `transition = ${t.time} ${t.actor}: ${t.from} -> ${t.to} (${t.event})`),
+      .map(
+        (t) =>
+          `transition = ${t.time} ${t.actor}: ${t.from} -> ${t.to} (${t.event})${t.count ? ` (x${t.count} since ${t.since})` : ''}`,
+      ),
   ];
   try {
     // Never through a link, the temporary file created exclusively, in a directory only we can write.

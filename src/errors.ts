@@ -138,8 +138,10 @@ export const ExitCodes = {
   CONFIG: 6,
   /** The supervisor gave up restarting a failing actor. */
   ESCALATED: 3,
+  /** `auditrelay status`: the agent or collector answered and is unhealthy (its /health would answer 503). */
+  UNHEALTHY: 4,
   /** `report`: no loss seen, but an input could not be read (the report does not cover it). */
-  INCOMPLETE: 4,
+  INCOMPLETE: 5,
   /** An error nobody foresaw: a bug. The only case that prints a stack trace. */
   INTERNAL: 70,
 } as const;

@@ -88,8 +88,10 @@ exit status: 0 valid; 2 usage error; 6 configuration error (docs/errors.md)
   },
   status: {
     synopsis: '[--url URL | --config FILE] [--json]',
-    summary: "show a running agent's or collector's state (needs status_listen)",
-    details: `Asks a running agent or collector for its state over its status listener.
+    summary: "show a running agent's or collector's state and health (needs status_listen)",
+    details: `Asks a running agent or collector for its state over its status listener, prints it with its
+health first (healthy, degraded or down, and why), and exits with what its /health says: a monitoring
+check can run it as is (docs/status.md, "Health").
 
 options:
   --url URL            the status listener, e.g. http://127.0.0.1:9101
@@ -98,8 +100,8 @@ options:
   --json               print the raw JSON
   -h, --help           this text
 
-exit status: 0 shown; 1 the listener cannot be reached or did not answer with a status; 2 usage error;
-6 configuration error (docs/errors.md)
+exit status: 0 healthy; 4 unhealthy (/health would answer 503); 1 the listener cannot be reached or
+did not answer with a status; 2 usage error; 6 configuration error (docs/errors.md)
 `,
   },
   'import-queue': {
@@ -191,7 +193,7 @@ options:
   --json               the report as one JSON document (docs/loss.md, "JSON")
   -h, --help           this text
 
-exit status: 0 no loss seen; 1 loss seen; 2 usage error; 4 no loss seen, but an input could not be read
+exit status: 0 no loss seen; 1 loss seen; 2 usage error; 5 no loss seen, but an input could not be read
 (named on stderr; the report does not cover it) (docs/errors.md)
 `,
   },

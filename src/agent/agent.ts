@@ -21,6 +21,7 @@ import { agentChildren } from './children.js';
 import { connectionLogic } from './connection-logic.js';
 import { queueLogic, readerLogic } from './io-logic.js';
 import { Krb5Client } from './krb5-transport.js';
+import { LinkMeter } from './link-meter.js';
 import { LinkRegistry } from './links.js';
 import type { ReloadPlan } from './reload-policy.js';
 import { SequenceCounter } from './session.js';
@@ -50,9 +51,23 @@ export interface AgentStatus {
   /** Smoothed round-trip time of the records acknowledged, in ms (null before the first). */
   rttMs: number | null;
   held: number;
+  /** The server as configured (`remote_server:port`). */
+  server: string;
+  /** What `capacity` counts (records, or bytes of the durable queue's files), the capacity, and how much is used. */
+  queueCapacity: number;
+  queueCapacityUnit: 'records' | 'bytes';
+  queueUsed: number;
+  /** When the last record was acknowledged (ISO 8601), null before the first. */
+  lastAckAt: string | null;
+  bytesSent: number;
+  bytesReceived: number;
 }
 
 type Supervisor = ReturnType<typeof createSupervisor>;
+
+/** `host:port`, `[v6]:port`. */
+const formatServer = (s: { host: string; port: number }) =>
+  `${s.host.includes(':') ? `[${s.host}]` : s.host}:${s.port}`;
 
 const rounded = (ms: number | null) => (ms === null ? null : Math.round(ms * 100) / 100);
 
@@ -80,6 +95,8 @@ export class Agent {
   readonly #counters = { connects: 0, failures: 0, restarts: 0 };
   /** The window the connection uses (src/agent/window.ts), for status and metrics. */
   readonly #flow: { window: FlowWindow | null } = { window: null };
+  /** What the sessions measured on the wire (bytes, replies, acknowledgement latency), for status and metrics. */
+  readonly meter = new LinkMeter();
 
   constructor(settings: AgentSettings, io: { input: Readable; log: Logger; queue?: RecordQueue }) {
     this.#s = settings;
@@ -179,6 +196,13 @@ export class Agent {
       window: this.#flow.window?.size ?? null,
       rttMs: rounded(this.#flow.window?.srttMs ?? null),
       held: this.#input.held,
+      server: formatServer(this.#s.server),
+      queueCapacity: this.queue.capacity,
+      queueCapacityUnit: this.queue.capacityUnit,
+      queueUsed: this.queue.used,
+      lastAckAt: this.meter.lastAckAt === null ? null : new Date(this.meter.lastAckAt).toISOString(),
+      bytesSent: this.meter.bytesSent,
+      bytesReceived: this.meter.bytesReceived,
     };
   }
 
@@ -266,6 +290,7 @@ export class Agent {
         stats: this.#counters,
         recordError: (message) => this.observer.recordError('connection', message),
         flow: this.#flow,
+        meter: this.meter,
       }),
     };
     return createSupervisor(

@@ -29,6 +29,7 @@ import type { Logger } from '../log.js';
 import type { RecordQueue } from '../queue/types.js';
 import type { ActionRunner, FailureAction } from './actions.js';
 import type { Krb5Client } from './krb5-transport.js';
+import type { LinkMeter } from './link-meter.js';
 import type { LinkRegistry } from './links.js';
 import { type ReplyKind, type SequenceCounter, Session } from './session.js';
 import type { AgentSettings } from './settings.js';
@@ -58,6 +59,8 @@ export interface ConnectionDeps {
   recordError: (message: string) => void;
   /** Where the runtime finds the window in use (status and metrics read it). */
   flow: { window: FlowWindow | null };
+  /** Bytes, replies and acknowledgement latencies of the sessions (status and metrics). */
+  meter?: LinkMeter;
 }
 
 const ACTION_SETTING: Record<FailureActionKey, keyof AgentSettings['actions']> = {
@@ -161,6 +164,7 @@ export function connectionLogic(d: ConnectionDeps) {
           heartbeatMs: s.heartbeatMs,
           ascii: s.format === 'ascii',
           onReply,
+          meter: d.meter,
         });
         current = session;
         session.start((event) => {

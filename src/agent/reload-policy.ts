@@ -71,6 +71,9 @@ export const RELOAD_POLICY: Readonly<Record<keyof AgentConfig, ReloadPolicy>> = 
   tailPollMs: 'restart',
   stateFile: 'restart',
   statusListen: 'restart',
+  // Read by the status listener at every /health.
+  healthLinkDownTimeout: 'live',
+  healthQueueThreshold: 'live',
   logLevel: 'live',
   // The log's destination (syslog socket, journald stream) is chosen once, before anything is logged.
   logTarget: 'restart',

@@ -31,6 +31,7 @@ import {
   typeName,
 } from '../protocol/constants.js';
 import type { RecordQueue } from '../queue/types.js';
+import type { LinkMeter } from './link-meter.js';
 import type { Transport } from './transport.js';
 import type { FlowWindow } from './window.js';
 
@@ -50,6 +51,8 @@ export interface SessionOptions {
   /** ascii format: no replies; a record counts as delivered once written. */
   ascii: boolean;
   onReply?(kind: ReplyKind, text: string): void;
+  /** Counts bytes, replies and acknowledgement latencies for status and metrics (optional). */
+  meter?: LinkMeter;
   now?: () => number;
 }
 
@@ -280,6 +283,7 @@ export class Session {
     payloads.length = 0;
     seqs.length = 0;
     types.length = 0;
+    this.#o.meter?.sent(data.length);
     if (!this.#o.transport.write(data)) this.#blocked = true;
   }
 
@@ -290,6 +294,7 @@ export class Session {
       this.#records--;
       this.#bytes -= f.bytes;
       this.#o.queue.ack(f.id);
+      this.#o.meter?.acked(0);
     }
     this.#compact();
   }
@@ -302,6 +307,7 @@ export class Session {
     const now = this.#now();
     if (this.inFlight === 0) this.#progressAt = now;
     this.#inflight.push({ seq, id: HEARTBEAT, sentAt: now, bytes: 0 });
+    this.#o.meter?.sent(frame.length);
     if (!this.#o.transport.write(frame)) this.#blocked = true;
   }
 
@@ -322,10 +328,12 @@ export class Session {
   #onFrame(chunk: Buffer): void {
     if (this.#ended) return;
     const messages = this.#decoder.push(chunk);
-    const { queue, window } = this.#o;
+    const { queue, window, meter } = this.#o;
+    meter?.received(chunk.length);
     let replied = false;
     for (const m of messages) {
       if (this.#ended) return;
+      meter?.reply(typeName(m.type));
       if (m.type === MessageType.ENDING) {
         this.#finish({ type: 'REMOTE_ENDING' });
         return;
@@ -370,6 +378,7 @@ export class Session {
         this.#bytes -= head.bytes;
         queue.ack(head.id);
         const now = this.#now();
+        meter?.acked(now - head.sentAt);
         if (window.acked(now, now - head.sentAt)) this.#send?.({ type: 'ACCEPTING' });
         if (this.#ended) return;
       }

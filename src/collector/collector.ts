@@ -195,7 +195,24 @@ export interface CollectorStats {
   diskLowReplies: number;
   /** Configuration reloads applied (SIGHUP). */
   reloads: number;
+  /** Log writes that failed (each answered its records with DISKFULL or DISKERROR; `writeFailures` counts those). */
+  writeErrors: number;
+  /** Bytes read from clients (after TLS or Kerberos unwrapping: what the protocol sees). */
+  bytesReceived: number;
+  /** Bytes of replies written to clients. */
+  bytesSent: number;
 }
+
+/** Replies sent, by type (the reply of a record refused by identity_policy = reject is `REFUSED`). */
+export type CollectorReplyType = 'ACK' | 'DISKLOW' | 'DISKFULL' | 'DISKERROR' | 'REFUSED' | 'ENDING';
+export const COLLECTOR_REPLY_TYPES: readonly CollectorReplyType[] = [
+  'ACK',
+  'DISKLOW',
+  'DISKFULL',
+  'DISKERROR',
+  'REFUSED',
+  'ENDING',
+];
 
 const NEWLINE = Buffer.from('\n');
 const EMPTY = Buffer.alloc(0);
@@ -371,7 +388,20 @@ export class Collector {
     writeFailures: 0,
     diskLowReplies: 0,
     reloads: 0,
+    writeErrors: 0,
+    bytesReceived: 0,
+    bytesSent: 0,
   };
+  /** Replies sent, by type. */
+  readonly replies: Record<CollectorReplyType, number> = {
+    ACK: 0,
+    DISKLOW: 0,
+    DISKFULL: 0,
+    DISKERROR: 0,
+    REFUSED: 0,
+    ENDING: 0,
+  };
+  #lastWriteError: { code: string; time: string } | null = null;
 
   constructor(settings: CollectorSettings, log: Logger) {
     this.#s = settings;
@@ -416,6 +446,23 @@ export class Collector {
       );
     });
     return server;
+  }
+
+  /** The listener is open (health: a collector that cannot accept clients is down). */
+  get listening(): boolean {
+    return this.#server.listening;
+  }
+
+  /** Where it listens (`host:port`, `[v6]:port`), or null when it does not. */
+  get listenAddress(): string | null {
+    const a = this.#server.address();
+    if (!a || typeof a === 'string') return null;
+    return `${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`;
+  }
+
+  /** The last log write that failed, when no write succeeded after it (health: disk_error). */
+  get lastWriteError(): { code: string; time: string } | null {
+    return this.#lastWriteError;
   }
 
   /** The log writer's state, for status and tests. */
@@ -1260,6 +1307,7 @@ export class Collector {
 
   #onData(session: ClientSession, chunk: Buffer): void {
     if (session.phase === 'closed' || session.phase === 'closing' || session.phase === 'ending') return;
+    this.stats.bytesReceived += chunk.length;
     if (session.krb5) this.#onKrb5Data(session, session.krb5, chunk);
     else this.#onPlain(session, chunk);
     if ((session.phase as Phase) !== 'closed') this.#countInput(session);
@@ -1649,6 +1697,8 @@ export class Collector {
       }
       const records = batch.reduce((n, e) => n + e.records, 0);
       this.stats.writeFailures += records;
+      this.stats.writeErrors++;
+      this.#lastWriteError = { code: err.code ?? err.message, time: new Date().toISOString() };
       this.#warn.warn(
         `write ${err.code ?? 'error'}`,
         { error: err.code ?? err.message, records, clients: new Set(batch.map((e) => e.session.peer)).size },
@@ -1659,6 +1709,7 @@ export class Collector {
           `${n} more log write(s) failed (${err.code ?? err.message}); their records were answered with ${isFull(err) ? 'DISKFULL' : 'DISKERROR'}`,
       );
     }
+    if (!err) this.#lastWriteError = null;
     const now = Date.now();
     const replies = new Map<ClientSession, number[]>();
     for (const e of batch) {
@@ -1700,23 +1751,38 @@ export class Collector {
   ): void {
     const { socket } = session;
     if (socket.destroyed || list.length === 0) return;
+    const r = this.replies;
     const frames = list.map((v) => {
       if (v >= REFUSED) {
+        r.REFUSED++;
         return encodeReply(
           REFUSED_REPLY,
           v - REFUSED,
           'record refused: its node= is not the authenticated host',
         );
       }
-      if (v >= HB) return encodeReply(MessageType.ACK, v - HB);
-      if (!err) return encodeReply(outcome === 'disklow' ? MessageType.DISKLOW : MessageType.ACK, v);
-      if (err.code === 'ESUSPENDED') return encodeReply(MessageType.DISKERROR, v, 'remote logging suspended');
-      return isFull(err)
-        ? encodeReply(MessageType.DISKFULL, v, 'disk full')
-        : encodeReply(MessageType.DISKERROR, v, 'disk write error');
+      if (v >= HB || (!err && outcome !== 'disklow')) {
+        r.ACK++;
+        return encodeReply(MessageType.ACK, v >= HB ? v - HB : v);
+      }
+      if (!err) {
+        r.DISKLOW++;
+        return encodeReply(MessageType.DISKLOW, v);
+      }
+      if (err.code === 'ESUSPENDED') {
+        r.DISKERROR++;
+        return encodeReply(MessageType.DISKERROR, v, 'remote logging suspended');
+      }
+      if (isFull(err)) {
+        r.DISKFULL++;
+        return encodeReply(MessageType.DISKFULL, v, 'disk full');
+      }
+      r.DISKERROR++;
+      return encodeReply(MessageType.DISKERROR, v, 'disk write error');
     });
     const wire = this.#wire(session, frames);
     if (socket.destroyed || wire.length === 0) return;
+    this.stats.bytesSent += wire.length;
     session.unsent += wire.length;
     this.#adjust(session, wire.length);
     socket.write(wire, () => {
@@ -1771,6 +1837,7 @@ export class Collector {
     if (socket.destroyed) return;
     await new Promise<void>((resolve) => {
       socket.once('close', () => resolve());
+      this.replies.ENDING++;
       socket.end(this.#wire(session, [encodeReply(MessageType.ENDING, 0)]));
       // Read and drop what the client still sends (never logged, never acked): a paused socket with unread
       // input would never see the client's FIN, so the close would always wait for the timer below.

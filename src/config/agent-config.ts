@@ -182,6 +182,10 @@ export interface AgentConfig {
   stateFile: string;
   /** null = no status listener. */
   statusListen: HostPort | null;
+  /** Seconds without a working link after which /health says unhealthy (docs/status.md, "Health"). */
+  healthLinkDownTimeout: number;
+  /** Percent of the queue's capacity from which /health says unhealthy. */
+  healthQueueThreshold: number;
   logLevel: LogLevel;
   /** Where the log goes: auto (from what stderr is), stderr, journal, syslog (src/log.ts, docs/logging.md). */
   logTarget: LogTarget;
@@ -242,6 +246,8 @@ export const AGENT_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   tailPollMs: 1000,
   stateFile: '/run/auditrelay/agent.state',
   statusListen: null,
+  healthLinkDownTimeout: 60,
+  healthQueueThreshold: 90,
   logLevel: 'info',
   logTarget: 'auto',
 } satisfies AgentConfig);
@@ -262,6 +268,8 @@ export const AGENT_RANGES = {
   reconnect_max_ms: [1, 3_600_000],
   drain_timeout: [0, 3600],
   tail_poll_ms: [10, 60_000],
+  health_link_down_timeout: [1, 86_400],
+  health_queue_threshold: [1, 100],
 } as const satisfies Record<string, readonly [number, number]>;
 
 /** A fresh copy of the defaults (remote_server unset). */
@@ -590,6 +598,14 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
       cfg.statusListen = parseStatusListen(e, ctx.file);
     },
     format: (cfg) => (cfg.statusListen ? formatHostPort(cfg.statusListen) : 'off'),
+  },
+  health_link_down_timeout: {
+    apply: int('health_link_down_timeout', 'healthLinkDownTimeout'),
+    format: (cfg) => String(cfg.healthLinkDownTimeout),
+  },
+  health_queue_threshold: {
+    apply: int('health_queue_threshold', 'healthQueueThreshold'),
+    format: (cfg) => String(cfg.healthQueueThreshold),
   },
   log_level: {
     apply: (cfg, e, ctx) => {

@@ -511,7 +511,7 @@ export interface ReportArgs {
 }
 
 /**
- * Runs the report; the exit status (docs/loss.md): 0 no loss seen, 1 loss seen, 4 no loss seen but an input could
+ * Runs the report; the exit status (docs/loss.md): 0 no loss seen, 1 loss seen, 5 no loss seen but an input could
  * not be read (the report does not cover it). Usage errors are thrown (exit 2).
  */
 export async function runReport(

@@ -73,6 +73,7 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
   readonly fsync: FsyncPolicy;
   readonly segmentBytes: number;
   readonly persistence: QueuePersistence = 'crash-safe';
+  readonly capacityUnit = 'bytes' as const;
 
   readonly #log: QueueLogger;
   readonly #fs: FileOps;
@@ -242,6 +243,9 @@ export class DurableQueue extends EventEmitter<QueueEvents> implements RecordQue
   }
   /** Bytes of segment files, the quantity bounded by `capacity` (maxBytes). */
   get diskBytes(): number {
+    return this.#diskBytes;
+  }
+  get used(): number {
     return this.#diskBytes;
   }
   get status(): QueueStatus {

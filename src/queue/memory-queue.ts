@@ -18,6 +18,7 @@ export class MemoryQueue extends EventEmitter<QueueEvents> implements RecordQueu
   readonly capacity: number;
   /** Records live in memory only: lost when the process ends (see SpillOnStopQueue for `mode = immediate`). */
   readonly persistence: QueuePersistence = 'none';
+  readonly capacityUnit = 'records' as const;
   /** A memory queue has no I/O to fail. */
   readonly lastError: Error | null = null;
   totalAppended = 0;
@@ -30,6 +31,9 @@ export class MemoryQueue extends EventEmitter<QueueEvents> implements RecordQueu
     this.capacity = capacity;
   }
 
+  get used(): number {
+    return this.depth;
+  }
   get depth(): number {
     return this.#count;
   }

@@ -38,6 +38,7 @@ const WHAT = 'queue directory (queue_dir)';
 export class SpillOnStopQueue extends EventEmitter<QueueEvents> implements RecordQueue {
   readonly persistence: QueuePersistence = 'clean-stop';
   readonly capacity: number;
+  readonly capacityUnit = 'records' as const;
   readonly dir: string;
   readonly #o: SpillOnStopOptions;
   readonly #log: QueueLogger;
@@ -95,6 +96,9 @@ export class SpillOnStopQueue extends EventEmitter<QueueEvents> implements Recor
     this.#status = this.#computeStatus();
   }
 
+  get used(): number {
+    return this.depth;
+  }
   get depth(): number {
     return this.#memory.depth + (this.#saved?.depth ?? 0);
   }

@@ -63,6 +63,10 @@ export interface RecordQueue extends EventEmitter<QueueEvents> {
   readonly unsent: number;
   readonly status: QueueStatus;
   readonly capacity: number;
+  /** What `capacity` counts: records (the memory queues) or bytes of segment files (the durable queue). */
+  readonly capacityUnit: 'records' | 'bytes';
+  /** How much of `capacity` is used now, in `capacityUnit` (status and metrics: the queue's fill). */
+  readonly used: number;
   /** Records appended / acknowledged since the queue was opened (counters for status and metrics). */
   readonly totalAppended: number;
   readonly totalAcked: number;

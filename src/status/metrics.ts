@@ -1,12 +1,28 @@
 /**
  * Prometheus metrics (prom-client), one registry per agent or collector so that several can live in
- * one process (tests). Values are read from the running component at scrape time.
+ * one process (tests). Values are read from the running component at scrape time. Conventions
+ * (https://prometheus.io/docs/practices/naming/): base units in the name (`_seconds`, `_bytes`, `_records`,
+ * `_ratio`), `_total` on counters, `_timestamp_seconds` for times, and every state or condition as a 0/1 series
+ * that is always there (one per possible value, 0 when not current), so a series never vanishes when the link
+ * drops and an alert on `== 1` or `== 0` always has data. Each registry also carries `auditrelay_build_info` and
+ * prom-client's process metrics (`process_*`, `nodejs_*`).
  */
-import { Counter, Gauge, Registry } from 'prom-client';
-import type { CollectorStats } from '../collector/collector.js';
+
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { AnyStateMachine } from 'xstate';
+import { INERT_LOGICS } from '../agent/children.js';
+import type { LinkMeter } from '../agent/link-meter.js';
+import {
+  COLLECTOR_REPLY_TYPES,
+  type CollectorReplyType,
+  type CollectorStats,
+} from '../collector/collector.js';
 import type { EvidenceSinkStatus } from '../collector/evidence-sink.js';
 import { type HostEntry, type HostsSummary, missingNow } from '../collector/hosts.js';
 import type { LogStoreStatus } from '../collector/log-store.js';
+import { packageVersion } from '../paths.js';
+import { extractGraph, reachableStates } from '../statechart/analysis.js';
+import { AGENT_HEALTH_CODES, COLLECTOR_HEALTH_CODES, type Health } from './health.js';
 
 export interface AgentMetricsSource {
   status(): {
@@ -21,16 +37,30 @@ export interface AgentMetricsSource {
     window: number | null;
     rttMs: number | null;
     held: number;
+    queueCapacity?: number;
+    queueCapacityUnit?: 'records' | 'bytes';
+    queueUsed?: number;
   };
   states(): Map<string, string>;
+  /** Bytes, replies, the last ACK and the ACK latency histogram (src/agent/link-meter.ts). */
+  meter?: LinkMeter;
+  health?: () => Health;
 }
 
 export interface CollectorMetricsSource {
   stats: CollectorStats;
+  replies?: Record<CollectorReplyType, number>;
+  readonly listening?: boolean;
+  readonly lastWriteError?: { code: string; time: string } | null;
   logStatus?(): LogStoreStatus;
   evidenceStatus?(): EvidenceSinkStatus | null;
   hosts?: { entries(): Iterable<HostEntry>; summary(): HostsSummary };
 }
+
+/** Upper bounds of the ACK latency histogram, in seconds (a loopback ACK is well under a millisecond). */
+export const ACK_LATENCY_BUCKETS = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+];
 
 /** A counter whose value is copied from a monotonic source at scrape time. */
 function mirroredCounter(registry: Registry, name: string, help: string, read: () => number): void {
@@ -47,6 +77,34 @@ function mirroredCounter(registry: Registry, name: string, help: string, read: (
   });
 }
 
+/** A counter per label value, copied at scrape time; every value in `values` is present from the start. */
+function mirroredLabelledCounter(
+  registry: Registry,
+  name: string,
+  help: string,
+  label: string,
+  values: readonly string[],
+  read: () => Iterable<[string, number]>,
+): void {
+  const last = new Map<string, number>();
+  new Counter({
+    name,
+    help,
+    labelNames: [label],
+    registers: [registry],
+    collect() {
+      const current = new Map(read());
+      for (const v of new Set([...values, ...current.keys()])) {
+        const now = current.get(v) ?? 0;
+        const before = last.get(v);
+        if (before !== undefined && now <= before) continue;
+        this.inc({ [label]: v }, now - (before ?? 0));
+        last.set(v, now);
+      }
+    },
+  });
+}
+
 function gauge(registry: Registry, name: string, help: string, read: () => number): void {
   new Gauge({
     name,
@@ -58,8 +116,69 @@ function gauge(registry: Registry, name: string, help: string, read: () => numbe
   });
 }
 
+/** `auditrelay_build_info{version, node_version, role} 1` and prom-client's process metrics. */
+function common(r: Registry, role: 'agent' | 'collector'): void {
+  new Gauge({
+    name: 'auditrelay_build_info',
+    help: 'Always 1; the labels say which auditrelay and which Node.js run',
+    labelNames: ['version', 'node_version', 'role'],
+    registers: [r],
+  }).set({ version: packageVersion(), node_version: process.versions.node, role }, 1);
+  collectDefaultMetrics({ register: r });
+}
+
+/**
+ * `auditrelay_healthy` (1/0), `auditrelay_health_status{status}` (one of healthy/degraded/down is 1) and
+ * `auditrelay_health_reason{code}` (1 while the reason holds), each present at every scrape.
+ */
+function healthMetrics(r: Registry, health: () => Health, codes: readonly string[]): void {
+  const read = health;
+  gauge(r, 'auditrelay_healthy', 'What /health says: 1 healthy (200), 0 unhealthy (503)', () =>
+    read().healthy ? 1 : 0,
+  );
+  new Gauge({
+    name: 'auditrelay_health_status',
+    help: 'The status shown at the top of the page (1 = current): healthy, degraded or down',
+    labelNames: ['status'],
+    registers: [r],
+    collect() {
+      const h = read();
+      for (const status of ['healthy', 'degraded', 'down']) this.set({ status }, h.status === status ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'auditrelay_health_reason',
+    help: 'A reason of the health check holds now (1) or not (0); codes in docs/status.md',
+    labelNames: ['code'],
+    registers: [r],
+    collect() {
+      const h = read();
+      for (const code of codes) this.set({ code }, h.reasons.some((x) => x.code === code) ? 1 : 0);
+    },
+  });
+}
+
+let knownStates: Map<string, string[]> | null = null;
+/** Every state each agent machine can be in (its leaves, as the observer names them), from the definitions. */
+export function agentMachineStates(): Map<string, string[]> {
+  if (knownStates) return knownStates;
+  knownStates = new Map();
+  for (const [name, logic] of Object.entries(INERT_LOGICS)) {
+    const graph = extractGraph({ name, machine: logic as AnyStateMachine, source: '' });
+    const reachable = reachableStates(graph);
+    knownStates.set(
+      name,
+      graph.states
+        .filter((st) => (st.type === 'atomic' || st.type === 'final') && reachable.has(st.id))
+        .map((st) => st.path),
+    );
+  }
+  return knownStates;
+}
+
 export function agentMetrics(src: AgentMetricsSource): Registry {
   const r = new Registry();
+  common(r, 'agent');
   const s = () => src.status();
   mirroredCounter(r, 'auditrelay_records_queued_total', 'Records read and queued', () => s().recordsQueued);
   mirroredCounter(
@@ -83,7 +202,28 @@ export function agentMetrics(src: AgentMetricsSource): Registry {
   );
   gauge(r, 'auditrelay_queue_records', 'Records not yet acknowledged', () => s().queueDepth);
   gauge(r, 'auditrelay_queue_bytes', 'Payload bytes not yet acknowledged', () => s().queueBytes);
-  gauge(r, 'auditrelay_in_flight', 'Records sent and not yet acknowledged', () => s().inFlight);
+  const first = s();
+  if (first.queueCapacity !== undefined) {
+    const unit = first.queueCapacityUnit ?? 'records';
+    gauge(
+      r,
+      `auditrelay_queue_capacity_${unit}`,
+      unit === 'records'
+        ? 'Records the queue holds at most (queue_depth)'
+        : 'Bytes of queue files the durable queue holds at most (queue_max_bytes)',
+      () => s().queueCapacity ?? 0,
+    );
+    gauge(
+      r,
+      'auditrelay_queue_fill_ratio',
+      `How full the queue is (0..1: used ${unit} / capacity); health_queue_threshold applies to it`,
+      () => {
+        const v = s();
+        return v.queueCapacity ? (v.queueUsed ?? 0) / v.queueCapacity : 0;
+      },
+    );
+  }
+  gauge(r, 'auditrelay_in_flight_records', 'Records sent and not yet acknowledged', () => s().inFlight);
   gauge(
     r,
     'auditrelay_window_records',
@@ -96,22 +236,76 @@ export function agentMetrics(src: AgentMetricsSource): Registry {
     'Smoothed round-trip time of acknowledged records',
     () => (s().rttMs ?? 0) / 1000,
   );
-  gauge(r, 'auditrelay_input_held', 'Records read but refused by a full queue', () => s().held);
+  gauge(r, 'auditrelay_input_held_records', 'Records read but refused by a full queue', () => s().held);
+  const known = agentMachineStates();
   new Gauge({
     name: 'auditrelay_state',
-    help: 'Current state of each statechart (1 = active)',
+    help: 'State of each statechart: one series per state it can be in, 1 for the current one, 0 for the others',
     labelNames: ['machine', 'state'],
     registers: [r],
     collect() {
-      this.reset();
-      for (const [machine, state] of src.states()) this.set({ machine, state }, 1);
+      const current = src.states();
+      for (const [machine, states] of known) {
+        const now = current.get(machine);
+        for (const state of states) this.set({ machine, state }, state === now ? 1 : 0);
+        // A state the definitions do not list (none today) is still shown while current.
+        if (now !== undefined && !states.includes(now)) this.set({ machine, state: now }, 1);
+      }
     },
   });
+  gauge(
+    r,
+    'auditrelay_link_up',
+    'The server answers on the link (connection in online.connected, online.serverFull or online.draining) (1) or not (0)',
+    () => {
+      const c = src.states().get('connection');
+      return c === 'online.connected' || c === 'online.serverFull' || c === 'online.draining' ? 1 : 0;
+    },
+  );
+  const meter = src.meter;
+  if (meter) {
+    mirroredCounter(
+      r,
+      'auditrelay_sent_bytes_total',
+      'Bytes written to the server (headers included; records sent again after a reconnect count again)',
+      () => meter.bytesSent,
+    );
+    mirroredCounter(
+      r,
+      'auditrelay_received_bytes_total',
+      'Bytes read from the server (replies)',
+      () => meter.bytesReceived,
+    );
+    mirroredLabelledCounter(
+      r,
+      'auditrelay_replies_total',
+      "Replies from the server by type (ACK, DISKLOW, DISKFULL, DISKERROR, ENDING; heartbeats' replies included)",
+      'type',
+      ['ACK', 'DISKLOW', 'DISKFULL', 'DISKERROR', 'ENDING'],
+      () => meter.replies,
+    );
+    gauge(
+      r,
+      'auditrelay_last_ack_timestamp_seconds',
+      'When the server last acknowledged a record (Unix time; 0 = not yet)',
+      () => (meter.lastAckAt ?? 0) / 1000,
+    );
+    const latency = new Histogram({
+      name: 'auditrelay_ack_latency_seconds',
+      help: 'Time from writing a record to the link to its acknowledgement',
+      buckets: ACK_LATENCY_BUCKETS,
+      registers: [r],
+    });
+    meter.onLatency((seconds) => latency.observe(seconds));
+  }
+  if (src.health) healthMetrics(r, src.health, AGENT_HEALTH_CODES);
   return r;
 }
 
-export function collectorMetrics(src: CollectorMetricsSource): Registry {
+/** `src` is read at every scrape (a Collector itself will do); `health`, when given, adds the health series. */
+export function collectorMetrics(src: CollectorMetricsSource, health?: () => Health): Registry {
   const r = new Registry();
+  common(r, 'collector');
   mirroredCounter(
     r,
     'auditrelay_collector_records_total',
@@ -188,10 +382,52 @@ export function collectorMetrics(src: CollectorMetricsSource): Registry {
   );
   mirroredCounter(
     r,
-    'auditrelay_collector_write_failures_total',
+    'auditrelay_collector_write_failed_records_total',
     'Records answered with DISKFULL or DISKERROR because the log could not be written',
     () => src.stats.writeFailures,
   );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_write_errors_total',
+    'Log writes that failed (no space, an I/O error, logging suspended)',
+    () => src.stats.writeErrors ?? 0,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_received_bytes_total',
+    'Bytes read from clients (after TLS or Kerberos unwrapping)',
+    () => src.stats.bytesReceived ?? 0,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_sent_bytes_total',
+    'Bytes of replies written to clients',
+    () => src.stats.bytesSent ?? 0,
+  );
+  const replies = src.replies;
+  if (replies) {
+    mirroredLabelledCounter(
+      r,
+      'auditrelay_collector_replies_total',
+      "Replies sent by type (REFUSED: identity_policy = reject; heartbeats' ACKs included)",
+      'type',
+      COLLECTOR_REPLY_TYPES,
+      () => Object.entries(replies),
+    );
+  }
+  if (src.listening !== undefined) {
+    gauge(r, 'auditrelay_collector_listening', 'The listener is open (1) or not (0)', () =>
+      src.listening ? 1 : 0,
+    );
+  }
+  if (src.lastWriteError !== undefined) {
+    gauge(
+      r,
+      'auditrelay_collector_disk_error',
+      'The last log write failed and none succeeded since (1) or not (0)',
+      () => (src.lastWriteError ? 1 : 0),
+    );
+  }
   mirroredCounter(
     r,
     'auditrelay_collector_disk_low_replies_total',
@@ -207,6 +443,7 @@ export function collectorMetrics(src: CollectorMetricsSource): Registry {
   if (src.logStatus) logMetrics(r, () => src.logStatus!());
   if (src.evidenceStatus) evidenceMetrics(r, () => src.evidenceStatus!());
   if (src.hosts) hostMetrics(r, src.hosts);
+  if (health) healthMetrics(r, health, COLLECTOR_HEALTH_CODES);
   return r;
 }
 
@@ -256,7 +493,7 @@ function evidenceMetrics(r: Registry, read: () => EvidenceSinkStatus | null): vo
   );
   gauge(
     r,
-    'auditrelay_collector_evidence_checkpoint_size',
+    'auditrelay_collector_evidence_checkpoint_records',
     'Records covered by the last signed checkpoint',
     () => read()?.checkpointSize ?? 0,
   );
@@ -343,7 +580,11 @@ function hostMetrics(r: Registry, hosts: NonNullable<CollectorMetricsSource['hos
         for (const h of hosts.entries()) this.set({ host: h.name, kind: h.kind }, read(h));
       },
     });
-  perHostGauge('auditrelay_collector_host_connected', 'Connections of the host open now', (h) => h.connected);
+  perHostGauge(
+    'auditrelay_collector_host_connections',
+    'Connections of the host open now',
+    (h) => h.connected,
+  );
   perHostGauge(
     'auditrelay_collector_host_last_seen_timestamp_seconds',
     'Last record or heartbeat from the host (Unix time)',

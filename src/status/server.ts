@@ -22,6 +22,7 @@ import path from 'node:path';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../log.js';
 import { DIAGRAMS_DIR } from '../paths.js';
+import { type Health, healthText } from './health.js';
 import type { StateObserver } from './observer.js';
 import { renderPage } from './page.js';
 
@@ -44,6 +45,8 @@ export interface StatusServerOptions {
   /** What the event stream pushes every second; default `status` (the collector leaves its host list out). */
   eventStatus?: () => Record<string, unknown>;
   registry: Registry;
+  /** `/health`: 200 when healthy, 503 when not (src/status/health.ts). Without it, always healthy. */
+  health?: () => Health;
   observer?: StateObserver;
   log: Logger;
   /** Limits (tests); defaults above. */
@@ -73,7 +76,11 @@ export class StatusServer {
     this.#server.on('drop', () => {
       this.refused.connections++;
     });
-    options.observer?.on('transition', (t) => this.#broadcast('transition', t));
+    // A flip back folded into the previous entry is not pushed: the next status carries it (a queue flips at
+    // every record).
+    options.observer?.on('transition', (t, folded) => {
+      if (!folded) this.#broadcast('transition', t);
+    });
   }
 
   async start(): Promise<{ host: string; port: number }> {
@@ -134,11 +141,23 @@ export class StatusServer {
       return;
     }
     const url = new URL(req.url ?? '/', 'http://status');
-    if (req.method !== 'GET') {
-      res.writeHead(405, { allow: 'GET' }).end('method not allowed\n');
+    // HEAD: the same status and headers as GET, no body (node:http leaves it out).
+    const head = req.method === 'HEAD';
+    if (req.method !== 'GET' && !head) {
+      res.writeHead(405, { allow: 'GET, HEAD' }).end('method not allowed\n');
       return;
     }
     switch (url.pathname) {
+      case '/health': {
+        const h = this.#o.health?.() ?? { status: 'healthy', healthy: true, reasons: [] };
+        res
+          .writeHead(h.healthy ? 200 : 503, {
+            'content-type': 'text/plain; charset=utf-8',
+            'cache-control': 'no-store',
+          })
+          .end(healthText(h));
+        return;
+      }
       case '/':
         res
           .writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' })
@@ -150,7 +169,9 @@ export class StatusServer {
           .end(`${JSON.stringify(this.#snapshot(), null, 2)}\n`);
         return;
       case '/metrics': {
-        const body = await this.#o.registry.metrics();
+        // prom-client 15 writes NaN as `Nan` (lib/util.js); the text format's spelling is `NaN` (a process metric
+        // such as nodejs_eventloop_lag_mean_seconds is NaN before its first sample).
+        const body = (await this.#o.registry.metrics()).replace(/ Nan$/gm, ' NaN');
         res.writeHead(200, { 'content-type': this.#o.registry.contentType }).end(body);
         return;
       }
@@ -168,6 +189,10 @@ export class StatusServer {
           'cache-control': 'no-store',
           connection: 'keep-alive',
         });
+        if (head) {
+          res.end();
+          return;
+        }
         res.write(`event: status\ndata: ${JSON.stringify(this.#snapshot(true))}\n\n`);
         this.#clients.set(res, { skipped: 0 });
         req.on('close', () => this.#clients.delete(res));
@@ -176,7 +201,7 @@ export class StatusServer {
       default:
         res
           .writeHead(404, { 'content-type': 'text/plain' })
-          .end('not found: try /, /status, /metrics or /events\n');
+          .end('not found: try /, /health, /status, /metrics or /events\n');
     }
   }
 
@@ -189,8 +214,8 @@ export class StatusServer {
       ...(obs
         ? {
             states: Object.fromEntries(obs.states),
-            transitions: obs.transitions.slice(-20),
-            errors: obs.errors.slice(-10),
+            transitions: obs.foldedTransitions.slice(-20),
+            errors: obs.foldedErrors.slice(-10),
           }
         : {}),
     };

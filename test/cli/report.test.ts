@@ -1,7 +1,7 @@
 /**
  * `auditrelay report` (docs/loss.md), the built CLI on log files as collectors write them: real records of the
  * corpus (beats, go-libaudit) with `node=` and the collector's ` rid=AGENT:SEQ`, in two collectors' directories
- * with a rotated and a gzipped file. Exit statuses: 0 no loss seen, 1 loss seen, 2 usage, 4 an input not read.
+ * with a rotated and a gzipped file. Exit statuses: 0 no loss seen, 1 loss seen, 2 usage, 5 an input not read.
  * The union of both collectors' logs closes the gap a failover leaves in each; what neither has is reported, with
  * the kernel's loss report and auditd's restart; --since/--until; --json; go-libaudit's lost_messages.log by serial.
  */
@@ -129,7 +129,7 @@ describe('auditrelay report', () => {
     ]);
   });
 
-  it('usage errors: exit 2; an input that cannot be read: named, exit 4 (1 when loss is seen anyway)', async () => {
+  it('usage errors: exit 2; an input that cannot be read: named, exit 5 (1 when loss is seen anyway)', async () => {
     const none = await runCli(['report']);
     expect(none.code).toBe(2);
     expect(none.stderr).toMatch(/^auditrelay: report needs at least one PATH/);
@@ -152,7 +152,7 @@ describe('auditrelay report', () => {
     const db1Only = path.join(path.dirname(a), 'db1.log');
     writeFileSync(db1Only, `${[1, 2].map((s) => rec(s, 'db1', 'DB1AGENT')).join('\n')}\n`);
     const r = await runCli(['report', db1Only, missing]);
-    expect(r.code).toBe(4);
+    expect(r.code).toBe(5);
     expect(r.stderr).toBe(`auditrelay: report: cannot read ${missing}: no such file or directory\n`);
     expect(r.stdout).toMatch(
       /summary: no loss seen: 1 host\(s\), 2 record\(s\); 1 input\(s\) could not be read/,

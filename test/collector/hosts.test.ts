@@ -73,7 +73,7 @@ describe('hosts', () => {
     expect(metrics).toMatch(/^auditrelay_collector_host_silent\{host="web1",kind="node"\} 1$/m);
     expect(metrics).toMatch(/^auditrelay_collector_host_silent\{host="127\.0\.0\.3",kind="address"\} 0$/m);
     expect(metrics).toMatch(/^auditrelay_collector_host_records_total\{host="web1",kind="node"\} 10$/m);
-    expect(metrics).toMatch(/^auditrelay_collector_host_connected\{host="web1",kind="node"\} 0$/m);
+    expect(metrics).toMatch(/^auditrelay_collector_host_connections\{host="web1",kind="node"\} 0$/m);
     expect(metrics).toMatch(/^auditrelay_collector_hosts_silent 1$/m);
     const st = JSON.parse(await get(statusPort, '/status')) as {
       hosts: { hosts: number; silent: number };

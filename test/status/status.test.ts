@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Collector, DEFAULT_COLLECTOR_SETTINGS } from '../../src/collector/collector.js';
 import { silentLogger } from '../../src/log.js';
-import { agentMetrics, collectorMetrics } from '../../src/status/metrics.js';
+import { agentMachineStates, agentMetrics, collectorMetrics } from '../../src/status/metrics.js';
 import { MAX_EVENT_CLIENTS, StatusServer } from '../../src/status/server.js';
 import { type RunningAgent, records, startAgent } from '../helpers/agent-harness.js';
 import { ScriptServer } from '../helpers/script-server.js';
@@ -43,7 +43,7 @@ function parsePrometheus(text: string): Map<string, number> {
       continue;
     }
     const m =
-      /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? (-?[0-9.e+]+|NaN|[+-]Inf)$/.exec(
+      /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? (-?[0-9.]+(?:e[+-]?[0-9]+)?|NaN|[+-]Inf)$/.exec(
         line,
       );
     expect(m, `line ${i + 1} is not a valid sample: ${line}`).not.toBeNull();
@@ -89,6 +89,45 @@ describe('status listener', () => {
     expect(after.get('auditrelay_records_acked_total')).toBe(25);
     expect(after.get('auditrelay_connects_total')).toBe(1);
     expect(after.get('auditrelay_queue_records')).toBe(0);
+  });
+
+  it('follows the Prometheus conventions, and keeps every state series when the link drops', async () => {
+    server = new ScriptServer();
+    agent = startAgent(await server.start());
+    const a = agent;
+    const registry = agentMetrics({
+      status: () => a.agent.status(),
+      states: () => a.agent.observer.states,
+      meter: a.agent.meter,
+    });
+    await agent.waitForState('online.connected');
+    const text = await registry.metrics();
+    const types = new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1]!, m[2]!]));
+    for (const [name, type] of types) {
+      if (!name.startsWith('auditrelay_')) continue;
+      if (type === 'counter') expect(name, name).toMatch(/_total$/);
+      else expect(name, name).not.toMatch(/_total$/);
+      // Base units only: no milliseconds, no kilobytes.
+      expect(name, name).not.toMatch(/_(ms|milliseconds|kb|kilobytes|percent)(_|$)/);
+    }
+    expect(types.get('auditrelay_ack_latency_seconds')).toBe('histogram');
+    expect(types.get('auditrelay_build_info')).toBe('gauge');
+    expect(types.has('process_cpu_seconds_total')).toBe(true);
+    const series = (t: string) => [...t.matchAll(/^auditrelay_state\{([^}]*)\} ([01])$/gm)];
+    const up = series(text);
+    const known = [...agentMachineStates().values()].flat().length;
+    expect(up).toHaveLength(known);
+    expect(up.filter((m) => m[2] === '1')).toHaveLength(3); // one current state per machine
+    // The server goes away for good: the link cannot come back while the series are read.
+    await server.stop();
+    server = undefined;
+    await pollUntil(() => !a.agent.connectionState().startsWith('online'), {
+      timeoutMs: 10_000,
+      what: 'the link down',
+    });
+    const down = series(await registry.metrics());
+    expect(down.map((m) => m[1])).toEqual(up.map((m) => m[1]));
+    expect(down.find((m) => m[1] === 'machine="connection",state="online.connected"')?.[2]).toBe('0');
   });
 
   it('serves /status as JSON with the machines, transitions and errors', async () => {

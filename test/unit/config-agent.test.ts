@@ -90,6 +90,8 @@ const DEFAULTS: AgentConfig = {
   tailPollMs: 1000,
   stateFile: '/run/auditrelay/agent.state',
   statusListen: null,
+  healthLinkDownTimeout: 60,
+  healthQueueThreshold: 90,
   logLevel: 'info',
   logTarget: 'auto',
 };
@@ -152,6 +154,8 @@ describe('numeric keys: range edges', () => {
     reconnect_max_ms: 'reconnectMaxMs',
     drain_timeout: 'drainTimeout',
     tail_poll_ms: 'tailPollMs',
+    health_link_down_timeout: 'healthLinkDownTimeout',
+    health_queue_threshold: 'healthQueueThreshold',
   };
   const expected: Record<string, [number, number]> = {
     port: [1, 65535],
@@ -168,6 +172,8 @@ describe('numeric keys: range edges', () => {
     reconnect_max_ms: [1, 3600000],
     drain_timeout: [0, 3600],
     tail_poll_ms: [10, 60000],
+    health_link_down_timeout: [1, 86400],
+    health_queue_threshold: [1, 100],
   };
 
   it('covers every numeric key', () => {
@@ -658,6 +664,8 @@ describe('formatEffectiveConfig', () => {
       'tail_poll_ms = 50',
       'state_file = /var/run/other.state',
       'status_listen = [::1]:9100',
+      'health_link_down_timeout = 30',
+      'health_queue_threshold = 75',
       'log_level = trace',
       'log_target = syslog',
     ].join('\n');
