@@ -1,5 +1,5 @@
 /**
- * Command line: `auditrelay agent | collector | check-config | status | import-queue | demo`.
+ * Command line: `auditrelay agent | collector | sink | check-config | status | import-queue | demo`.
  * `auditrelay <command> --help` prints that command's usage (src/usage.ts). An expected failure is one line
  * saying what, where and what to do, with the exit status of docs/errors.md: 0 ok, 1 records left undelivered or
  * a failure (e.g. an address in use), 2 usage, 3 supervisor escalation, 6 configuration error (as
@@ -65,6 +65,10 @@ const COMMANDS: Readonly<Record<string, (args: string[]) => Promise<number> | nu
   events: (args) => runEvents(args),
   verify: (args) => runVerifyCommand(args),
   pubkey: (args) => runPubkeyCommand(args),
+  sink: async (args) => {
+    const { runSink } = await import('./sink/command.js');
+    return runSink(args);
+  },
   demo: async (args) => {
     const { runDemo } = await import('./demo.js');
     return runDemo(args);
@@ -468,6 +472,7 @@ function collectorStatus(collector: Collector, hosts: number): Record<string, un
     ...collector.stats,
     log: collector.logStatus(),
     evidence: collector.evidenceStatus(),
+    jetstream: collector.jetstreamStatus(),
     hosts: summary,
     ...(hosts > 0 ? { hostList: list } : {}),
   };
