@@ -15,6 +15,13 @@
  *   until one is accepted (machines/connection.ts, `serverFull`), then its whole window; audisp-remote closes and
  *   keeps its records. Nothing is lost and, with record identities, nothing is stored twice.
  * - A full stream (its max_bytes / max_msgs with discard new): DISKFULL `stream full` at once, logged.
+ * - A duplicate is only a duplicate with the sequence of the record the stream holds. A clustered stream (measured
+ *   on nats-server 2.15.1) stages a message id before it stores the message and keeps it when the store is refused
+ *   (a full stream; a failing proposal): a publish with that id is then answered `duplicate` with sequence 0 for
+ *   the whole duplicate window although nothing is stored. Such an answer counts as not stored: the record is
+ *   published again; when the same id is still answered that way after POISONED_ID_MS (a staged proposal of the
+ *   current leader is decided within seconds), it is published under `<id>/1` (then `/2`, …): deterministic, so
+ *   another collector publishing the same record chooses the same id and the stream still keeps one.
  */
 import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -41,6 +48,10 @@ export const JETSTREAM_RETRY_MS = 3000;
 export const JETSTREAM_PUBLISH_TIMEOUT_MS = 1500;
 /** Pause between two attempts of a batch. */
 export const JETSTREAM_RETRY_PAUSE_MS = 200;
+/** An id answered `duplicate` with sequence 0 this long is taken as refused for good (see the module comment). */
+export const POISONED_ID_MS = 10_000;
+/** Ids followed for that rule at most. */
+const POISON_TRACKED = 100_000;
 /** Subjects remembered (host → subject) at most. */
 const SUBJECT_CACHE = 100_000;
 
@@ -59,12 +70,18 @@ export interface JetStreamOutputStatus {
   refused: number;
   /** A later record of a host was stored while an earlier one was not (should stay 0; see the module comment). */
   orderWarnings: number;
+  /** Answers `duplicate` with sequence 0: nothing stored under the id (see the module comment). */
+  unstoredDuplicates: number;
+  /** Records published under a derived id (`<id>/N`) because their id stayed refused. */
+  renamedIds: number;
   lastError: string | null;
 }
 
 interface Item {
   subject: string;
   data: Buffer;
+  /** The record's own id (its identity, or this collector's), whatever it is published under. */
+  base: string;
   id: string;
 }
 
@@ -97,8 +114,16 @@ export class JetStreamOutput implements RecordOutput {
     retries: 0,
     refused: 0,
     orderWarnings: 0,
+    unstoredDuplicates: 0,
+    renamedIds: 0,
     lastError: null as string | null,
   };
+  /** id → when the stream first answered it `duplicate` with sequence 0 (not stored). */
+  readonly #zeroSince = new Map<string, number>();
+  /** base id → the derived id it is published under now. */
+  readonly #alias = new Map<string, string>();
+  /** When the stream last refused a record for a limit. */
+  #fullAt = Number.NEGATIVE_INFINITY;
 
   constructor(settings: JetStreamSettings, log: Logger, options: JetStreamOutputOptions = {}) {
     this.#s = settings;
@@ -181,11 +206,8 @@ export class JetStreamOutput implements RecordOutput {
       const subject = this.#subject(g.host);
       for (let i = 0, r = 0; i < g.lines.length; i += 2, r++) {
         const rid = g.rids?.[r] ?? null;
-        items.push({
-          subject,
-          data: g.lines[i]!,
-          id: rid ? formatRid(rid) : `~${this.#instance}:${++this.#counter}`,
-        });
+        const base = rid ? formatRid(rid) : `~${this.#instance}:${++this.#counter}`;
+        items.push({ subject, data: g.lines[i]!, base, id: this.#alias.get(base) ?? base });
       }
     }
     const deadline = Date.now() + this.#retryMs;
@@ -218,14 +240,23 @@ export class JetStreamOutput implements RecordOutput {
       const failedSubjects = new Set<string>();
       results.forEach((r, i) => {
         const it = pending[i]!;
-        if (r.status === 'fulfilled') {
+        if (r.status === 'fulfilled' && !(r.value.duplicate && r.value.seq === 0)) {
           this.#stats.published++;
           if (r.value.duplicate) this.#stats.duplicates++;
           if (failedSubjects.has(it.subject)) okAfterFailure.add(it.subject);
+          this.#stored(it);
           return;
         }
         failed.push(it);
         failedSubjects.add(it.subject);
+        if (r.status === 'fulfilled') {
+          this.#unstored(it);
+          const e = new Error(`the stream answers id ${it.id} as a duplicate of a record it does not hold`);
+          reason ??= e;
+          // Refused while the stream was full: still the full stream.
+          if (Date.now() - this.#fullAt < POISONED_ID_MS * 3) full ??= e;
+          return;
+        }
         reason ??= r.reason;
         if (isStreamFull(r.reason)) full ??= r.reason;
       });
@@ -248,6 +279,7 @@ export class JetStreamOutput implements RecordOutput {
       }
       this.#stats.lastError = natsReason(reason);
       if (full !== null) {
+        if (isStreamFull(full)) this.#fullAt = Date.now();
         this.#stats.refused += failed.length;
         this.#failing = true;
         this.#warn.warn(
@@ -269,6 +301,38 @@ export class JetStreamOutput implements RecordOutput {
       await delay(JETSTREAM_RETRY_PAUSE_MS);
       pending = failed;
     }
+  }
+
+  #stored(it: Item): void {
+    if (this.#zeroSince.size > 0) this.#zeroSince.delete(it.id);
+    if (it.id !== it.base) this.#alias.delete(it.base);
+  }
+
+  /** Answered `duplicate` with sequence 0: after POISONED_ID_MS under the same id, the next derived id. */
+  #unstored(it: Item): void {
+    this.#stats.unstoredDuplicates++;
+    const now = Date.now();
+    const since = this.#zeroSince.get(it.id);
+    if (since === undefined) {
+      if (this.#zeroSince.size >= POISON_TRACKED) this.#zeroSince.clear();
+      this.#zeroSince.set(it.id, now);
+      return;
+    }
+    if (now - since < POISONED_ID_MS) return;
+    this.#zeroSince.delete(it.id);
+    const slash = it.id.lastIndexOf('/');
+    const n = it.id === it.base ? 1 : Number(it.id.slice(slash + 1)) + 1;
+    const next = `${it.base}/${n}`;
+    if (this.#alias.size >= POISON_TRACKED) this.#alias.clear();
+    this.#alias.set(it.base, next);
+    it.id = next;
+    this.#stats.renamedIds++;
+    this.#warn.warn(
+      'renamed',
+      { stream: this.#s.stream, id: it.base, as: next },
+      `JetStream: stream ${this.#s.stream} has answered record id ${it.base} as a duplicate without holding it for ${POISONED_ID_MS / 1000} s (NATS keeps the id of a refused publish for its duplicate window): publishing it as ${next}`,
+      (n2) => `JetStream: ${n2} more record id(s) published under a derived id for the same reason`,
+    );
   }
 
   #unavailable(why: string, records: number): OutputError {

@@ -39,6 +39,8 @@ export const SINK_BATCH = 1000;
 export const SINK_FETCH_EXPIRES_MS = 1000;
 /** The consumer redelivers what a crashed sink had fetched after this long (written ones are skipped). */
 export const SINK_ACK_WAIT_MS = 10_000;
+/** How often the sink logs its progress. */
+const SINK_REPORT_MS = 30_000;
 /** Bytes of the log's tail read at start to find the last stream sequence. */
 const TAIL_BYTES = 1 << 20;
 
@@ -170,7 +172,15 @@ export class Sink {
 
   async #run(consumer: Consumer): Promise<void> {
     const signal = this.#abort.signal;
+    let reported = Date.now();
     while (!signal.aborted) {
+      if (Date.now() - reported >= SINK_REPORT_MS) {
+        reported = Date.now();
+        this.#log.info(
+          { ...this.stats },
+          `sink: ${this.stats.written} record(s) written, up to stream sequence ${this.stats.lastSeq}`,
+        );
+      }
       try {
         const batch = await consumer.fetch({ max_messages: SINK_BATCH, expires: SINK_FETCH_EXPIRES_MS });
         const msgs = [];
@@ -209,7 +219,8 @@ export class Sink {
       }
       top = m.seq;
       const id = m.headers?.get('Nats-Msg-Id') ?? '';
-      const rid = id ? parseRid(id) : null;
+      // `<agent>:<seq>`, or `<agent>:<seq>/N` when a collector had to publish it under a derived id.
+      const rid = id ? parseRid(id.replace(/\/[0-9]+$/, '')) : null;
       const { line } = sanitizeRecord(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength));
       const text = Buffer.concat([
         line,

@@ -46,6 +46,24 @@ export class NatsCluster {
 
   /** Writes the configurations of `size` nodes under `dir` and starts them all. */
   static async start(dir: string, size = 3): Promise<NatsCluster> {
+    const cluster = await NatsCluster.create(dir, size);
+    await cluster.startAll();
+    return cluster;
+  }
+
+  /** Starts every node and waits until the cluster is ready. */
+  async startAll(): Promise<void> {
+    for (const n of this.nodes) this.startNode(n);
+    await this.waitReady();
+  }
+
+  /** SIGSTOP (true) or SIGCONT (false) to every running node, by pid: the servers stop answering (unreachable). */
+  freeze(stopped: boolean): void {
+    for (const n of this.running()) process.kill(n.proc!.pid!, stopped ? 'SIGSTOP' : 'SIGCONT');
+  }
+
+  /** Writes the configurations of `size` nodes under `dir` (nothing started). */
+  static async create(dir: string, size = 3): Promise<NatsCluster> {
     const ports = await freePorts(3 * size);
     const nodes: NatsNode[] = [];
     for (let i = 0; i < size; i++) {
@@ -79,10 +97,7 @@ export class NatsCluster {
         ].join('\n'),
       );
     }
-    const cluster = new NatsCluster(nodes);
-    for (const n of nodes) cluster.startNode(n);
-    await cluster.waitReady();
-    return cluster;
+    return new NatsCluster(nodes);
   }
 
   get urls(): string[] {
@@ -147,22 +162,6 @@ export class NatsCluster {
       },
       { timeoutMs, intervalMs: 50, what: 'the NATS cluster to be ready', diagnostics: () => this.logs() },
     );
-  }
-
-  /** The node leading `stream` now (from the monitoring endpoint), or null. */
-  async streamLeader(stream: string): Promise<NatsNode | null> {
-    for (const n of this.running()) {
-      const jsz = (await this.#json(n, 'jsz?streams=true')) as {
-        account_details?: { stream_detail?: { name: string; cluster?: { leader?: string } }[] }[];
-      } | null;
-      for (const acc of jsz?.account_details ?? []) {
-        for (const s of acc.stream_detail ?? []) {
-          if (s.name === stream && s.cluster?.leader)
-            return this.nodes.find((x) => x.name === s.cluster!.leader) ?? null;
-        }
-      }
-    }
-    return null;
   }
 
   logs(): string {
