@@ -8,7 +8,13 @@
  *   retries (not a resend by its client).
  * - Order: a batch's records are published in order on one connection (pipelined); failed ones are published again,
  *   in order, with the same ids, before the next batch. A stream keeps a subject's records in the order the leader
- *   received them, so each host's records stay in order (checked by the crash test).
+ *   received them, so each host's records stay in order (checked by the crash test). One exception was measured:
+ *   after a collector's kill -9 the records it had in flight may still be staged at the leader (answered
+ *   `duplicate` with sequence 0) when the agent's resend reaches it through another server, and the resend's
+ *   later records were stored ahead of them. So a host this output has not stored a record of yet (a new
+ *   connection, a restart, a failover), or whose last publish failed, publishes its first record alone and the rest
+ *   only once that one is stored; an order break that still happens is detected, logged and counted
+ *   (`orderWarnings`).
  * - A stall (a stream leader election takes 3–8 s, NATS unreachable): the batch is retried with the same ids for
  *   `retryMs` (3 s: below the 5 s an agent waits for a reply); after that its records are answered DISKERROR
  *   `stream unavailable` and not acknowledged. Our agent keeps the link and sends its oldest record once a second
@@ -122,6 +128,8 @@ export class JetStreamOutput implements RecordOutput {
   readonly #zeroSince = new Map<string, number>();
   /** base id → the derived id it is published under now. */
   readonly #alias = new Map<string, string>();
+  /** Subjects whose last publish was stored: their records go pipelined (the others lead with one record). */
+  readonly #steady = new Set<string>();
   /** When the stream last refused a record for a limit. */
   #fullAt = Number.NEGATIVE_INFINITY;
 
@@ -228,10 +236,21 @@ export class JetStreamOutput implements RecordOutput {
     const js = this.#js!;
     let pending = items;
     for (;;) {
+      // A host this output has not yet stored a record of, or whose last publish failed, sends its first record
+      // alone: a resend after a crash or failover may begin with records another connection still has in flight,
+      // and nothing of the host must be stored ahead of them (see the module comment, "Order").
+      const send: Item[] = [];
+      const held: Item[] = [];
+      const leads = new Set<string>();
+      for (const it of pending) {
+        if (this.#steady.has(it.subject)) send.push(it);
+        else if (!leads.has(it.subject)) {
+          leads.add(it.subject);
+          send.push(it);
+        } else held.push(it);
+      }
       const results = await Promise.allSettled(
-        pending.map((it) =>
-          js.publish(it.subject, it.data, { msgID: it.id, timeout: this.#publishTimeoutMs }),
-        ),
+        send.map((it) => js.publish(it.subject, it.data, { msgID: it.id, timeout: this.#publishTimeoutMs })),
       );
       const failed: Item[] = [];
       let full: unknown = null;
@@ -239,8 +258,12 @@ export class JetStreamOutput implements RecordOutput {
       const okAfterFailure = new Set<string>();
       const failedSubjects = new Set<string>();
       results.forEach((r, i) => {
-        const it = pending[i]!;
+        const it = send[i]!;
         if (r.status === 'fulfilled' && !(r.value.duplicate && r.value.seq === 0)) {
+          if (!this.#steady.has(it.subject)) {
+            if (this.#steady.size >= SUBJECT_CACHE) this.#steady.clear();
+            this.#steady.add(it.subject);
+          }
           this.#stats.published++;
           if (r.value.duplicate) this.#stats.duplicates++;
           if (failedSubjects.has(it.subject)) okAfterFailure.add(it.subject);
@@ -249,6 +272,7 @@ export class JetStreamOutput implements RecordOutput {
         }
         failed.push(it);
         failedSubjects.add(it.subject);
+        this.#steady.delete(it.subject);
         if (r.status === 'fulfilled') {
           this.#unstored(it);
           const e = new Error(`the stream answers id ${it.id} as a duplicate of a record it does not hold`);
@@ -266,6 +290,10 @@ export class JetStreamOutput implements RecordOutput {
           { subjects: [...okAfterFailure].slice(0, 10) },
           `JetStream: a later record of ${okAfterFailure.size} host(s) was stored while an earlier one was not; the earlier one is published again now, after it (per-host order broken once)`,
         );
+      }
+      if (failed.length === 0 && held.length > 0) {
+        pending = held;
+        continue;
       }
       if (failed.length === 0) {
         if (this.#failing) {
@@ -299,7 +327,9 @@ export class JetStreamOutput implements RecordOutput {
       }
       this.#stats.retries += failed.length;
       await delay(JETSTREAM_RETRY_PAUSE_MS);
-      pending = failed;
+      // Still in the batch's order.
+      const again = new Set([...failed, ...held]);
+      pending = pending.filter((it) => again.has(it));
     }
   }
 
