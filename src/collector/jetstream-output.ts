@@ -366,14 +366,19 @@ export class JetStreamOutput implements RecordOutput {
   }
 
   #unavailable(why: string, records: number): OutputError {
+    const text = `JetStream: stream ${this.#s.stream} did not acknowledge ${records} record(s) within ${this.#retryMs} ms (${why}): answered DISKERROR "stream unavailable"; agents keep them and send them again (same record ids: stored once)`;
+    // The first refusal of an episode is always logged; the rest of it rate-limited.
+    if (!this.#failing) this.#log.warn({ stream: this.#s.stream, error: why, records }, text);
+    else {
+      this.#warn.warn(
+        'unavailable',
+        { stream: this.#s.stream, error: why, records },
+        text,
+        (n) =>
+          `JetStream: stream ${this.#s.stream} still unavailable (${n} more refused batches; last: ${why})`,
+      );
+    }
     this.#failing = true;
-    this.#warn.warn(
-      'unavailable',
-      { stream: this.#s.stream, error: why, records },
-      `JetStream: stream ${this.#s.stream} did not acknowledge ${records} record(s) within ${this.#retryMs} ms (${why}): answered DISKERROR "stream unavailable"; agents keep them and send them again (same record ids: stored once)`,
-      (n) =>
-        `JetStream: stream ${this.#s.stream} still unavailable (${n} more refused batches; last: ${why})`,
-    );
     return Object.assign(new Error(`stream ${this.#s.stream} unavailable: ${why}`), {
       code: 'ESTREAM',
       replyText: 'stream unavailable',
