@@ -46,9 +46,7 @@ export function collectorSettings(options: CollectorCommandOptions): ResolvedCol
     cfg = loaded.config;
     warnings = loaded.warnings.map((w) => w.text);
   } else if (options.listen === undefined || options.log === undefined) {
-    throw new UsageError(
-      'collector needs --listen HOST:PORT and --log FILE (or --config FILE; with output = jetstream no --log)',
-    );
+    throw new UsageError('collector needs --listen HOST:PORT and --log FILE (or --config FILE)');
   }
   cfg = withCollectorOverrides(cfg, {
     listen: options.listen,

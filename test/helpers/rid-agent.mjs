@@ -26,6 +26,13 @@ let acked = existsSync(o.stateFile) ? Number(readFileSync(o.stateFile, 'utf8').t
 const boot = Date.now();
 let wireSeq = 1;
 const started = Date.now();
+/** Milliseconds from send to acknowledgement of every record acknowledged (for the benchmark). */
+const latencies = [];
+function report() {
+  const sorted = latencies.sort((a, b) => a - b);
+  const q = (p) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : 0);
+  return `done ${acked} p50=${q(0.5).toFixed(2)} p99=${q(0.99).toFixed(2)} ms=${Date.now() - started}`;
+}
 
 function frame(type, seq, payload) {
   const f = Buffer.alloc(16 + payload.length);
@@ -83,7 +90,7 @@ function connectOnce() {
         : Number.POSITIVE_INFINITY;
       while (inflight.length < WINDOW && next <= o.total && next <= allowed) {
         const s = wireSeq++;
-        inflight.push([s, next]);
+        inflight.push([s, next, performance.now()]);
         out.push(frame(RECORD_ID, s, record(next)));
         next++;
       }
@@ -121,6 +128,7 @@ function connectOnce() {
         if (!head || head[0] !== seq) return finish(200);
         if (type === ACK || type === 0x50000001) {
           if (head[1] === acked + 1) acked = head[1];
+          latencies.push(performance.now() - head[2]);
           changed = true;
         } else {
           // DISKFULL / DISKERROR: the record is kept; reconnect and send it again.
@@ -131,7 +139,7 @@ function connectOnce() {
       if (changed) {
         save();
         if (acked >= o.total) {
-          console.log(`done ${acked}`);
+          console.log(report());
           clearInterval(timer);
           sock.end();
           process.exit(0);
@@ -148,7 +156,7 @@ function connectOnce() {
 
 for (;;) {
   if (acked >= o.total) {
-    console.log(`done ${acked}`);
+    console.log(report());
     process.exit(0);
   }
   await connectOnce();
