@@ -1,5 +1,5 @@
 /**
- * `auditrelay sink` (docs/scale-out.md): a durable JetStream consumer that writes the stream into an auditd-format
+ * `auditrelay sink` (docs/scale-out.md): reads the stream (an ordered JetStream consumer) and writes it into an auditd-format
  * log file, exactly once across its own crashes, each host's records in the stream's order.
  *
  * - The log is the cursor: an ordered consumer (name prefix `sink_consumer` and a random part, every subject `<STREAM>.>`) starts at
