@@ -380,7 +380,12 @@ async function runCollector(args: string[]): Promise<number> {
       role: 'collector',
       status: () => collectorStatus(collector, HOSTS_IN_STATUS),
       eventStatus: () => collectorStatus(collector, 0),
-      registry: collectorMetrics(collector),
+      // output = jetstream has no log: no log metrics.
+      registry: collectorMetrics(
+        collector.output === 'file'
+          ? collector
+          : { stats: collector.stats, evidenceStatus: () => null, hosts: collector.hosts },
+      ),
       log,
     });
   /** SIGHUP: re-read the file; a bad file keeps the running configuration (and says why). */
@@ -470,7 +475,7 @@ function collectorStatus(collector: Collector, hosts: number): Record<string, un
   const { list, ...summary } = collector.hostsStatus(hosts);
   return {
     ...collector.stats,
-    log: collector.logStatus(),
+    log: collector.output === 'file' ? collector.logStatus() : null,
     evidence: collector.evidenceStatus(),
     jetstream: collector.jetstreamStatus(),
     hosts: summary,

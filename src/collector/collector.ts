@@ -454,9 +454,14 @@ export class Collector {
     return this.#store;
   }
 
-  /** The log's state (size, rotations, suspension, disk thresholds); null with output = jetstream. */
-  logStatus(): LogStoreStatus | null {
-    return this.#store?.status() ?? null;
+  /** Where records go: `file` (the log) or `jetstream`. */
+  get output(): 'file' | 'jetstream' {
+    return this.#output.kind;
+  }
+
+  /** The log's state (size, rotations, suspension, disk thresholds); output = file only. */
+  logStatus(): LogStoreStatus {
+    return this.logStore.status();
   }
 
   /** The evidence store's state, or null when it is off (always with output = jetstream). */

@@ -27,7 +27,7 @@ export interface AgentMetricsSource {
 
 export interface CollectorMetricsSource {
   stats: CollectorStats;
-  logStatus?(): LogStoreStatus | null;
+  logStatus?(): LogStoreStatus;
   evidenceStatus?(): EvidenceSinkStatus | null;
   hosts?: { entries(): Iterable<HostEntry>; summary(): HostsSummary };
 }
@@ -204,7 +204,7 @@ export function collectorMetrics(src: CollectorMetricsSource): Registry {
     'Configuration reloads (SIGHUP)',
     () => src.stats.reloads,
   );
-  if (src.logStatus?.()) logMetrics(r, () => src.logStatus!()!);
+  if (src.logStatus) logMetrics(r, () => src.logStatus!());
   if (src.evidenceStatus) evidenceMetrics(r, () => src.evidenceStatus!());
   if (src.hosts) hostMetrics(r, src.hosts);
   return r;
