@@ -47,7 +47,11 @@ export async function runSink(args: string[]): Promise<number> {
   for (const [sig, fn] of handlers) process.on(sig, fn);
   try {
     const started = sink.start();
-    const first = await Promise.race([started.then(() => 'started'), stopped]);
+    const first = await Promise.race([started.then(() => 'started'), stopped]).catch(async (err: unknown) => {
+      // It could not start (AR_JETSTREAM, an unusable log): close what is open, then report it.
+      await sink.stop().catch(() => {});
+      throw err;
+    });
     if (first === 'started') {
       void notifier.ready(`consuming ${cfg.jetstreamStream} into ${cfg.logFile}`);
       log.info(
