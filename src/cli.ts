@@ -1,5 +1,5 @@
 /**
- * Command line: `auditrelay agent | collector | check-config | status | import-queue | demo`.
+ * Command line: `auditrelay agent | collector | sink | check-config | status | import-queue | demo`.
  * `auditrelay <command> --help` prints that command's usage (src/usage.ts). An expected failure is one line
  * saying what, where and what to do, with the exit status of docs/errors.md: 0 ok, 1 records left undelivered or
  * a failure (e.g. an address in use), 2 usage, 3 supervisor escalation, 6 configuration error (as
@@ -68,6 +68,10 @@ const COMMANDS: Readonly<Record<string, (args: string[]) => Promise<number> | nu
   verify: (args) => runVerifyCommand(args),
   pubkey: (args) => runPubkeyCommand(args),
   report: (args) => runReportCommand(args),
+  sink: async (args) => {
+    const { runSink } = await import('./sink/command.js');
+    return runSink(args);
+  },
   demo: async (args) => {
     const { runDemo } = await import('./demo.js');
     return runDemo(args);
@@ -392,7 +396,13 @@ async function runCollector(args: string[]): Promise<number> {
       status: view.status,
       eventStatus: view.eventStatus,
       health: view.health,
-      registry: collectorMetrics(collector, view.health),
+      // output = jetstream has no log: no log metrics.
+      registry: collectorMetrics(
+        collector.output === 'file'
+          ? collector
+          : { stats: collector.stats, evidenceStatus: () => null, hosts: collector.hosts },
+        view.health,
+      ),
       log,
     });
   /** SIGHUP: re-read the file; a bad file keeps the running configuration (and says why). */

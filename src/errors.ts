@@ -27,6 +27,11 @@ export const ErrorCodes = {
   UNAVAILABLE: 'AR_UNAVAILABLE',
   /** The evidence store (signing key, side files) or a file given to `events`/`verify` cannot be used. */
   EVIDENCE: 'AR_EVIDENCE',
+  /**
+   * NATS JetStream (output = jetstream, `sink`): the servers cannot be reached, the stream cannot be created or
+   * used as configured, or the sink's log does not belong to the stream.
+   */
+  JETSTREAM: 'AR_JETSTREAM',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
@@ -109,6 +114,13 @@ export class UnavailableError extends AuditRelayError {
 export class EvidenceError extends AuditRelayError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(ErrorCodes.EVIDENCE, message, options);
+  }
+}
+
+/** NATS JetStream cannot be used as configured (see ErrorCodes.JETSTREAM); the message says what and what to do. */
+export class JetStreamUnavailableError extends AuditRelayError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ErrorCodes.JETSTREAM, message, options);
   }
 }
 

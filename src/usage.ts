@@ -73,6 +73,27 @@ its own log: journald with priorities under systemd, readable on a terminal, sys
 ${EXIT_STATUSES}
 `,
   },
+  sink: {
+    synopsis: '--config FILE',
+    summary: 'write a NATS JetStream stream of records (output = jetstream) into an audit log',
+    details: `Reads the stream the collectors publish to (output = jetstream) and writes every record into
+log_file, in each host's order, exactly once across its own crashes: each batch is written and fsync'd before
+the next is read, and at start the log's last line says where to go on (docs/scale-out.md). Each line is the
+record, then rid=AGENT:SEQ (when it has one) and js_seq=N.
+
+options:
+  --config FILE        auditd.conf-style file: jetstream_servers, jetstream_stream, sink_consumer,
+                       log_file, and the log management keys (max_log_file, num_logs, space_left, ...)
+  -h, --help           this text
+
+signals:
+  SIGTERM, SIGINT      finish the batch being written, exit
+  SIGUSR1              rotate the log now
+  SIGHUP               logged; a restart applies a configuration change
+
+${EXIT_STATUSES}
+`,
+  },
   'check-config': {
     synopsis: '[--collector] FILE',
     summary: 'validate a configuration file and print the effective configuration',

@@ -54,13 +54,15 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
-import { ConfigError } from '../errors.js';
+import { ConfigError, ProtocolError } from '../errors.js';
+import type { JetStreamSettings } from '../jetstream/nats.js';
 import type { Logger } from '../log.js';
 import { encodeReply, FrameDecoder } from '../protocol/codec.js';
 import { HEADER_SIZE, MAX_AUDIT_MESSAGE_LENGTH, MessageType } from '../protocol/constants.js';
 import type { EvidenceParts, EvidenceSettings, EvidenceSinkStatus } from './evidence-sink.js';
 import { type HostEntry, type HostsSummary, HostTable, type HostView, nodeNameOf } from './hosts.js';
 import { applyIdentity, type IdentityPolicy, identityStamp, type PeerIdentity } from './identity.js';
+import { JetStreamOutput, type JetStreamOutputStatus } from './jetstream-output.js';
 import { Krb5Acceptor, type Krb5CollectorSettings, type Krb5ServerSession } from './krb5.js';
 import {
   DEFAULT_LOG_MANAGEMENT,
@@ -70,6 +72,15 @@ import {
   type WriteOutcome,
 } from './log-store.js';
 import type { FsyncPolicy, LogWriter } from './log-writer.js';
+import { FileOutput, type OutputError, type OutputGroup, type RecordOutput } from './output.js';
+import {
+  type Hello,
+  parseHello,
+  parseRecordIdPayload,
+  RECORD_ID_TYPE,
+  type RecordId,
+  RID_CAPABILITY_REPLY,
+} from './record-id.js';
 import { SANITIZE_KIND_TEXT, type SanitizeKind, sanitizeRecord } from './sanitize.js';
 import { type HandshakeResult, TlsAcceptor, type TlsCollectorSettings } from './tls.js';
 import { WarnLimiter } from './warn-limiter.js';
@@ -134,6 +145,8 @@ export interface CollectorSettings {
   maxHosts?: number;
   /** Test seam: where the email action looks for sendmail. */
   sendmail?: readonly string[];
+  /** output = jetstream (docs/scale-out.md); absent or null = output = file (logFile). */
+  jetstream?: JetStreamSettings | null;
 }
 
 export const DEFAULT_COLLECTOR_SETTINGS: Omit<CollectorSettings, 'logFile'> = {
@@ -220,6 +233,8 @@ const EMPTY = Buffer.alloc(0);
 const HB = 2 ** 32;
 /** Marks a record refused by the identity policy (answered REFUSED, never written). */
 const REFUSED = 2 * HB;
+/** Marks a heartbeat that carried a hello: answered ACK with our capabilities (record-id.ts). */
+const HELLO = 3 * HB;
 /** The reply to a record refused by identity_policy = reject: FATAL class, so clients run generic_error_action. */
 export const REFUSED_REPLY = 0x60000100;
 
@@ -236,6 +251,8 @@ interface Entry {
   lineBytes: number;
   /** The host its records are accounted and chained under (hosts.ts). */
   host: HostEntry | null;
+  /** Each record's identity (RECORD_ID messages), in order; null while none of its records has one. */
+  rids: (RecordId | null)[] | null;
 }
 
 type Phase = 'handshaking' | 'open' | 'closing' | 'ending' | 'closed';
@@ -299,6 +316,8 @@ class ClientSession {
   host: HostEntry | null = null;
   /** Its first record decided the host (node name or address); with an identity, always. */
   hostResolved = false;
+  /** The agent's hello (record-id.ts): it sends RECORD_ID messages; null = plain MESSAGEs (audisp-remote). */
+  hello: Hello | null = null;
 
   constructor(
     public socket: net.Socket,
@@ -328,7 +347,10 @@ export class Collector {
   /** Each transport's part of a reload (see TransportReload). */
   readonly #transportReloads: TransportReload[] = [];
   readonly #log: Logger;
-  readonly #store: LogStore;
+  /** output = file: the log; null with output = jetstream. */
+  readonly #store: LogStore | null;
+  /** Where batches go (output.ts): the log, or the JetStream stream. */
+  readonly #output: RecordOutput;
   /** The listener accepting now. */
   #server: net.Server;
   /** Listeners replaced by a reload: they accept nothing more; their connections go on. */
@@ -412,17 +434,20 @@ export class Collector {
     this.#staleAfterMs = settings.staleAfterMs ?? DEFAULT_COLLECTOR_SETTINGS.staleAfterMs!;
     this.#identityPolicy = settings.identityPolicy ?? this.#defaultIdentityPolicy(settings);
     this.#warn = new WarnLimiter(log, settings.warnIntervalMs ?? DEFAULT_COLLECTOR_SETTINGS.warnIntervalMs!);
-    this.#store = new LogStore({
-      path: settings.logFile,
-      fsync: settings.fsync,
-      fsyncIntervalMs: settings.fsyncIntervalMs,
-      log,
-      maxTornTailBytes: MAX_BATCH_BYTES + 2 * (HEADER_SIZE + settings.maxPayload) + 1024,
-      management: settings.logManagement ?? DEFAULT_LOG_MANAGEMENT,
-      evidence: settings.evidence ?? null,
-      ...(settings.logWriterHooks ? { writerHooks: settings.logWriterHooks } : {}),
-      ...(settings.sendmail ? { sendmail: settings.sendmail } : {}),
-    });
+    this.#store = settings.jetstream
+      ? null
+      : new LogStore({
+          path: settings.logFile,
+          fsync: settings.fsync,
+          fsyncIntervalMs: settings.fsyncIntervalMs,
+          log,
+          maxTornTailBytes: MAX_BATCH_BYTES + 2 * (HEADER_SIZE + settings.maxPayload) + 1024,
+          management: settings.logManagement ?? DEFAULT_LOG_MANAGEMENT,
+          evidence: settings.evidence ?? null,
+          ...(settings.logWriterHooks ? { writerHooks: settings.logWriterHooks } : {}),
+          ...(settings.sendmail ? { sendmail: settings.sendmail } : {}),
+        });
+    this.#output = this.#store ? new FileOutput(this.#store) : new JetStreamOutput(settings.jetstream!, log);
     this.#hosts = new HostTable({
       maxHosts: settings.maxHosts ?? 100_000,
       silenceMs: settings.hostSilenceMs ?? 0,
@@ -467,22 +492,33 @@ export class Collector {
 
   /** The log writer's state, for status and tests. */
   get writer(): LogWriter {
-    return this.#store.writer;
+    return this.logStore.writer;
   }
 
-  /** The log with its rotation, space thresholds and evidence. */
+  /** The log with its rotation, space thresholds and evidence (output = file only). */
   get logStore(): LogStore {
+    if (!this.#store) throw new Error('output = jetstream: the collector has no log file');
     return this.#store;
   }
 
-  /** The log's state (size, rotations, suspension, disk thresholds). */
-  logStatus(): LogStoreStatus {
-    return this.#store.status();
+  /** Where records go: `file` (the log) or `jetstream`. */
+  get output(): 'file' | 'jetstream' {
+    return this.#output.kind;
   }
 
-  /** The evidence store's state, or null when it is off. */
+  /** The log's state (size, rotations, suspension, disk thresholds); output = file only. */
+  logStatus(): LogStoreStatus {
+    return this.logStore.status();
+  }
+
+  /** The evidence store's state, or null when it is off (always with output = jetstream). */
   evidenceStatus(): EvidenceSinkStatus | null {
-    return this.#store.evidence?.status() ?? null;
+    return this.#store?.evidence?.status() ?? null;
+  }
+
+  /** output = jetstream: the stream's state and counters; null with output = file. */
+  jetstreamStatus(): JetStreamOutputStatus | null {
+    return this.#output instanceof JetStreamOutput ? this.#output.status() : null;
   }
 
   /** Per-host accounting: the summary, and the hosts (silent first) up to `limit`. */
@@ -497,12 +533,12 @@ export class Collector {
 
   /** SIGUSR1: rotate the log now, as auditd. */
   rotate(reason = 'SIGUSR1'): Promise<void> {
-    return this.#store.rotate(reason);
+    return this.#output.rotate(reason);
   }
 
   /** SIGUSR2: resume logging suspended by a disk action, as auditd. */
   resume(reason = 'SIGUSR2'): Promise<boolean> {
-    return this.#store.resume(reason);
+    return this.#output.resume(reason);
   }
 
   /** Bytes held for one client at most when `clients` are connected. */
@@ -547,7 +583,7 @@ export class Collector {
     }
     // tls: every key, the allowed-clients file and the certificates are checked before anything else.
     if (this.#s.tls) this.#tls = TlsAcceptor.open(this.#s.tls, this.#log);
-    await this.#store.openLog();
+    await this.#output.open();
     this.#checkDescriptorLimit();
     try {
       // The address first (a port in use is one line at once, before the slow part), then the evidence, then the
@@ -555,12 +591,12 @@ export class Collector {
       // current log's evidence, seconds for a large log; a client accepted meanwhile would have its records held
       // until its reply deadline drops the link). Refused instead, it retries with backoff.
       if (this.#s.port !== 0) await checkAddressFree(this.#s.host, this.#s.port);
-      await this.#store.openEvidence();
+      await this.#output.opened();
       await listen(this.#server, this.#s.host, this.#s.port, this.#s.listenBacklog);
     } catch (err) {
       if (this.#server.listening) this.#server.close();
       if (this.#fdTimer) clearInterval(this.#fdTimer);
-      await this.#store.close();
+      await this.#output.close();
       throw err;
     }
     this.#startSweep();
@@ -570,13 +606,15 @@ export class Collector {
       {
         address: addr.address,
         port: addr.port,
-        log: this.#s.logFile,
+        ...(this.#s.jetstream
+          ? { output: 'jetstream', stream: this.#s.jetstream.stream, servers: this.#s.jetstream.servers }
+          : { log: this.#s.logFile }),
         memoryBudget: this.#budget,
         maxConnections: this.#server.maxConnections,
         listenBacklog:
           somaxconn !== null ? Math.min(this.#s.listenBacklog, somaxconn) : this.#s.listenBacklog,
-        reserving: this.#store.writer.reserving,
-        evidence: this.#store.evidence ? this.#store.evidence.status().mode : 'off',
+        reserving: this.#store?.writer.reserving ?? false,
+        evidence: this.#store?.evidence ? this.#store.evidence.status().mode : 'off',
       },
       'collector listening',
     );
@@ -623,7 +661,7 @@ export class Collector {
     if (prev.clientMaxIdleMs !== next.clientMaxIdleMs) this.#startSweep();
     this.#hosts.reconfigure(next.maxHosts ?? 100_000, next.hostSilenceMs ?? 0);
     changed.push(
-      ...(await this.#store.reconfigure({
+      ...(await this.#output.reconfigure({
         path: next.logFile,
         fsync: next.fsync,
         fsyncIntervalMs: next.fsyncIntervalMs,
@@ -736,7 +774,7 @@ export class Collector {
     await Promise.all(this.#retired);
     this.#krb5?.dispose();
     this.#tls?.dispose();
-    await this.#store.close();
+    await this.#output.close();
     this.#warn.flushAll();
     this.#log.info(this.stats, 'collector stopped');
   }
@@ -1402,16 +1440,31 @@ export class Collector {
         this.stats.heartbeats++;
         if (!heartbeatSeen && previous > 0) this.#noteHeartbeat(session, session.lastMessageAt - previous);
         heartbeatSeen = true;
+        // An agent's hello (record-id.ts) is answered with our capabilities; any other heartbeat with an ACK.
+        const hello = m.payload.length > 0 ? parseHello(m.payload) : null;
+        if (hello) session.hello = hello;
+        const mark = m.sequence + (hello ? HELLO : HB);
         const target = entry ?? session.lastEntry;
-        if (target) target.replies.push(m.sequence + HB);
+        if (target) target.replies.push(mark);
         else {
           immediate ??= [];
-          immediate.push(m.sequence + HB);
+          immediate.push(mark);
         }
         continue;
       }
-      // Every other type is a record, as in auditd.
-      const line = this.#line(m.payload, session, principal);
+      // Every other type is a record, as in auditd; RECORD_ID (after a hello) carries its identity first.
+      let payload = m.payload;
+      let rid: RecordId | null = null;
+      if (m.type === RECORD_ID_TYPE && session.hello !== null) {
+        const r = parseRecordIdPayload(payload);
+        if (typeof r === 'string') {
+          session.decoder.error ??= new ProtocolError(r);
+          break;
+        }
+        payload = r.text;
+        rid = { agent: session.hello.agent, seq: r.seq };
+      }
+      const line = this.#line(payload, session, principal);
       if (line === null) {
         // Refused by identity_policy = reject: answered in order, after what came before it.
         const target = entry ?? session.lastEntry;
@@ -1424,7 +1477,16 @@ export class Collector {
       }
       if (!session.hostResolved) this.#resolveHost(session, line);
       if (!entry) {
-        entry = { session, lines: [], bytes: 0, replies: [], records: 0, lineBytes: 0, host: session.host };
+        entry = {
+          session,
+          lines: [],
+          bytes: 0,
+          replies: [],
+          records: 0,
+          lineBytes: 0,
+          host: session.host,
+          rids: null,
+        };
         session.queue.push(entry);
         session.lastEntry = entry;
       }
@@ -1432,6 +1494,9 @@ export class Collector {
       entry.lineBytes += line.length + 1;
       entry.bytes += line.length + 1 + RECORD_OVERHEAD;
       entry.replies.push(m.sequence);
+      if (rid !== null && entry.rids === null)
+        entry.rids = new Array<RecordId | null>(entry.records).fill(null);
+      entry.rids?.push(rid);
       entry.records++;
       session.bytes += m.payload.length;
     }
@@ -1673,7 +1738,12 @@ export class Collector {
       else parts.push([host, at, at + e.lineBytes]);
       at += e.lineBytes;
     }
-    this.#store.write(data, parts).then(
+    const groups: OutputGroup[] = batch.map((e) => ({
+      host: e.host?.name ?? e.session.address,
+      lines: e.lines,
+      rids: e.rids,
+    }));
+    this.#output.write({ data, parts, groups }).then(
       (outcome) => this.#completed(batch, null, outcome),
       (err: NodeJS.ErrnoException) => this.#completed(batch, err, 'ack'),
     );
@@ -1704,7 +1774,9 @@ export class Collector {
         { error: err.code ?? err.message, records, clients: new Set(batch.map((e) => e.session.peer)).size },
         err.code === 'ESUSPENDED'
           ? `logging is suspended (${err.message}): ${records} record(s) answered with DISKERROR "remote logging suspended"; clients keep them`
-          : `log write failed (${err.code ?? err.message}): ${records} record(s) answered with ${isFull(err) ? 'DISKFULL' : 'DISKERROR'} instead of an acknowledgement; nothing of them is in the log`,
+          : this.#output.kind === 'jetstream'
+            ? `${err.message}: ${records} record(s) answered with ${isFull(err) ? 'DISKFULL' : 'DISKERROR'} instead of an acknowledgement; clients keep them and send them again`
+            : `log write failed (${err.code ?? err.message}): ${records} record(s) answered with ${isFull(err) ? 'DISKFULL' : 'DISKERROR'} instead of an acknowledgement; nothing of them is in the log`,
         (n) =>
           `${n} more log write(s) failed (${err.code ?? err.message}); their records were answered with ${isFull(err) ? 'DISKFULL' : 'DISKERROR'}`,
       );
@@ -1753,6 +1825,7 @@ export class Collector {
     if (socket.destroyed || list.length === 0) return;
     const r = this.replies;
     const frames = list.map((v) => {
+      if (v >= HELLO) return encodeReply(MessageType.ACK, v - HELLO, RID_CAPABILITY_REPLY);
       if (v >= REFUSED) {
         r.REFUSED++;
         return encodeReply(
@@ -1768,6 +1841,12 @@ export class Collector {
       if (!err) {
         r.DISKLOW++;
         return encodeReply(MessageType.DISKLOW, v);
+      }
+      const text = (err as OutputError).replyText;
+      if (text !== undefined) {
+        const full = isFull(err);
+        r[full ? 'DISKFULL' : 'DISKERROR']++;
+        return encodeReply(full ? MessageType.DISKFULL : MessageType.DISKERROR, v, text);
       }
       if (err.code === 'ESUSPENDED') {
         r.DISKERROR++;

@@ -73,6 +73,14 @@ export const COLLECTOR_RELOAD_POLICY: Readonly<Record<keyof CollectorConfig, Col
   tlsAllowedNames: 'live',
   maxPendingHandshakes: 'live',
   identityPolicy: 'live',
+  // The output and its stream are chosen at start: records in flight belong to them.
+  output: 'restart',
+  jetstreamServers: 'restart',
+  jetstreamStream: 'restart',
+  jetstreamReplicas: 'restart',
+  jetstreamDuplicateWindow: 'restart',
+  // The sink's key (`auditrelay sink` reads the same syntax); the collector does not use it.
+  sinkConsumer: 'restart',
 };
 
 export interface CollectorReloadPlan {

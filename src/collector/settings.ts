@@ -10,6 +10,7 @@ import {
 } from '../config/collector-config.js';
 import { parseHostPort } from '../config/values.js';
 import { UsageError } from '../errors.js';
+import type { JetStreamSettings } from '../jetstream/nats.js';
 import type { CollectorSettings } from './collector.js';
 import { DEFAULT_KRB5_COLLECTOR_SETTINGS } from './krb5.js';
 import type { FsyncPolicy } from './log-writer.js';
@@ -100,13 +101,14 @@ export function fromConfig(cfg: CollectorConfig): CollectorSettings {
       diskErrorAction: cfg.diskErrorAction,
       actionMailAcct: cfg.actionMailAcct,
     },
-    evidence: cfg.evidence
-      ? {
-          keyFile: cfg.evidenceKeyFile,
-          checkpointIntervalMs: cfg.evidenceCheckpointInterval * 1000,
-          maxHosts: cfg.maxHosts,
-        }
-      : null,
+    evidence:
+      cfg.evidence && cfg.output === 'file'
+        ? {
+            keyFile: cfg.evidenceKeyFile,
+            checkpointIntervalMs: cfg.evidenceCheckpointInterval * 1000,
+            maxHosts: cfg.maxHosts,
+          }
+        : null,
     hostSilenceMs: cfg.hostSilenceTimeout * 1000,
     maxHosts: cfg.maxHosts,
     krb5:
@@ -123,6 +125,17 @@ export function fromConfig(cfg: CollectorConfig): CollectorSettings {
         : null,
     tls: cfg.transport === 'tls' ? tlsCollectorSettings(cfg) : null,
     ...(cfg.identityPolicy !== null ? { identityPolicy: cfg.identityPolicy } : {}),
+    jetstream: cfg.output === 'jetstream' ? jetstreamSettings(cfg) : null,
+  };
+}
+
+/** output = jetstream and the sink: the stream's settings from the configuration. */
+export function jetstreamSettings(cfg: CollectorConfig): JetStreamSettings {
+  return {
+    servers: cfg.jetstreamServers,
+    stream: cfg.jetstreamStream,
+    replicas: cfg.jetstreamReplicas,
+    duplicateWindowMs: cfg.jetstreamDuplicateWindow * 1000,
   };
 }
 

@@ -152,6 +152,18 @@ export interface CollectorConfig {
   hostSilenceTimeout: number;
   /** Hosts accounted at most (memory bound); further ones are counted as `(other)`. */
   maxHosts: number;
+  /** Where accepted records go: the log file, or a NATS JetStream stream (docs/scale-out.md). */
+  output: 'file' | 'jetstream';
+  /** output = jetstream and the sink: `nats://HOST:PORT` URLs. */
+  jetstreamServers: string[];
+  /** The stream (created when missing); its subjects are `<STREAM>.<host>`. */
+  jetstreamStream: string;
+  /** Replicas of the stream when it is created. */
+  jetstreamReplicas: number;
+  /** Seconds the stream remembers message ids (record identities) to drop a resent record, when it is created. */
+  jetstreamDuplicateWindow: number;
+  /** The sink's durable consumer. */
+  sinkConsumer: string;
 }
 
 export interface ConfigWarning {
@@ -223,6 +235,12 @@ export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
   evidenceCheckpointInterval: 10,
   hostSilenceTimeout: 3600,
   maxHosts: 100_000,
+  output: 'file',
+  jetstreamServers: ['nats://127.0.0.1:4222'],
+  jetstreamStream: 'AUDIT',
+  jetstreamReplicas: 3,
+  jetstreamDuplicateWindow: 600,
+  sinkConsumer: 'auditrelay-sink',
 } satisfies CollectorConfig);
 
 /** auditd's own log: the collector warns when log_file is it (both would write, rotate and read the same file). */
@@ -249,6 +267,8 @@ export const COLLECTOR_RANGES = {
   evidence_checkpoint_interval: [0, 86400],
   host_silence_timeout: [0, INT_MAX],
   max_hosts: [1, 10_000_000],
+  jetstream_replicas: [1, 5],
+  jetstream_duplicate_window: [1, 86_400],
 } as const satisfies Record<string, readonly [number, number]>;
 
 export function defaultCollectorConfig(): CollectorConfig {
@@ -593,6 +613,52 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
   evidence_checkpoint_interval: int('evidence_checkpoint_interval', 'evidenceCheckpointInterval'),
   host_silence_timeout: int('host_silence_timeout', 'hostSilenceTimeout'),
   max_hosts: int('max_hosts', 'maxHosts'),
+  output: {
+    apply: (cfg, e, file) => {
+      cfg.output = parseKeyword(e, file, ['file', 'jetstream'] as const);
+    },
+    format: (cfg) => cfg.output,
+  },
+  jetstream_servers: {
+    apply: (cfg, e, file) => {
+      const allowed = 'nats://HOST:PORT[, nats://HOST:PORT ...] (IPv6 in brackets)';
+      const v = requireValue(e, file, allowed);
+      const list = v
+        .split(',')
+        .map((u) => u.trim())
+        .filter((u) => u !== '');
+      for (const u of list) {
+        const m = /^nats:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$/.exec(u);
+        if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535)
+          fail(e, file, `"${u}" is not nats://HOST:PORT`, allowed);
+      }
+      if (list.length === 0) fail(e, file, 'no server given', allowed);
+      cfg.jetstreamServers = list;
+    },
+    format: (cfg) => cfg.jetstreamServers.join(', '),
+  },
+  jetstream_stream: {
+    apply: (cfg, e, file) => {
+      const allowed = 'a stream name: 1 to 64 letters, digits, "_" or "-"';
+      const v = requireValue(e, file, allowed);
+      noOption(e, file);
+      if (!/^[A-Za-z0-9_-]{1,64}$/.test(v)) fail(e, file, `"${v}" is not a stream name`, allowed);
+      cfg.jetstreamStream = v;
+    },
+    format: (cfg) => cfg.jetstreamStream,
+  },
+  jetstream_replicas: int('jetstream_replicas', 'jetstreamReplicas'),
+  jetstream_duplicate_window: int('jetstream_duplicate_window', 'jetstreamDuplicateWindow'),
+  sink_consumer: {
+    apply: (cfg, e, file) => {
+      const allowed = 'a consumer name: 1 to 64 letters, digits, "_" or "-"';
+      const v = requireValue(e, file, allowed);
+      noOption(e, file);
+      if (!/^[A-Za-z0-9_-]{1,64}$/.test(v)) fail(e, file, `"${v}" is not a consumer name`, allowed);
+      cfg.sinkConsumer = v;
+    },
+    format: (cfg) => cfg.sinkConsumer,
+  },
   status_listen: {
     apply: (cfg, e, file) => {
       cfg.statusListen = parseStatusListen(e, file);
@@ -719,6 +785,7 @@ export function parseCollectorConfig(text: string, file: string): LoadedCollecto
     keys: [...COLLECTOR_KEYS, ...Object.keys(COLLECTOR_IGNORED_KEYS)],
     maxLineLength: AUDITD_MAX_LINE_LENGTH,
     allowLongComments: true,
+    listKeys: ['jetstream_servers'],
   });
   const config = defaultCollectorConfig();
   const warnings: ConfigWarning[] = [];

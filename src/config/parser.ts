@@ -47,6 +47,8 @@ export interface ParseOptions {
   allowLongComments?: boolean;
   /** Keys that upstream knows but we do not support: key → reason, reported as an error naming the line. */
   unsupported?: Readonly<Record<string, string>>;
+  /** Keys whose value is a comma-separated list that may have spaces after its commas: the rest of the line. */
+  listKeys?: readonly string[];
 }
 
 /** audisp-remote.conf: `char buf[128]` read with fgets. */
@@ -118,7 +120,8 @@ export function parseConfigText(text: string, file: string, opts: ParseOptions =
       throw new ConfigError(`missing "=" after the key: write "${written}"`, { file, line, key, value });
     }
     const key = first.toLowerCase();
-    if (tokens.length > 4) {
+    const list = opts.listKeys?.includes(key) === true;
+    if (tokens.length > 4 && !list) {
       const hashAt = tokens.findIndex((t, i) => i > 0 && t.startsWith('#'));
       const hint =
         hashAt > 0 ? '; comments must be on a line of their own (a "#" after a value is not a comment)' : '';
@@ -142,8 +145,13 @@ export function parseConfigText(text: string, file: string, opts: ParseOptions =
         allowed: [...keys].join(', '),
       });
     }
-    const entry: ConfigEntry = { key, rawKey: first, value: tokens[2] ?? '', line };
-    if (tokens[3] !== undefined) entry.option = tokens[3];
+    const entry: ConfigEntry = {
+      key,
+      rawKey: first,
+      value: list ? tokens.slice(2).join(' ') : (tokens[2] ?? ''),
+      line,
+    };
+    if (tokens[3] !== undefined && !list) entry.option = tokens[3];
     entries.push(entry);
   });
   return entries;

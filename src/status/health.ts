@@ -209,6 +209,9 @@ export function agentHealth(
 /** What the collector's health is computed from (src/collector/collector.ts). */
 export interface CollectorHealthSource {
   readonly listening: boolean;
+  /** `jetstream`: no log (its reasons do not apply); the stream's connection is the output's health. */
+  readonly output: 'file' | 'jetstream';
+  jetstreamStatus(): { connected: boolean; stream: string } | null;
   logStatus(): {
     file: string;
     suspended: string | null;
@@ -225,7 +228,6 @@ export interface CollectorHealthSource {
 
 export function collectorHealth(c: CollectorHealthSource): Health {
   const reasons: HealthReason[] = [];
-  const log = c.logStatus();
   if (!c.listening) {
     reasons.push({
       code: 'not_listening',
@@ -234,45 +236,14 @@ export function collectorHealth(c: CollectorHealthSource): Health {
       message: 'the collector is not listening for clients',
     });
   }
-  if (log.suspended) {
+  if (c.output === 'file') logReasons(c.logStatus(), c.lastWriteError, reasons);
+  const js = c.jetstreamStatus();
+  if (js && !js.connected) {
     reasons.push({
-      code: 'log_suspended',
+      code: 'stream_unavailable',
       level: 'down',
       fails: true,
-      message: `logging to ${log.file} is suspended by ${log.suspended} = suspend: records are answered DISKERROR (clients keep them); free space, then SIGUSR2`,
-    });
-  }
-  if (log.diskFull) {
-    reasons.push({
-      code: 'disk_full',
-      level: 'down',
-      fails: true,
-      message: `the disk of ${log.file} is full: records are answered DISKFULL (clients keep them)`,
-    });
-  }
-  const err = c.lastWriteError;
-  if (err && !log.diskFull && !log.suspended) {
-    reasons.push({
-      code: 'disk_error',
-      level: 'down',
-      fails: true,
-      message: `writing ${log.file} failed (${err.code}, ${err.time}) and no write succeeded since: records are answered DISKERROR`,
-    });
-  }
-  const free = log.freeBytes === null ? '' : ` (${Math.round(log.freeBytes / 1024 ** 2)} MiB free)`;
-  if (log.adminDiskLow) {
-    reasons.push({
-      code: 'admin_disk_low',
-      level: 'degraded',
-      fails: true,
-      message: `free space of ${log.file}'s file system below admin_space_left${free}`,
-    });
-  } else if (log.diskLow) {
-    reasons.push({
-      code: 'disk_low',
-      level: 'degraded',
-      fails: false,
-      message: `free space of ${log.file}'s file system below space_left${free}: clients get DISKLOW`,
+      message: `no connection to NATS JetStream (stream ${js.stream}): records are answered DISKERROR (clients keep them)`,
     });
   }
   const ev = c.evidenceStatus();
@@ -301,4 +272,52 @@ export function collectorHealth(c: CollectorHealthSource): Health {
     });
   }
   return summarize(reasons);
+}
+
+/** The log's reasons (output = file). */
+function logReasons(
+  log: ReturnType<CollectorHealthSource['logStatus']>,
+  err: CollectorHealthSource['lastWriteError'],
+  reasons: HealthReason[],
+): void {
+  if (log.suspended) {
+    reasons.push({
+      code: 'log_suspended',
+      level: 'down',
+      fails: true,
+      message: `logging to ${log.file} is suspended by ${log.suspended} = suspend: records are answered DISKERROR (clients keep them); free space, then SIGUSR2`,
+    });
+  }
+  if (log.diskFull) {
+    reasons.push({
+      code: 'disk_full',
+      level: 'down',
+      fails: true,
+      message: `the disk of ${log.file} is full: records are answered DISKFULL (clients keep them)`,
+    });
+  }
+  if (err && !log.diskFull && !log.suspended) {
+    reasons.push({
+      code: 'disk_error',
+      level: 'down',
+      fails: true,
+      message: `writing ${log.file} failed (${err.code}, ${err.time}) and no write succeeded since: records are answered DISKERROR`,
+    });
+  }
+  const free = log.freeBytes === null ? '' : ` (${Math.round(log.freeBytes / 1024 ** 2)} MiB free)`;
+  if (log.adminDiskLow) {
+    reasons.push({
+      code: 'admin_disk_low',
+      level: 'degraded',
+      fails: true,
+      message: `free space of ${log.file}'s file system below admin_space_left${free}`,
+    });
+  } else if (log.diskLow) {
+    reasons.push({
+      code: 'disk_low',
+      level: 'degraded',
+      fails: false,
+      message: `free space of ${log.file}'s file system below space_left${free}: clients get DISKLOW`,
+    });
+  }
 }

@@ -15,6 +15,7 @@ import { killAll, requireBuild, runCli, startCli } from './process.js';
 const COMMANDS = [
   'agent',
   'collector',
+  'sink',
   'check-config',
   'status',
   'import-queue',

@@ -83,6 +83,12 @@ const DEFAULTS: CollectorConfig = {
   evidenceCheckpointInterval: 10,
   hostSilenceTimeout: 3600,
   maxHosts: 100000,
+  output: 'file',
+  jetstreamServers: ['nats://127.0.0.1:4222'],
+  jetstreamStream: 'AUDIT',
+  jetstreamReplicas: 3,
+  jetstreamDuplicateWindow: 600,
+  sinkConsumer: 'auditrelay-sink',
 };
 
 describe('limits (issue 9)', () => {
