@@ -22,6 +22,7 @@ import { connectionLogic } from './connection-logic.js';
 import { queueLogic, readerLogic } from './io-logic.js';
 import { Krb5Client } from './krb5-transport.js';
 import { LinkRegistry } from './links.js';
+import type { AgentRecordIds } from './record-ids.js';
 import type { ReloadPlan } from './reload-policy.js';
 import { SequenceCounter } from './session.js';
 import type { AgentSettings } from './settings.js';
@@ -81,8 +82,15 @@ export class Agent {
   /** The window the connection uses (src/agent/window.ts), for status and metrics. */
   readonly #flow: { window: FlowWindow | null } = { window: null };
 
-  constructor(settings: AgentSettings, io: { input: Readable; log: Logger; queue?: RecordQueue }) {
+  /** Record identities (src/agent/record-ids.ts); null: none (the hello is not sent). */
+  readonly #recordIds: AgentRecordIds | null;
+
+  constructor(
+    settings: AgentSettings,
+    io: { input: Readable; log: Logger; queue?: RecordQueue; recordIds?: AgentRecordIds | null },
+  ) {
     this.#s = settings;
+    this.#recordIds = settings.format === 'ascii' ? null : (io.recordIds ?? null);
     this.#log = io.log;
     this.queue = io.queue ?? new MemoryQueue(settings.queueDepth);
     this.#actions = new ActionRunner(io.log);
@@ -266,6 +274,7 @@ export class Agent {
         stats: this.#counters,
         recordError: (message) => this.observer.recordError('connection', message),
         flow: this.#flow,
+        recordIds: this.#recordIds,
       }),
     };
     return createSupervisor(

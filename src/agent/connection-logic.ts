@@ -30,6 +30,7 @@ import type { RecordQueue } from '../queue/types.js';
 import type { ActionRunner, FailureAction } from './actions.js';
 import type { Krb5Client } from './krb5-transport.js';
 import type { LinkRegistry } from './links.js';
+import type { AgentRecordIds } from './record-ids.js';
 import { type ReplyKind, type SequenceCounter, Session } from './session.js';
 import type { AgentSettings } from './settings.js';
 import type { TlsClient } from './tls-transport.js';
@@ -58,6 +59,8 @@ export interface ConnectionDeps {
   recordError: (message: string) => void;
   /** Where the runtime finds the window in use (status and metrics read it). */
   flow: { window: FlowWindow | null };
+  /** Record identities (src/agent/record-ids.ts); null: no hello, plain MESSAGEs. */
+  recordIds?: AgentRecordIds | null;
 }
 
 const ACTION_SETTING: Record<FailureActionKey, keyof AgentSettings['actions']> = {
@@ -160,6 +163,7 @@ export function connectionLogic(d: ConnectionDeps) {
           replyTimeoutMs: s.replyTimeoutMs,
           heartbeatMs: s.heartbeatMs,
           ascii: s.format === 'ascii',
+          recordIds: d.recordIds ?? null,
           onReply,
         });
         current = session;

@@ -65,6 +65,9 @@ export const RELOAD_POLICY: Readonly<Record<keyof AgentConfig, ReloadPolicy>> = 
   drainTimeout: 'live',
   // The input's record splitter is built when the agent starts.
   forwardEoe: 'restart',
+  // The agent's identity is read once at start (queue_dir/agent-id); its records keep the numbers they have.
+  recordIds: 'restart',
+  agentId: 'restart',
   input: 'restart',
   tailStateFile: 'restart',
   tailStart: 'restart',

@@ -284,6 +284,18 @@ export class HostTable {
     return this.#hosts.values();
   }
 
+  // --- Record identities (RECORD-ID.md; docs/protocol.md). The collector reports them here; per-host loss
+  // accounting (what a host's numbers say about records never received) is built on these two hooks.
+
+  /** A session of host `h` said hello: its agent id and boot (a new boot of a known agent = it restarted). */
+  agentSession(_h: HostEntry, _agent: string, _boot: number): void {}
+
+  /**
+   * Records of host `h` with identities, in order: `seqs` of `agent` were written (`duplicate` false), or were
+   * acknowledged without being written again because they were written already (`duplicate` true).
+   */
+  recordIds(_h: HostEntry, _agent: string, _seqs: readonly number[], _duplicate: boolean): void {}
+
   #rememberNode(address: string, node: string): void {
     this.#nodeOfAddress.delete(address);
     this.#nodeOfAddress.set(address, node);

@@ -14,6 +14,7 @@ import {
   parseInputSpec,
 } from '../input/spec.js';
 import { LOG_TARGETS, type LogTarget } from '../log.js';
+import { AGENT_ID_RE } from '../protocol/record-id.js';
 import {
   DEFAULT_CIPHER_SUITES,
   NO_PQC_REASON,
@@ -173,6 +174,10 @@ export interface AgentConfig {
   /** tls_auth = x509: the name the server's certificate must carry; null = remote_server. */
   tlsServerName: string | null;
   forwardEoe: boolean;
+  /** Record identities (docs/protocol.md): the hello, and RECORD_ID messages to a collector that takes them. */
+  recordIds: boolean;
+  /** The agent's id in record identities; null = auto (created once in queue_dir/agent-id). */
+  agentId: string | null;
   /** Where records come from: stdin (plugin), the af_unix plugin's socket, or a tailed audit.log. */
   input: InputSpec;
   tailStateFile: string;
@@ -236,6 +241,8 @@ export const AGENT_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   tlsCrlFile: null,
   tlsServerName: null,
   forwardEoe: false,
+  recordIds: true,
+  agentId: null,
   input: { kind: 'stdin' },
   tailStateFile: DEFAULT_TAIL_STATE_FILE,
   tailStart: 'end',
@@ -557,6 +564,26 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
       cfg.forwardEoe = parseYesNo(e, ctx.file);
     },
     format: (cfg) => (cfg.forwardEoe ? 'yes' : 'no'),
+  },
+  record_ids: {
+    apply: (cfg, e, ctx) => {
+      cfg.recordIds = parseYesNo(e, ctx.file);
+    },
+    format: (cfg) => (cfg.recordIds ? 'yes' : 'no'),
+  },
+  agent_id: {
+    apply: (cfg, e, ctx) => {
+      noOption(e, ctx.file);
+      const allowed = 'auto, or 1 to 64 of A-Z a-z 0-9 . _ -';
+      const v = requireValue(e, ctx.file, allowed);
+      if (v === 'auto') {
+        cfg.agentId = null;
+        return;
+      }
+      if (!AGENT_ID_RE.test(v)) fail(e, ctx.file, `"${v}" is not an agent id`, allowed);
+      cfg.agentId = v;
+    },
+    format: (cfg) => cfg.agentId ?? 'auto',
   },
   input: {
     apply: (cfg, e, ctx) => {

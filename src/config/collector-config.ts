@@ -152,6 +152,8 @@ export interface CollectorConfig {
   hostSilenceTimeout: number;
   /** Hosts accounted at most (memory bound); further ones are counted as `(other)`. */
   maxHosts: number;
+  /** Record identities (docs/protocol.md): the `rid` capability, resends dropped, ` rid=` in the log. */
+  recordIds: boolean;
 }
 
 export interface ConfigWarning {
@@ -223,6 +225,7 @@ export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
   evidenceCheckpointInterval: 10,
   hostSilenceTimeout: 3600,
   maxHosts: 100_000,
+  recordIds: true,
 } satisfies CollectorConfig);
 
 /** auditd's own log: the collector warns when log_file is it (both would write, rotate and read the same file). */
@@ -593,6 +596,12 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
   evidence_checkpoint_interval: int('evidence_checkpoint_interval', 'evidenceCheckpointInterval'),
   host_silence_timeout: int('host_silence_timeout', 'hostSilenceTimeout'),
   max_hosts: int('max_hosts', 'maxHosts'),
+  record_ids: {
+    apply: (cfg, e, file) => {
+      cfg.recordIds = parseYesNo(e, file);
+    },
+    format: (cfg) => (cfg.recordIds ? 'yes' : 'no'),
+  },
   status_listen: {
     apply: (cfg, e, file) => {
       cfg.statusListen = parseStatusListen(e, file);

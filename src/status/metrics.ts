@@ -194,6 +194,12 @@ export function collectorMetrics(src: CollectorMetricsSource): Registry {
   );
   mirroredCounter(
     r,
+    'auditrelay_collector_duplicate_records_total',
+    'Records with an identity acknowledged without being written again: written already (resends, record_ids)',
+    () => src.stats.duplicates,
+  );
+  mirroredCounter(
+    r,
     'auditrelay_collector_disk_low_replies_total',
     'Records written while the disk was below space_left (answered with DISKLOW)',
     () => src.stats.diskLowReplies,

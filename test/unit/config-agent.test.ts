@@ -84,6 +84,8 @@ const DEFAULTS: AgentConfig = {
   tlsCrlFile: null,
   tlsServerName: null,
   forwardEoe: false,
+  recordIds: true,
+  agentId: null,
   input: { kind: 'stdin' },
   tailStateFile: '/var/lib/auditrelay/tail.state',
   tailStart: 'end',
@@ -282,6 +284,10 @@ describe('keyword keys', () => {
     );
     expect(parse1('forward_eoe = yes').forwardEoe).toBe(true);
     expect(parse1('forward_eoe = NO').forwardEoe).toBe(false);
+    expect(parse1('record_ids = no').recordIds).toBe(false);
+    expect(parse1('agent_id = web-01.example').agentId).toBe('web-01.example');
+    expect(parse1('agent_id = auto').agentId).toBeNull();
+    expect(() => parse1('agent_id = a/b')).toThrow(/agent_id: "a\/b" is not an agent id/);
     expect(err1('forward_eoe = true')).toBe(`${F}:1: forward_eoe: unknown value "true" (allowed: yes, no)`);
   });
 
@@ -652,6 +658,8 @@ describe('formatEffectiveConfig', () => {
       'reconnect_max_ms = 60000',
       'drain_timeout = 0',
       'forward_eoe = yes',
+      'record_ids = no',
+      'agent_id = host-1.example',
       'input = tail:/var/log/other.log',
       'tail_state_file = /var/lib/other.state',
       'tail_start = beginning',

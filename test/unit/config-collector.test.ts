@@ -83,6 +83,7 @@ const DEFAULTS: CollectorConfig = {
   evidenceCheckpointInterval: 10,
   hostSilenceTimeout: 3600,
   maxHosts: 100000,
+  recordIds: true,
 };
 
 describe('limits (issue 9)', () => {
