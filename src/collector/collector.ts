@@ -1779,20 +1779,18 @@ export class Collector {
   #noteRecordIds(e: Entry): void {
     const rid = e.rid;
     if (!rid || e.seqs.length === 0) return;
-    let written: number[] | null = null;
-    let dropped: number[] | null = null;
+    const written: number[] = [];
+    const dropped: number[] = [];
     for (const seq of e.seqs) {
-      if (seq > 0) (written ??= []).push(seq);
-      else if (seq < 0) (dropped ??= []).push(-seq);
+      if (seq > 0) written.push(seq);
+      else if (seq < 0) dropped.push(-seq);
     }
-    if (written) this.#rids.written(rid.agent, rid.scope, written[written.length - 1]!);
-    if (dropped) {
-      this.stats.duplicates += dropped.length;
-      this.#rids.duplicates += dropped.length;
-    }
+    if (written.length > 0) this.#rids.written(rid.agent, rid.scope, written[written.length - 1]!);
+    this.stats.duplicates += dropped.length;
+    this.#rids.duplicates += dropped.length;
     if (e.host) {
-      if (written) this.#hosts.recordIds(e.host, rid.agent, written, false);
-      if (dropped) this.#hosts.recordIds(e.host, rid.agent, dropped, true);
+      if (written.length > 0) this.#hosts.recordIds(e.host, rid.agent, written, false);
+      if (dropped.length > 0) this.#hosts.recordIds(e.host, rid.agent, dropped, true);
     }
   }
 

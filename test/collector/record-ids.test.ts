@@ -58,7 +58,7 @@ describe('record identities at the collector', () => {
     expect(r2.map((r) => r.type)).toEqual(Array(6).fill(MessageType.ACK));
     const log = lines(c.logFile);
     expect(log).toHaveLength(8);
-    log.forEach((l, i) => expect(l).toBe(`${record('t', i + 1)} rid=agent-a:${i + 1}`));
+    expect(log).toEqual(log.map((_, i) => `${record('t', i + 1)} rid=agent-a:${i + 1}`));
     expect(c.collector.stats.duplicates).toBe(3);
     expect(c.collector.stats.records).toBe(8);
   });
