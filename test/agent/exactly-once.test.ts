@@ -28,7 +28,9 @@ function agent(conf: string): ChildProcess & { err: () => string } {
   child.stderr!.on('data', (d: Buffer) => {
     err += d.toString();
   });
-  onCleanup(() => terminate(child, 'SIGKILL', 5000).catch(() => {}));
+  onCleanup(async () => {
+    await terminate(child, 'SIGKILL', 5000).catch(() => {});
+  });
   return Object.assign(child, { err: () => err });
 }
 
