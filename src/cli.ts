@@ -239,7 +239,9 @@ async function runAgent(args: string[]): Promise<number> {
   }
   settings.inputName = input.name;
   const agent = new Agent(settings, { input: input.stream, log, queue, recordIds });
-  const server = `${cfg.remoteServer ?? '127.0.0.1'}:${cfg.port}`;
+  const server = settings.servers
+    .map((s) => `${s.host.includes(':') ? `[${s.host}]` : s.host}:${s.port}`)
+    .join(', ');
   log.info({ config: configPath, input: input.name, server, transport: cfg.transport }, 'agent starting');
   // systemd (service mode): READY once the queue and the input are open, never waiting for the network.
   const notifier = new SdNotifier({ log, unsetEnvironment: true });

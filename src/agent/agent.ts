@@ -51,6 +51,11 @@ export interface AgentStatus {
   /** Smoothed round-trip time of the records acknowledged, in ms (null before the first). */
   rttMs: number | null;
   held: number;
+  /** The server in use or being tried (`host:port` of remote_server), and its index there (0: the preferred). */
+  server: string | null;
+  serverIndex: number | null;
+  /** Servers in remote_server. */
+  servers: number;
 }
 
 type Supervisor = ReturnType<typeof createSupervisor>;
@@ -95,9 +100,15 @@ export class Agent {
     this.queue = io.queue ?? new MemoryQueue(settings.queueDepth);
     this.#actions = new ActionRunner(io.log);
     // Fails at start (ConfigError, exit status 6) when the binding is missing or the keytab is unsafe.
-    this.#krb5 = settings.transport === 'krb5' ? new Krb5Client(() => this.#s.krb5, io.log) : null;
+    this.#krb5 =
+      settings.transport === 'krb5'
+        ? new Krb5Client((i = 0) => this.#s.servers[i]?.krb5 ?? this.#s.krb5, io.log)
+        : null;
     // Fails at start (ConfigError, exit status 6) when a key or certificate file is missing, unsafe or unreadable.
-    this.#tls = settings.transport === 'tls' ? new TlsClient(() => this.#s.tls, io.log) : null;
+    this.#tls =
+      settings.transport === 'tls'
+        ? new TlsClient((i = 0) => this.#s.servers[i]?.tls ?? this.#s.tls, io.log)
+        : null;
     this.observer.on('transition', (t) => this.#log.debug(t, 'transition'));
     this.#input = new InputPump({
       stream: io.input,
@@ -150,7 +161,13 @@ export class Agent {
     }
     if (plan.relink.length > 0) {
       this.#log.info({ changed: plan.relink }, 'configuration changed: re-opening the link to apply it');
-      connection?.send({ type: 'RELINK', reason: `SIGHUP changed ${plan.relink.join(', ')}` });
+      // A new server list: the machine starts again at its first server.
+      const listChanged = plan.relink.includes('remote_server') || plan.relink.includes('port');
+      connection?.send({
+        type: 'RELINK',
+        reason: `SIGHUP changed ${plan.relink.join(', ')}`,
+        ...(listChanged ? { servers: next.servers.length } : {}),
+      });
     }
     return [...plan.live, ...plan.relink];
   }
@@ -187,6 +204,7 @@ export class Agent {
       window: this.#flow.window?.size ?? null,
       rttMs: rounded(this.#flow.window?.srttMs ?? null),
       held: this.#input.held,
+      ...this.#serverInUse(),
     };
   }
 
@@ -196,6 +214,16 @@ export class Agent {
     return this.#root?.getSnapshot().status === 'active'
       ? 'restarting'
       : (this.observer.states.get('connection') ?? 'stopped');
+  }
+
+  /** The server the connection machine is on (its context), as status and metrics show it. */
+  #serverInUse(): { server: string | null; serverIndex: number | null; servers: number } {
+    const ctx = (this.#connection()?.getSnapshot() as { context?: ConnectionContext } | undefined)?.context;
+    const servers = this.#s.servers.length;
+    if (!ctx) return { server: null, serverIndex: null, servers };
+    const s = this.#s.servers[ctx.server] ?? this.#s.servers[0]!;
+    const host = s.host.includes(':') ? `[${s.host}]` : s.host;
+    return { server: `${host}:${s.port}`, serverIndex: ctx.server, servers };
   }
 
   /** The connection machine's last failure; across a restart of the actor, the last one recorded. */
@@ -278,7 +306,11 @@ export class Agent {
       }),
     };
     return createSupervisor(
-      agentChildren(logics, () => this.#s.policy),
+      agentChildren(
+        logics,
+        () => this.#s.policy,
+        () => this.#s.servers.length,
+      ),
       {
         ...this.#s.supervisor,
         onRestart: (child, error, n) => {

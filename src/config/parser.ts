@@ -47,6 +47,8 @@ export interface ParseOptions {
   allowLongComments?: boolean;
   /** Keys that upstream knows but we do not support: key → reason, reported as an error naming the line. */
   unsupported?: Readonly<Record<string, string>>;
+  /** Keys whose value is the rest of the line after "= " (words joined by one space): a list such as remote_server. */
+  restOfLine?: readonly string[];
 }
 
 /** audisp-remote.conf: `char buf[128]` read with fgets. */
@@ -118,6 +120,11 @@ export function parseConfigText(text: string, file: string, opts: ParseOptions =
       throw new ConfigError(`missing "=" after the key: write "${written}"`, { file, line, key, value });
     }
     const key = first.toLowerCase();
+    if (opts.restOfLine?.includes(key) && tokens.length > 3) {
+      if (keys && !keys.has(key)) throw new ConfigError(`unknown key "${first}"`, { file, line, key });
+      entries.push({ key, rawKey: first, value: tokens.slice(2).join(' '), line });
+      return;
+    }
     if (tokens.length > 4) {
       const hashAt = tokens.findIndex((t, i) => i > 0 && t.startsWith('#'));
       const hint =
