@@ -96,7 +96,9 @@ describe('SIGUSR1 to each long-running command', () => {
 
     agent.child.stdin!.end(`${records(4, 3).join('\n')}\n`);
     expect(await agent.finished()).toMatchObject({ code: 0, signal: null });
-    expect(readCompleteLines(log).map((l) => l.toString())).toEqual(records(4, 3));
+    expect(readCompleteLines(log).map((l) => l.toString())).toEqual(
+      records(4, 3).map((r, i) => `${r} rid=${id}:${i + 4}`),
+    );
     process.kill(collector.pid, 'SIGTERM');
     expect(await collector.finished()).toMatchObject({ code: 0, signal: null });
     expect(`${collector.stderr()}${agent.stderr()}`).not.toMatch(/Debugger listening|inspector/i);
