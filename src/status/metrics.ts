@@ -21,6 +21,8 @@ export interface AgentMetricsSource {
     window: number | null;
     rttMs: number | null;
     held: number;
+    /** The remote_server entry in use (failover); null before the connection machine runs. */
+    serverIndex?: number | null;
   };
   states(): Map<string, string>;
 }
@@ -97,6 +99,12 @@ export function agentMetrics(src: AgentMetricsSource): Registry {
     () => (s().rttMs ?? 0) / 1000,
   );
   gauge(r, 'auditrelay_input_held', 'Records read but refused by a full queue', () => s().held);
+  gauge(
+    r,
+    'auditrelay_server_index',
+    'Entry of remote_server in use or being tried (0: the first, preferred one; -1: none)',
+    () => s().serverIndex ?? -1,
+  );
   new Gauge({
     name: 'auditrelay_state',
     help: 'Current state of each statechart (1 = active)',

@@ -47,7 +47,7 @@ function renderHosts(s) {
 function render(s) {
   if (s.hosts) { s.hostCount = s.hosts.hosts; s.silentHosts = s.hosts.silent; }
   if (s.log) { s.logState = s.log.suspended ? 'suspended (' + s.log.suspended + ')' : s.log.diskFull ? 'disk full' : s.log.diskLow ? 'disk low' : 'writing'; }
-  for (const k of ['state', 'queueDepth', 'queueBytes', 'inFlight', 'connects', 'failures', 'recordsAcked', 'clients', 'records', 'hostCount', 'silentHosts', 'logState']) {
+  for (const k of ['state', 'server', 'queueDepth', 'queueBytes', 'inFlight', 'connects', 'failures', 'recordsAcked', 'clients', 'records', 'hostCount', 'silentHosts', 'logState']) {
     const el = $('v-' + k); if (el && s[k] !== undefined) el.textContent = s[k];
   }
   renderHosts(s);
@@ -67,10 +67,11 @@ es.addEventListener('transition', () => fetch('/status').then((r) => r.json()).t
 export function renderPage(role: 'agent' | 'collector', svgs: Record<string, string>): string {
   const cards =
     role === 'agent'
-      ? ['state', 'queueDepth', 'queueBytes', 'inFlight', 'connects', 'failures', 'recordsAcked']
+      ? ['state', 'server', 'queueDepth', 'queueBytes', 'inFlight', 'connects', 'failures', 'recordsAcked']
       : ['clients', 'records', 'hostCount', 'silentHosts', 'logState'];
   const names: Record<string, string> = {
     state: 'connection',
+    server: 'server',
     queueDepth: 'queued records',
     queueBytes: 'queued bytes',
     inFlight: 'in flight',
