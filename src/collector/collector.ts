@@ -528,10 +528,11 @@ export class Collector {
     // tls: every key, the allowed-clients file and the certificates are checked before anything else.
     if (this.#s.tls) this.#tls = TlsAcceptor.open(this.#s.tls, this.#log);
     await this.#store.openLog();
-    if (this.#s.recordIds !== false) this.#rebuildRecordIds();
     this.#checkDescriptorLimit();
     try {
       await listen(this.#server, this.#s.host, this.#s.port, this.#s.listenBacklog);
+      // Synchronously after listening (no connection is handled before), once the address proved free.
+      if (this.#s.recordIds !== false) this.#rebuildRecordIds();
       // Before any record is written (a write waits for it), after the address proved free.
       await this.#store.openEvidence();
     } catch (err) {
