@@ -10,6 +10,8 @@
  *        online.serverFull ─after(diskFullProbe) / probe─▶ online.serverFull ─ACCEPTING─▶ online.connected
  *        backoff ─after(backoffDelay)─▶ connecting
  *        suspended ─RESUME or after(suspendRetry)─▶ connecting
+ *        backoff ─always, another server not yet tried in this round─▶ connecting (failover, no delay)
+ *        online.connected ─done(probePreferred), on a secondary─▶ online (on the first server: failback)
  *   RELINK (a SIGHUP that needs a new link): connecting / authenticating / online ─▶ connecting, not a failure
  *   STOP: online ─▶ online.draining ─DRAINED─▶ closed; elsewhere, with nothing pending ─▶ closed
  *   FAULT (an invariant of the session broke) ─▶ failed: the entry throws, the supervisor restarts the actor.
@@ -25,7 +27,19 @@
  *   `startup_failure_action` instead;
  * - `confirmed`: the server has answered on the current link;
  * - `stopping`, `link` (the id of the open link in the runtime's registry: dial's output is the handshake's
- *   input, whose output is the session's input), `server` (the index of the server in use; one server now).
+ *   input, whose output is the session's input);
+ * - `server`: the index in `remote_server` of the server in use; `servers`: how many there are; `tried`: servers
+ *   tried in this round (the failover rule, below).
+ *
+ * **Failover.** `remote_server` lists servers in order of preference. Every failure that leads to `backoff` (a
+ * dial, a handshake, a lost or silent link, a protocol error, ENDING) moves on to the next server at once, without
+ * the backoff delay, while a server of the list is left untried in this round; when all were tried, the backoff
+ * delay runs and the next round starts again at the first server. A server that answers ends the round.
+ * **Failback:** on a secondary (`server > 0`), `online.connected` runs `probePreferred`: every `failbackMs`
+ * (failback_interval) it probes the first server beside the working link (a dial, the handshake and a heartbeat it
+ * must answer: a real session, not a bare connect). Answered, that link becomes the session's (the link to the
+ * secondary closes, what it had not acknowledged is sent again to the first); not answered, the agent stays on the
+ * secondary and the probe runs again `failbackMs` later. Neither is a failure. With one server none of this applies.
  *
  * - `localPort`, `lastSession`, `reclaim`: the stale-session rule (below).
  *
@@ -69,6 +83,8 @@ export const RETRY_FLOOR_MS = 1_000;
 export const MAX_TRIES_PER_RECORD = 3;
 /** While the server says its disk is full (or in error), one record is sent this often to see whether it accepts again. */
 export const DISK_FULL_PROBE_MS = 1_000;
+/** On a secondary server, the first one is probed this long after the link to the secondary works. */
+export const FAILBACK_MS = 300_000;
 
 export type FailureKind =
   | 'dial'
@@ -109,14 +125,16 @@ export interface ConnectionPolicy {
   suspendOn: FailureKind[];
   /** In `online.serverFull`: the time between two probes (one record each). */
   diskFullProbeMs: number;
+  /** On a secondary server: how long before the first one is probed (failback); 0 = never. */
+  failbackMs: number;
 }
 
 export interface ConnectionInput {
   policy?: Partial<ConnectionPolicy>;
   /** The agent is stopping (a connection restarted by the supervisor during a stop). */
   stopping?: boolean;
-  /** Index of the server to use (one server for now). */
-  server?: number;
+  /** How many servers remote_server lists (default 1). The machine starts on the first. */
+  servers?: number;
 }
 
 export interface ConnectionContext {
@@ -132,8 +150,12 @@ export interface ConnectionContext {
   stopping: boolean;
   /** Id of the current link in the runtime's link registry (null: none). */
   link: number | null;
-  /** Index of the server in use. */
+  /** Index of the server in use (0: the preferred one). */
   server: number;
+  /** Servers in remote_server. */
+  servers: number;
+  /** Servers tried in this round (the failover rule); 1 once a server answered. */
+  tried: number;
   /** Local port of the open link (null: none, or not known). */
   localPort: number | null;
   /** Where the server last answered: its index and the local port of that link (null: not known). */
@@ -160,7 +182,8 @@ export type ConnectionEvent =
   | { type: 'STOP'; pending: number }
   | { type: 'RESUME' }
   | { type: 'CONFIGURE'; policy: Partial<ConnectionPolicy> }
-  | { type: 'RELINK'; reason: string }
+  /** `servers`: the number of servers when the list changed (the machine starts again at the first). */
+  | { type: 'RELINK'; reason: string; servers?: number }
   | SessionEvent;
 
 /** What the actors pass along: the id of a link in the runtime's registry. */
@@ -168,6 +191,7 @@ export interface LinkRef {
   link: number;
 }
 export interface DialInput {
+  /** Index of the server in remote_server. */
   server: number;
   /** A local port to reconnect from (the stale-session rule), or null. `local_port`, when set, wins. */
   reclaimPort: number | null;
@@ -175,6 +199,18 @@ export interface DialInput {
 /** The dial's output: the link, and the local port it was opened from (null when not known). */
 export interface DialOutput extends LinkRef {
   localPort: number | null;
+}
+/** The handshake's input: the dialled link, and which server it goes to (its name, for TLS and Kerberos). */
+export interface AuthInput extends LinkRef {
+  server: number;
+}
+/** The failback probe's input (see the actor). */
+export interface FailbackInput {
+  server: number;
+  /** The secondary in use. */
+  from: number;
+  /** 0: no probing (on the first server, or failback off). */
+  everyMs: number;
 }
 /** A session that starts while stopping reports DRAINED as soon as nothing is left. */
 export interface SessionInput extends LinkRef {
@@ -211,6 +247,7 @@ export const DEFAULT_POLICY: ConnectionPolicy = {
   maxTriesPerRecord: MAX_TRIES_PER_RECORD,
   suspendOn: [],
   diskFullProbeMs: DISK_FULL_PROBE_MS,
+  failbackMs: FAILBACK_MS,
 };
 
 /**
@@ -368,9 +405,16 @@ export const connectionMachine = setup({
     /** Opens a link to the server (TCP connect) and registers it. Provided by the runtime. */
     dial: fromPromise<DialOutput, DialInput>(async () => ({ link: 0, localPort: null })),
     /** Runs the transport's handshake on the link (nothing for tcp; GSS-API for krb5). Provided by the runtime. */
-    authenticate: fromPromise<LinkRef, LinkRef>(async ({ input }) => ({ link: input.link })),
+    authenticate: fromPromise<LinkRef, AuthInput>(async ({ input }) => ({ link: input.link })),
     /** Owns the open link: sends queued records, reads replies, heartbeats; its cleanup closes the link. */
     session: fromCallback<SessionCommand, SessionInput>(() => () => {}),
+    /**
+     * Failback, invoked in `online.connected`: with `everyMs` > 0 (on a secondary, failback on), every `everyMs` it
+     * opens a link to server `server`, runs the handshake and has a heartbeat answered on it (a real session, not a
+     * bare connect); the first that works is its output, handed over to the next session. With `everyMs` = 0 it
+     * never completes. Provided by the runtime; this default never completes.
+     */
+    probePreferred: fromPromise<DialOutput, FailbackInput>(() => new Promise<DialOutput>(() => {})),
   },
   guards: {
     stopping: ({ context }) => context.stopping,
@@ -389,6 +433,8 @@ export const connectionMachine = setup({
      */
     refusedRightAfterAccept: ({ context }) =>
       !context.confirmed && context.lastSession !== null && context.lastSession.server === context.server,
+    /** A server of the list is not yet tried in this round: fail over to it without the backoff delay. */
+    anotherServer: ({ context }) => context.tried < context.servers,
   },
   delays: {
     backoffDelay: ({ context }) => backoffDelay(context.policy, context.attempt),
@@ -407,6 +453,12 @@ export const connectionMachine = setup({
     reportConnected: () => {},
     /** The runtime logs that the server accepts records again, and re-arms the warn_once actions. */
     reportAccepting: () => {},
+    /** The runtime logs a failover to another server (`server`: the one tried next). */
+    reportFailover: (_, _params: { from: number; to: number }) => {},
+    /** The runtime logs that the first server answered the failback probe: the agent goes back to it. */
+    reportFailback: (_, _params: { from: number }) => {},
+    /** The failback probe failed in a way it does not retry (a bug): logged; probing resumes with the next link. */
+    reportFailbackFailed: () => {},
     /** Throws, so the supervisor sees the failure and restarts the connection within its intensity. */
     escalate: ({ event }) => {
       const reason = 'reason' in event ? event.reason : event.type;
@@ -423,6 +475,30 @@ export const connectionMachine = setup({
     /** The session sends the oldest record alone (when nothing of it is in flight). */
     askSessionToProbe: sendTo('session', { type: 'PROBE' } satisfies SessionCommand),
     resetAttempts: assign({ attempt: 0 }),
+    /** The next server of the list, tried now (failover). */
+    failOver: assign(({ context }) => ({
+      server: (context.server + 1) % context.servers,
+      tried: context.tried + 1,
+    })),
+    /** A new round (after the backoff delay) starts at the preferred server. */
+    preferFirst: assign({ server: 0, tried: 1 }),
+    /** The probe's link to the first server becomes the session's. */
+    failBack: assign(({ event }) => {
+      const output = (event as { output?: DialOutput }).output;
+      return {
+        server: 0,
+        tried: 1,
+        link: output?.link ?? null,
+        localPort: output?.localPort ?? null,
+        confirmed: false,
+      };
+    }),
+    /** RELINK with a changed list: its size, and the first server. */
+    takeServers: assign(({ context, event }) =>
+      event.type === 'RELINK' && event.servers !== undefined
+        ? { servers: Math.max(1, event.servers), server: 0, tried: 1 }
+        : { servers: context.servers },
+    ),
     /** The link the dial opened, and its local port. */
     takeDialedLink: assign(({ event }) => {
       const output = (event as { output?: DialOutput }).output;
@@ -440,6 +516,7 @@ export const connectionMachine = setup({
       connectedOnce: true,
       confirmed: true,
       outage: 0,
+      tried: 1,
       reclaim: false,
       lastSession: { server: context.server, port: context.localPort },
     })),
@@ -473,7 +550,9 @@ export const connectionMachine = setup({
     confirmed: false,
     stopping: input.stopping ?? false,
     link: null,
-    server: input.server ?? 0,
+    server: 0,
+    servers: Math.max(1, input.servers ?? 1),
+    tried: 1,
     localPort: null,
     lastSession: null,
     reclaim: false,
@@ -504,14 +583,14 @@ export const connectionMachine = setup({
       on: {
         STOP: stopOffline,
         // A new address or transport: the dial under way goes to the old one; start again.
-        RELINK: { target: 'connecting', reenter: true },
+        RELINK: { target: 'connecting', reenter: true, actions: 'takeServers' },
       },
     },
     authenticating: {
       invoke: {
         id: 'authenticate',
         src: 'authenticate',
-        input: ({ context }) => ({ link: context.link ?? 0 }),
+        input: ({ context }) => ({ link: context.link ?? 0, server: context.server }),
         onDone: [
           { guard: 'stopping', target: 'online.draining', actions: 'takeLink' },
           { target: 'online.confirming', actions: 'takeLink' },
@@ -523,7 +602,7 @@ export const connectionMachine = setup({
       },
       on: {
         STOP: stopOffline,
-        RELINK: { target: 'connecting', actions: 'forgetLink' },
+        RELINK: { target: 'connecting', actions: ['forgetLink', 'takeServers'] },
       },
     },
     online: {
@@ -539,7 +618,7 @@ export const connectionMachine = setup({
         REPLY_TIMEOUT: lostLink('reply-timeout'),
         PROTOCOL_ERROR: { target: 'backoff', actions: failure('protocol') },
         REMOTE_ENDING: suspendOrBackoff('remote-ending'),
-        RELINK: { target: 'connecting', actions: 'forgetLink' },
+        RELINK: { target: 'connecting', actions: ['forgetLink', 'takeServers'] },
         FAULT: { target: 'failed' },
       },
       initial: 'confirming',
@@ -556,6 +635,26 @@ export const connectionMachine = setup({
             STOP: { target: 'draining', actions: 'markStopping' },
             DISK_FULL: suspendOrProbe('disk-full'),
             DISK_ERROR: suspendOrProbe('disk-error'),
+          },
+          // Failback: on a secondary, the first server is probed beside the working link every `failbackMs`;
+          // once it answers, its link is the next session's (online is entered again, on the first server).
+          invoke: {
+            id: 'probePreferred',
+            src: 'probePreferred',
+            input: ({ context }) => ({
+              server: 0,
+              from: context.server,
+              everyMs: context.server > 0 ? context.policy.failbackMs : 0,
+            }),
+            onDone: {
+              target: '#connection.online',
+              reenter: true,
+              actions: [
+                { type: 'reportFailback', params: ({ context }) => ({ from: context.server }) },
+                'failBack',
+              ],
+            },
+            onError: { actions: 'reportFailbackFailed' },
           },
         },
         serverFull: {
@@ -586,8 +685,20 @@ export const connectionMachine = setup({
       },
     },
     backoff: {
+      // Failover: the next server of the list at once while one is left untried in this round.
+      always: {
+        guard: 'anotherServer',
+        target: 'connecting',
+        actions: [
+          {
+            type: 'reportFailover',
+            params: ({ context }) => ({ from: context.server, to: (context.server + 1) % context.servers }),
+          },
+          'failOver',
+        ],
+      },
       after: {
-        backoffDelay: { target: 'connecting' },
+        backoffDelay: { target: 'connecting', actions: 'preferFirst' },
       },
       on: {
         STOP: stopOffline,

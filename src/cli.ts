@@ -12,6 +12,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Agent, STOP_MARGIN_MS } from './agent/agent.js';
 import { Krb5Client } from './agent/krb5-transport.js';
+import { type AgentRecordIds, openRecordIds } from './agent/record-ids.js';
 import { keepRestartKeys, reloadPlan } from './agent/reload-policy.js';
 import { settingsFromConfig } from './agent/settings.js';
 import { TlsClient } from './agent/tls-transport.js';
@@ -209,6 +210,23 @@ async function runAgent(args: string[]): Promise<number> {
   if (settings.transport === 'tls') TlsClient.preflight(settings.tls);
   checkStateFileDirectory(cfg.stateFile);
   const queue = await openQueue(cfg, log);
+  let recordIds: AgentRecordIds | null = null;
+  if (cfg.recordIds && cfg.format === 'managed') {
+    // Delivery comes first: without an identity the agent still sends every record (plain MESSAGEs, as before).
+    try {
+      recordIds = openRecordIds({
+        queueDir: cfg.queueDir,
+        agentId: cfg.agentId,
+        persistence: queue.persistence,
+      });
+      log.info({ agent: recordIds.agent, boot: recordIds.boot }, 'record identities on (record_ids = yes)');
+    } catch (err) {
+      log.error(
+        { error: (err as Error).message },
+        `record identities off: ${(err as Error).message}; records are sent without them (a collector cannot drop resends); fix queue_dir or set agent_id, or record_ids = no`,
+      );
+    }
+  }
   let input: ReturnType<typeof openInput>;
   try {
     input = openInput(cfg.input, {
@@ -224,8 +242,10 @@ async function runAgent(args: string[]): Promise<number> {
     throw err;
   }
   settings.inputName = input.name;
-  const agent = new Agent(settings, { input: input.stream, log, queue });
-  const server = `${cfg.remoteServer ?? '127.0.0.1'}:${cfg.port}`;
+  const agent = new Agent(settings, { input: input.stream, log, queue, recordIds });
+  const server = settings.servers
+    .map((s) => `${s.host.includes(':') ? `[${s.host}]` : s.host}:${s.port}`)
+    .join(', ');
   log.info({ config: configPath, input: input.name, server, transport: cfg.transport }, 'agent starting');
   // systemd (service mode): READY once the queue and the input are open, never waiting for the network.
   const notifier = new SdNotifier({ log, unsetEnvironment: true });

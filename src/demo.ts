@@ -97,6 +97,8 @@ export async function runDemo(args: string[]): Promise<number> {
         'reconnect_initial_ms = 50',
         'reconnect_max_ms = 1000',
         'drain_timeout = 60',
+        `queue_dir = ${path.join(dir, 'queue')}`,
+        `state_file = ${path.join(dir, 'agent.state')}`,
         `log_level = ${process.env.AUDITRELAY_DEMO_LOG_LEVEL ?? 'warn'}`,
         '',
       ].join('\n'),
@@ -177,7 +179,8 @@ function countReceived(file: string): { unique: number; duplicates: number } {
   }
   const seen = new Set<number>();
   let duplicates = 0;
-  for (const m of text.matchAll(/ demo_seq=(\d+)$/gm)) {
+  // The collector appends ` rid=<agent>:<seq>` (record identities) after the record's own fields.
+  for (const m of text.matchAll(/ demo_seq=(\d+)(?: rid=\S+)?$/gm)) {
     const n = Number(m[1]);
     if (seen.has(n)) duplicates++;
     else seen.add(n);

@@ -23,6 +23,7 @@ import { queueLogic, readerLogic } from './io-logic.js';
 import { Krb5Client } from './krb5-transport.js';
 import { LinkMeter } from './link-meter.js';
 import { LinkRegistry } from './links.js';
+import type { AgentRecordIds } from './record-ids.js';
 import type { ReloadPlan } from './reload-policy.js';
 import { SequenceCounter } from './session.js';
 import type { AgentSettings } from './settings.js';
@@ -51,8 +52,11 @@ export interface AgentStatus {
   /** Smoothed round-trip time of the records acknowledged, in ms (null before the first). */
   rttMs: number | null;
   held: number;
-  /** The server as configured (`remote_server:port`). */
-  server: string;
+  /** The server in use or being tried (`host:port` of remote_server), and its index there (0: the preferred). */
+  server: string | null;
+  serverIndex: number | null;
+  /** Servers in remote_server. */
+  servers: number;
   /** What `capacity` counts (records, or bytes of the durable queue's files), the capacity, and how much is used. */
   queueCapacity: number;
   queueCapacityUnit: 'records' | 'bytes';
@@ -98,15 +102,28 @@ export class Agent {
   /** What the sessions measured on the wire (bytes, replies, acknowledgement latency), for status and metrics. */
   readonly meter = new LinkMeter();
 
-  constructor(settings: AgentSettings, io: { input: Readable; log: Logger; queue?: RecordQueue }) {
+  /** Record identities (src/agent/record-ids.ts); null: none (the hello is not sent). */
+  readonly #recordIds: AgentRecordIds | null;
+
+  constructor(
+    settings: AgentSettings,
+    io: { input: Readable; log: Logger; queue?: RecordQueue; recordIds?: AgentRecordIds | null },
+  ) {
     this.#s = settings;
+    this.#recordIds = settings.format === 'ascii' ? null : (io.recordIds ?? null);
     this.#log = io.log;
     this.queue = io.queue ?? new MemoryQueue(settings.queueDepth);
     this.#actions = new ActionRunner(io.log);
     // Fails at start (ConfigError, exit status 6) when the binding is missing or the keytab is unsafe.
-    this.#krb5 = settings.transport === 'krb5' ? new Krb5Client(() => this.#s.krb5, io.log) : null;
+    this.#krb5 =
+      settings.transport === 'krb5'
+        ? new Krb5Client((i = 0) => this.#s.servers[i]?.krb5 ?? this.#s.krb5, io.log)
+        : null;
     // Fails at start (ConfigError, exit status 6) when a key or certificate file is missing, unsafe or unreadable.
-    this.#tls = settings.transport === 'tls' ? new TlsClient(() => this.#s.tls, io.log) : null;
+    this.#tls =
+      settings.transport === 'tls'
+        ? new TlsClient((i = 0) => this.#s.servers[i]?.tls ?? this.#s.tls, io.log)
+        : null;
     this.observer.on('transition', (t) => this.#log.debug(t, 'transition'));
     this.#input = new InputPump({
       stream: io.input,
@@ -159,7 +176,13 @@ export class Agent {
     }
     if (plan.relink.length > 0) {
       this.#log.info({ changed: plan.relink }, 'configuration changed: re-opening the link to apply it');
-      connection?.send({ type: 'RELINK', reason: `SIGHUP changed ${plan.relink.join(', ')}` });
+      // A new server list: the machine starts again at its first server.
+      const listChanged = plan.relink.includes('remote_server') || plan.relink.includes('port');
+      connection?.send({
+        type: 'RELINK',
+        reason: `SIGHUP changed ${plan.relink.join(', ')}`,
+        ...(listChanged ? { servers: next.servers.length } : {}),
+      });
     }
     return [...plan.live, ...plan.relink];
   }
@@ -196,13 +219,13 @@ export class Agent {
       window: this.#flow.window?.size ?? null,
       rttMs: rounded(this.#flow.window?.srttMs ?? null),
       held: this.#input.held,
-      server: formatServer(this.#s.server),
       queueCapacity: this.queue.capacity,
       queueCapacityUnit: this.queue.capacityUnit,
       queueUsed: this.queue.used,
       lastAckAt: this.meter.lastAckAt === null ? null : new Date(this.meter.lastAckAt).toISOString(),
       bytesSent: this.meter.bytesSent,
       bytesReceived: this.meter.bytesReceived,
+      ...this.#serverInUse(),
     };
   }
 
@@ -212,6 +235,18 @@ export class Agent {
     return this.#root?.getSnapshot().status === 'active'
       ? 'restarting'
       : (this.observer.states.get('connection') ?? 'stopped');
+  }
+
+  /** The server the connection machine is on (its context), as status and metrics show it. */
+  #serverInUse(): { server: string | null; serverIndex: number | null; servers: number } {
+    const ctx = (this.#connection()?.getSnapshot() as { context?: ConnectionContext } | undefined)?.context;
+    const servers = this.#s.servers.length;
+    if (!ctx) return { server: null, serverIndex: null, servers };
+    return {
+      server: formatServer(this.#s.servers[ctx.server] ?? this.#s.servers[0]!),
+      serverIndex: ctx.server,
+      servers,
+    };
   }
 
   /** The connection machine's last failure; across a restart of the actor, the last one recorded. */
@@ -291,10 +326,15 @@ export class Agent {
         recordError: (message) => this.observer.recordError('connection', message),
         flow: this.#flow,
         meter: this.meter,
+        recordIds: this.#recordIds,
       }),
     };
     return createSupervisor(
-      agentChildren(logics, () => this.#s.policy),
+      agentChildren(
+        logics,
+        () => this.#s.policy,
+        () => this.#s.servers.length,
+      ),
       {
         ...this.#s.supervisor,
         onRestart: (child, error, n) => {

@@ -24,12 +24,13 @@ export const INERT_LOGICS: AgentLogics = {
 /**
  * The reader, the queue watcher and the connection. The connection is significant: when it is done
  * (everything delivered after a stop) the agent is done. Its input is evaluated at every (re)start, so a
- * restarted connection gets the policy in force now (after any SIGHUP) and knows whether the agent is
+ * restarted connection gets the policy and the number of servers in force now (after any SIGHUP) and knows whether the agent is
  * stopping.
  */
 export function agentChildren(
   logics: AgentLogics = INERT_LOGICS,
   policy: () => Partial<ConnectionPolicy> = () => ({}),
+  servers: () => number = () => 1,
 ): ChildSpec[] {
   return [
     { id: 'reader', logic: logics.reader },
@@ -38,7 +39,7 @@ export function agentChildren(
       id: 'connection',
       logic: logics.connection,
       significant: true,
-      input: ({ stopping }): ConnectionInput => ({ policy: policy(), stopping }),
+      input: ({ stopping }): ConnectionInput => ({ policy: policy(), stopping, servers: servers() }),
     },
   ];
 }

@@ -89,7 +89,8 @@ function isTicketExpired(err: unknown): boolean {
  * `dispose()` stops its timer and releases the credentials.
  */
 export class Krb5Client {
-  readonly #settings: () => Krb5AgentSettings;
+  /** The settings for server `index` of remote_server (its target principal), the first by default. */
+  readonly #settings: (index?: number) => Krb5AgentSettings;
   readonly #log: Logger;
   #cred: Credential | null = null;
   #credFor = '';
@@ -132,9 +133,9 @@ export class Krb5Client {
   }
 
   /** `settings` is read at every use, so a reloaded configuration applies from the next connect. */
-  constructor(settings: () => Krb5AgentSettings | undefined, log: Logger) {
+  constructor(settings: (index?: number) => Krb5AgentSettings | undefined, log: Logger) {
     const initial = Krb5Client.preflight(settings(), log);
-    this.#settings = () => settings() ?? initial;
+    this.#settings = (index) => settings(index) ?? initial;
     this.#log = log;
   }
 
@@ -157,8 +158,8 @@ export class Krb5Client {
    * Runs the client side of the handshake on `link` (already connected) and returns the secured transport.
    * Rejects with a LinkError/ConfigError whose message says what went wrong and what to check.
    */
-  async handshake(link: Transport, signal: AbortSignal): Promise<Krb5Transport> {
-    const s = this.#settings();
+  async handshake(link: Transport, signal: AbortSignal, server = 0): Promise<Krb5Transport> {
+    const s = this.#settings(server);
     this.#handshakes++;
     try {
       let cred = await this.credential();

@@ -63,8 +63,12 @@ export const RELOAD_POLICY: Readonly<Record<keyof AgentConfig, ReloadPolicy>> = 
   reconnectInitialMs: 'live',
   reconnectMaxMs: 'live',
   drainTimeout: 'live',
+  failbackInterval: 'live',
   // The input's record splitter is built when the agent starts.
   forwardEoe: 'restart',
+  // The agent's identity is read once at start (queue_dir/agent-id); its records keep the numbers they have.
+  recordIds: 'restart',
+  agentId: 'restart',
   input: 'restart',
   tailStateFile: 'restart',
   tailStart: 'restart',

@@ -20,6 +20,11 @@
  * record in flight is void (its reply is read and ignored: the records are sent again, in order, from the
  * oldest), and nothing more is sent until the machine asks for a probe (`probe()`: the oldest record, alone).
  * A link declared dead (no reply within the deadline) is reset, not closed (`Transport.abort`).
+ *
+ * Record identities (src/agent/record-ids.ts, docs/protocol.md): with `recordIds`, the probe heartbeat carries the
+ * agent's hello and goes alone: records wait for its reply (one round trip per link). A reply whose text names the
+ * `rid` capability (our collector) makes every record of this link a RECORD_ID message (its record number first);
+ * any other reply (a real auditd's empty ACK) leaves them plain MESSAGEs, byte for byte as without identities.
  */
 import type { SessionEvent } from '../../machines/connection.js';
 import { FrameDecoder, writeHeader } from '../protocol/codec.js';
@@ -30,8 +35,10 @@ import {
   TypeMask,
   typeName,
 } from '../protocol/constants.js';
+import { parseCapabilities, RECORD_NUMBER_SIZE, writeRecordNumber } from '../protocol/record-id.js';
 import type { RecordQueue } from '../queue/types.js';
 import type { LinkMeter } from './link-meter.js';
+import type { AgentRecordIds } from './record-ids.js';
 import type { Transport } from './transport.js';
 import type { FlowWindow } from './window.js';
 
@@ -53,6 +60,8 @@ export interface SessionOptions {
   onReply?(kind: ReplyKind, text: string): void;
   /** Counts bytes, replies and acknowledgement latencies for status and metrics (optional). */
   meter?: LinkMeter;
+  /** The agent's identity and record numbers: the probe carries the hello (null: no hello, plain MESSAGEs). */
+  recordIds?: AgentRecordIds | null;
   now?: () => number;
 }
 
@@ -79,6 +88,8 @@ interface InFlight {
 const HEARTBEAT = 0;
 /** A record whose reply no longer counts: it is sent again after a refusal. */
 const VOID = -1;
+/** The probe heartbeat that carries the hello: its reply says whether the server takes record identities. */
+const HELLO = -2;
 const NOTHING = Buffer.alloc(0);
 
 export class Session {
@@ -100,11 +111,16 @@ export class Session {
   #bytes = 0;
   #timers: NodeJS.Timeout[] = [];
   /** Records being gathered for one write. */
-  readonly #out: { payloads: Buffer[]; seqs: number[]; types: number[] } = {
+  readonly #out: { payloads: Buffer[]; seqs: number[]; types: number[]; rids: number[] } = {
     payloads: [],
     seqs: [],
     types: [],
+    rids: [],
   };
+  /** The hello went out and its reply has not come yet: records wait for it. */
+  #awaitingHello = false;
+  /** The server announced `rid`: records go as RECORD_ID messages on this link. */
+  #rid = false;
   /** The probe heartbeat is still to be sent: it goes first, in the same write as the first records. */
   #probe = false;
   /** min(replyTimeoutMs, heartbeatMs) with heartbeats on, else replyTimeoutMs. */
@@ -231,13 +247,17 @@ export class Session {
       this.#probe = false;
       const seq = sequence.next();
       if (this.inFlight === 0) this.#progressAt = now;
-      this.#inflight.push({ seq, id: HEARTBEAT, sentAt: now, bytes: 0 });
-      out.payloads.push(NOTHING);
+      const hello = this.#o.recordIds?.hello ?? null;
+      this.#inflight.push({ seq, id: hello ? HELLO : HEARTBEAT, sentAt: now, bytes: 0 });
+      out.payloads.push(hello ?? NOTHING);
       out.seqs.push(seq);
       out.types.push(MessageType.HEARTBEAT);
-      total += HEADER_SIZE;
+      out.rids.push(0);
+      total += HEADER_SIZE + (hello?.length ?? 0);
+      this.#awaitingHello = hello !== null;
     }
-    while (window.allows(this.#records, this.#bytes)) {
+    const rid = this.#rid ? this.#o.recordIds : null;
+    while (!this.#awaitingHello && window.allows(this.#records, this.#bytes)) {
       const rec = queue.takeNext();
       if (!rec) break;
       const seq = sequence.next();
@@ -248,8 +268,15 @@ export class Session {
       this.#inflight.push({ seq, id: rec.id, sentAt: now, bytes: rec.payload.length });
       out.payloads.push(rec.payload);
       out.seqs.push(seq);
-      out.types.push(MessageType.MESSAGE);
-      total += (ascii ? 0 : HEADER_SIZE) + rec.payload.length;
+      if (rid) {
+        out.types.push(MessageType.RECORD_ID);
+        out.rids.push(rid.seqOf(rec.id));
+        total += HEADER_SIZE + RECORD_NUMBER_SIZE + rec.payload.length;
+      } else {
+        out.types.push(MessageType.MESSAGE);
+        out.rids.push(0);
+        total += (ascii ? 0 : HEADER_SIZE) + rec.payload.length;
+      }
       // Write in batches of about 256 KiB so a large backlog does not build one huge buffer.
       if (total >= 262_144) {
         this.#write(total);
@@ -259,14 +286,14 @@ export class Session {
     }
     if (out.payloads.length > 0) this.#write(total);
     // More to send than the window allows: the window is what limits (it may grow).
-    if (!this.#blocked && !window.refused && queue.unsent > 0) window.limited();
+    if (!this.#blocked && !window.refused && !this.#awaitingHello && queue.unsent > 0) window.limited();
     if (ascii) this.#ackAllWritten();
     this.#checkDrained();
   }
 
   /** Writes the records collected in #out (framed, unless ascii) with one write. */
   #write(total: number): void {
-    const { payloads, seqs, types } = this.#out;
+    const { payloads, seqs, types, rids } = this.#out;
     let data: Buffer;
     if (this.#o.ascii) {
       data = payloads.length === 1 ? payloads[0]! : Buffer.concat(payloads, total);
@@ -275,6 +302,13 @@ export class Session {
       let off = 0;
       for (let i = 0; i < payloads.length; i++) {
         const p = payloads[i]!;
+        if (types[i] === MessageType.RECORD_ID) {
+          writeHeader(data, off, MessageType.RECORD_ID, seqs[i]!, RECORD_NUMBER_SIZE + p.length);
+          writeRecordNumber(data, off + HEADER_SIZE, rids[i]!);
+          p.copy(data, off + HEADER_SIZE + RECORD_NUMBER_SIZE);
+          off += HEADER_SIZE + RECORD_NUMBER_SIZE + p.length;
+          continue;
+        }
         writeHeader(data, off, types[i]!, seqs[i]!, p.length);
         p.copy(data, off + HEADER_SIZE);
         off += HEADER_SIZE + p.length;
@@ -284,6 +318,7 @@ export class Session {
     seqs.length = 0;
     types.length = 0;
     this.#o.meter?.sent(data.length);
+    rids.length = 0;
     if (!this.#o.transport.write(data)) this.#blocked = true;
   }
 
@@ -359,6 +394,12 @@ export class Session {
       replied = true;
       if (head.id === VOID) continue; // sent again after a refusal; its reply no longer counts
       const text = m.payload.toString('latin1');
+      if (head.id === HELLO) {
+        // The hello's reply: our collector names its capabilities, auditd answers an empty ACK.
+        this.#awaitingHello = false;
+        this.#rid = m.type === MessageType.ACK && parseCapabilities(text).includes('rid');
+        head.id = HEARTBEAT;
+      }
       if (m.type === MessageType.DISKFULL || m.type === MessageType.DISKERROR) {
         this.#refused(head);
         const detail = text ? `: ${text}` : '';
@@ -407,9 +448,9 @@ export class Session {
     this.#establish();
     for (let i = this.#inflightHead; i < this.#inflight.length; i++) {
       const f = this.#inflight[i]!;
-      if (f.id !== HEARTBEAT) f.id = VOID;
+      if (f.id > HEARTBEAT) f.id = VOID;
     }
-    if (head.id !== HEARTBEAT) head.id = VOID;
+    if (head.id > HEARTBEAT) head.id = VOID;
     this.#records = 0;
     this.#bytes = 0;
     this.#o.queue.rewind();

@@ -12,8 +12,19 @@ import type { FailureAction } from './actions.js';
 import type { Krb5AgentSettings } from './krb5-transport.js';
 import type { TlsAgentSettings } from './tls-transport.js';
 
+/** One server of remote_server, with what naming it needs (krb5's target, TLS's server name). */
+export interface ServerSettings {
+  host: string;
+  port: number;
+  krb5?: Krb5AgentSettings;
+  tls?: TlsAgentSettings;
+}
+
 export interface AgentSettings {
-  server: { host: string; port: number; localPort: number };
+  /** remote_server: in order of preference (the connection machine's `server` indexes it). */
+  servers: ServerSettings[];
+  /** local_port; 0 = any. */
+  localPort: number;
   transport: 'tcp' | 'krb5' | 'tls';
   /** transport = krb5: principals, keytab and ticket renewal (docs/kerberos.md). */
   krb5?: Krb5AgentSettings;
@@ -56,12 +67,20 @@ export function settingsFromConfig(cfg: AgentConfig, inputName = 'stdin'): Agent
   if (cfg.remoteEndingAction.kind === 'suspend') suspendOn.push('remote-ending');
   const secondsMs = (s: number) => Math.min(s, 2_000_000) * 1000;
   // Upstream connects to the loopback address when remote_server is not set.
-  const host = cfg.remoteServer ?? '127.0.0.1';
-  return {
-    server: { host, port: cfg.port, localPort: cfg.localPort },
-    transport: cfg.transport,
+  const list = cfg.remoteServer ?? [{ host: '127.0.0.1', port: null }];
+  const servers: ServerSettings[] = list.map(({ host, port }) => ({
+    host,
+    port: port ?? cfg.port,
     ...(cfg.transport === 'krb5' ? { krb5: krb5Settings(cfg, host) } : {}),
     ...(cfg.transport === 'tls' ? { tls: tlsSettings(cfg, host) } : {}),
+  }));
+  const first = servers[0]!;
+  return {
+    servers,
+    localPort: cfg.localPort,
+    transport: cfg.transport,
+    ...(first.krb5 ? { krb5: first.krb5 } : {}),
+    ...(first.tls ? { tls: first.tls } : {}),
     format: cfg.format,
     maxInFlight: cfg.maxInFlight,
     replyTimeoutMs: secondsMs(cfg.maxTimePerRecord),
@@ -77,6 +96,7 @@ export function settingsFromConfig(cfg: AgentConfig, inputName = 'stdin'): Agent
       retryFloorMs: secondsMs(cfg.networkRetryTime),
       maxTriesPerRecord: cfg.maxTriesPerRecord,
       connectTimeoutMs: secondsMs(cfg.maxTimePerRecord),
+      failbackMs: secondsMs(cfg.failbackInterval),
       authTimeoutMs: secondsMs(cfg.maxTimePerRecord),
       suspendOn,
     },

@@ -108,7 +108,8 @@ export function loadClientMaterial(s: TlsAgentSettings): Material {
  * every handshake (a SIGHUP that changes them re-opens the link, reload-policy.ts).
  */
 export class TlsClient {
-  readonly #settings: () => TlsAgentSettings;
+  /** The settings for server `index` of remote_server (its name), the first by default. */
+  readonly #settings: (index?: number) => TlsAgentSettings;
   readonly #log: Logger;
 
   /**
@@ -121,9 +122,9 @@ export class TlsClient {
     return s;
   }
 
-  constructor(settings: () => TlsAgentSettings | undefined, log: Logger) {
+  constructor(settings: (index?: number) => TlsAgentSettings | undefined, log: Logger) {
     const initial = TlsClient.preflight(settings());
-    this.#settings = () => settings() ?? initial;
+    this.#settings = (index) => settings(index) ?? initial;
     this.#log = log;
   }
 
@@ -131,8 +132,8 @@ export class TlsClient {
    * Runs the handshake on `link` (a connected TCP link) and returns the secured transport. Rejects with a
    * LinkError whose message says what went wrong and what to check.
    */
-  async handshake(link: Transport, signal: AbortSignal): Promise<TlsTransport> {
-    const s = this.#settings();
+  async handshake(link: Transport, signal: AbortSignal, server = 0): Promise<TlsTransport> {
+    const s = this.#settings(server);
     const peer = link.peer;
     const who = s.auth === 'psk' ? `identity ${s.pskIdentity}` : `certificate ${s.certFile}`;
     let material: Material;

@@ -51,14 +51,20 @@
  * identity, certificate name, Kerberos principal; plain tcp: the peer address at accept). With `identityPolicy`
  * other than `off` every record is stamped with ` peer_id=<kind>:<name>`, and a record whose `node=` names another
  * host is counted (stamp), refused with a REFUSED reply (reject) or given the identity's node (rewrite).
+ *
+ * Record identities (src/collector/record-ids.ts, docs/protocol.md): a heartbeat carrying an agent's hello is
+ * answered with the ACK text `auditrelay 1 rid` (with `recordIds`), after which the session's RECORD_ID messages
+ * carry their record number: the line gets ` rid=<agent>:<seq>` (after any stamp), and a record already written
+ * is acknowledged without being written again (checked when the batch goes to the writer, `#pump`).
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
-import { ConfigError, ProtocolError } from '../errors.js';
+import { ConfigError } from '../errors.js';
 import type { JetStreamSettings } from '../jetstream/nats.js';
 import type { Logger } from '../log.js';
 import { encodeReply, FrameDecoder } from '../protocol/codec.js';
 import { HEADER_SIZE, MAX_AUDIT_MESSAGE_LENGTH, MessageType } from '../protocol/constants.js';
+import { parseHello, RID_CAPABILITY_TEXT, ridField, splitRecordId } from '../protocol/record-id.js';
 import type { EvidenceParts, EvidenceSettings, EvidenceSinkStatus } from './evidence-sink.js';
 import { type HostEntry, type HostsSummary, HostTable, type HostView, nodeNameOf } from './hosts.js';
 import { applyIdentity, type IdentityPolicy, identityStamp, type PeerIdentity } from './identity.js';
@@ -73,14 +79,8 @@ import {
 } from './log-store.js';
 import type { FsyncPolicy, LogWriter } from './log-writer.js';
 import { FileOutput, type OutputError, type OutputGroup, type RecordOutput } from './output.js';
-import {
-  type Hello,
-  parseHello,
-  parseRecordIdPayload,
-  RECORD_ID_TYPE,
-  type RecordId,
-  RID_CAPABILITY_REPLY,
-} from './record-id.js';
+import type { RecordId } from './record-id.js';
+import { endsLikeRid, NO_RID_FIELD, RecordIdTable, type RidSession } from './record-ids.js';
 import { SANITIZE_KIND_TEXT, type SanitizeKind, sanitizeRecord } from './sanitize.js';
 import { type HandshakeResult, TlsAcceptor, type TlsCollectorSettings } from './tls.js';
 import { WarnLimiter } from './warn-limiter.js';
@@ -141,8 +141,10 @@ export interface CollectorSettings {
   evidence?: EvidenceSettings | null;
   /** A host silent this long is reported (host_silence_timeout); 0 = off. Default 0. */
   hostSilenceMs?: number;
-  /** Hosts accounted at most (max_hosts). Default 100,000. */
+  /** Hosts accounted at most (max_hosts). Default 100,000. Also the bound of agents whose record numbers are kept. */
   maxHosts?: number;
+  /** record_ids: answer hellos with the `rid` capability, drop records written already, ` rid=` in the log. Default true. */
+  recordIds?: boolean;
   /** Test seam: where the email action looks for sendmail. */
   sendmail?: readonly string[];
   /** output = jetstream (docs/scale-out.md); absent or null = output = file (logFile). */
@@ -214,6 +216,10 @@ export interface CollectorStats {
   bytesReceived: number;
   /** Bytes of replies written to clients. */
   bytesSent: number;
+  /** Records with an identity acknowledged without being written again: they were written already (resends). */
+  duplicates: number;
+  /** Sessions that said hello with record identities (since start). */
+  ridSessions: number;
 }
 
 /** Replies sent, by type (the reply of a record refused by identity_policy = reject is `REFUSED`). */
@@ -233,7 +239,7 @@ const EMPTY = Buffer.alloc(0);
 const HB = 2 ** 32;
 /** Marks a record refused by the identity policy (answered REFUSED, never written). */
 const REFUSED = 2 * HB;
-/** Marks a heartbeat that carried a hello: answered ACK with our capabilities (record-id.ts). */
+/** Marks a heartbeat that said hello: answered ACK with the capability text. */
 const HELLO = 3 * HB;
 /** The reply to a record refused by identity_policy = reject: FATAL class, so clients run generic_error_action. */
 export const REFUSED_REPLY = 0x60000100;
@@ -251,8 +257,10 @@ interface Entry {
   lineBytes: number;
   /** The host its records are accounted and chained under (hosts.ts). */
   host: HostEntry | null;
-  /** Each record's identity (RECORD_ID messages), in order; null while none of its records has one. */
-  rids: (RecordId | null)[] | null;
+  /** The session's hello (record identities), or null. */
+  rid: RidSession | null;
+  /** With `rid`: each record's number, in the order of its lines (0: a record without one). */
+  seqs: number[];
 }
 
 type Phase = 'handshaking' | 'open' | 'closing' | 'ending' | 'closed';
@@ -316,8 +324,8 @@ class ClientSession {
   host: HostEntry | null = null;
   /** Its first record decided the host (node name or address); with an identity, always. */
   hostResolved = false;
-  /** The agent's hello (record-id.ts): it sends RECORD_ID messages; null = plain MESSAGEs (audisp-remote). */
-  hello: Hello | null = null;
+  /** Its hello, once it said one and record identities are on (then RECORD_ID messages are expected). */
+  rid: RidSession | null = null;
 
   constructor(
     public socket: net.Socket,
@@ -413,6 +421,8 @@ export class Collector {
     writeErrors: 0,
     bytesReceived: 0,
     bytesSent: 0,
+    duplicates: 0,
+    ridSessions: 0,
   };
   /** Replies sent, by type. */
   readonly replies: Record<CollectorReplyType, number> = {
@@ -425,9 +435,13 @@ export class Collector {
   };
   #lastWriteError: { code: string; time: string } | null = null;
 
+  /** Highest record number written per agent (record-ids.ts). */
+  readonly #rids: RecordIdTable;
+
   constructor(settings: CollectorSettings, log: Logger) {
     this.#s = settings;
     this.#log = log;
+    this.#rids = new RecordIdTable(settings.maxHosts ?? 100_000);
     this.#budget = settings.memoryBudget ?? DEFAULT_COLLECTOR_SETTINGS.memoryBudget!;
     this.#maxConnections = settings.maxConnections ?? DEFAULT_COLLECTOR_SETTINGS.maxConnections!;
     this.#limit = this.#maxConnections;
@@ -592,6 +606,8 @@ export class Collector {
       // until its reply deadline drops the link). Refused instead, it retries with backoff.
       if (this.#s.port !== 0) await checkAddressFree(this.#s.host, this.#s.port);
       await this.#output.opened();
+      // Record identities written already, read back from the log's tail.
+      if (this.#s.recordIds !== false && this.#output instanceof FileOutput) this.#rebuildRecordIds();
       await listen(this.#server, this.#s.host, this.#s.port, this.#s.listenBacklog);
     } catch (err) {
       if (this.#server.listening) this.#server.close();
@@ -650,6 +666,9 @@ export class Collector {
     note('staleAfterMs', prev.staleAfterMs, next.staleAfterMs);
     note('hostSilenceMs', prev.hostSilenceMs ?? 0, next.hostSilenceMs ?? 0);
     note('maxHosts', prev.maxHosts, next.maxHosts);
+    note('recordIds', prev.recordIds !== false, next.recordIds !== false);
+    if (prev.recordIds === false && next.recordIds !== false) this.#rebuildRecordIds();
+    this.#rids.maxAgents = next.maxHosts ?? 100_000;
     note('identityPolicy', this.#identityPolicy, next.identityPolicy ?? this.#defaultIdentityPolicy(next));
     this.#identityPolicy = next.identityPolicy ?? this.#defaultIdentityPolicy(next);
     this.#s = { ...next, krb5: prev.krb5 ?? null, tls: this.#tls ? (next.tls ?? prev.tls ?? null) : null };
@@ -682,6 +701,24 @@ export class Collector {
     for (const s of [...this.#paused]) this.#checkInput(s);
     this.stats.reloads++;
     return changed;
+  }
+
+  /** Agents whose record numbers are kept (record_ids). */
+  get recordIdAgents(): number {
+    return this.#rids.size;
+  }
+
+  /** The highest record numbers written per agent, from the tail of the log (record-ids.ts). */
+  #rebuildRecordIds(): void {
+    const file = this.#s.logFile;
+    const t0 = Date.now();
+    const { agents, bytes, found } = this.#rids.rebuild([file, `${file}.1`]);
+    // Loss accounting starts from them: a gap across the collector's restart is seen (docs/loss.md).
+    for (const [agent, seq] of found) this.#hosts.seedAgent(agent, seq);
+    this.#log.info(
+      { agents, bytesRead: bytes, ms: Date.now() - t0 },
+      `record identities: the highest record number of ${agents} agent(s) read back from the end of the log`,
+    );
   }
 
   /** Closes a session that a reloaded rule no longer admits (after its pending replies). */
@@ -1435,36 +1472,45 @@ export class Collector {
     }
     let heartbeatSeen = false;
     const principal = session.krb5?.principal ?? null;
+    let protocolError: string | null = null;
     for (const m of messages) {
       if (m.type === MessageType.HEARTBEAT) {
         this.stats.heartbeats++;
         if (!heartbeatSeen && previous > 0) this.#noteHeartbeat(session, session.lastMessageAt - previous);
         heartbeatSeen = true;
-        // An agent's hello (record-id.ts) is answered with our capabilities; any other heartbeat with an ACK.
-        const hello = m.payload.length > 0 ? parseHello(m.payload) : null;
-        if (hello) session.hello = hello;
-        const mark = m.sequence + (hello ? HELLO : HB);
+        const hello = this.#hello(session, m.payload);
+        if (typeof hello === 'string') {
+          protocolError = hello;
+          break;
+        }
+        const reply = m.sequence + (hello ? HELLO : HB);
         const target = entry ?? session.lastEntry;
-        if (target) target.replies.push(mark);
+        if (target) target.replies.push(reply);
         else {
           immediate ??= [];
-          immediate.push(mark);
+          immediate.push(reply);
         }
         continue;
       }
-      // Every other type is a record, as in auditd; RECORD_ID (after a hello) carries its identity first.
+      // Every other type is a record, as in auditd; RECORD_ID (after a hello) carries its number first.
       let payload = m.payload;
-      let rid: RecordId | null = null;
-      if (m.type === RECORD_ID_TYPE && session.hello !== null) {
-        const r = parseRecordIdPayload(payload);
-        if (typeof r === 'string') {
-          session.decoder.error ??= new ProtocolError(r);
+      let seq = 0;
+      if (m.type === MessageType.RECORD_ID) {
+        if (!session.rid) {
+          protocolError =
+            this.#s.recordIds === false
+              ? 'RECORD_ID message, but record identities are off here (record_ids = no) and were not offered'
+              : 'RECORD_ID message before a hello: record identities were not agreed on this connection';
           break;
         }
-        payload = r.text;
-        rid = { agent: session.hello.agent, seq: r.seq };
+        try {
+          ({ seq, text: payload } = splitRecordId(m.payload));
+        } catch (err) {
+          protocolError = (err as Error).message;
+          break;
+        }
       }
-      const line = this.#line(payload, session, principal);
+      const line = this.#line(payload, session, principal, seq);
       if (line === null) {
         // Refused by identity_policy = reject: answered in order, after what came before it.
         const target = entry ?? session.lastEntry;
@@ -1485,18 +1531,17 @@ export class Collector {
           records: 0,
           lineBytes: 0,
           host: session.host,
-          rids: null,
+          rid: session.rid,
+          seqs: [],
         };
         session.queue.push(entry);
         session.lastEntry = entry;
       }
+      if (entry.rid) entry.seqs.push(seq);
       entry.lines.push(line, NEWLINE);
       entry.lineBytes += line.length + 1;
       entry.bytes += line.length + 1 + RECORD_OVERHEAD;
       entry.replies.push(m.sequence);
-      if (rid !== null && entry.rids === null)
-        entry.rids = new Array<RecordId | null>(entry.records).fill(null);
-      entry.rids?.push(rid);
       entry.records++;
       session.bytes += m.payload.length;
     }
@@ -1507,15 +1552,43 @@ export class Collector {
     }
     this.#countInput(session);
     if (immediate) this.#send(session, immediate, null);
-    const error = session.decoder.error;
+    const error = protocolError ?? session.decoder.error?.message;
     if (error) {
       this.stats.protocolErrors++;
-      this.#log.warn(
-        { peer, error: error.message },
-        `protocol error from ${peer}: ${error.message}; closing the connection`,
-      );
+      this.#log.warn({ peer, error }, `protocol error from ${peer}: ${error}; closing the connection`);
       this.#closeAfterPending(session);
     }
+  }
+
+  /**
+   * A heartbeat's payload: an agent's hello starts record identities for the session (with `recordIds`); anything
+   * else (empty, another client's text) is a plain heartbeat. A malformed hello, or a second one with another
+   * agent id, is a protocol error (its text returned).
+   */
+  #hello(session: ClientSession, payload: Buffer): boolean | string {
+    if (payload.length === 0 || this.#s.recordIds === false) return false;
+    let hello: ReturnType<typeof parseHello>;
+    try {
+      hello = parseHello(payload);
+    } catch (err) {
+      return (err as Error).message;
+    }
+    if (!hello) return false;
+    // A hello counts as the first message of a session only: records before it went without numbers.
+    if (!session.rid && session.bytes > 0) return false;
+    if (session.rid) {
+      if (session.rid.agent !== hello.agent) {
+        return `a second hello names agent ${hello.agent}, the session's is ${session.rid.agent}`;
+      }
+      return true;
+    }
+    const id = session.identity;
+    const scope = id ? `${id.kind}:${id.name}` : `address:${session.address}`;
+    session.rid = { ...hello, scope };
+    this.stats.ridSessions++;
+    this.#log.debug({ peer: session.peer, agent: hello.agent, boot: hello.boot }, 'record identities on');
+    if (session.host && session.hostResolved) this.#hosts.agentSession(session.host, hello.agent, hello.boot);
+    return true;
   }
 
   /** The session's first message: it joins its host (its identity's, else the one its address was last). */
@@ -1534,14 +1607,16 @@ export class Collector {
   #resolveHost(session: ClientSession, line: Buffer): void {
     session.hostResolved = true;
     if (!session.host) this.#attachHost(session);
-    if (authenticated(session)) return;
-    const node = nodeNameOf(line);
-    session.host = this.#hosts.move(
-      session.host!,
-      node ?? session.address,
-      node !== null ? 'node' : 'address',
-      session.address,
-    );
+    if (!authenticated(session)) {
+      const node = nodeNameOf(line);
+      session.host = this.#hosts.move(
+        session.host!,
+        node ?? session.address,
+        node !== null ? 'node' : 'address',
+        session.address,
+      );
+    }
+    if (session.rid) this.#hosts.agentSession(session.host!, session.rid.agent, session.rid.boot);
   }
 
   /** Learns a client's heartbeat interval: the silence before a heartbeat (capped at 5 minutes). */
@@ -1568,7 +1643,7 @@ export class Collector {
    * The record as it goes into the log: one trailing '\n' removed (krb5: all of them, as auditd), the rule of
    * sanitize.ts applied; krb5 appends ` krb5=<client principal>` as auditd does (unless turned off).
    */
-  #line(payload: Buffer, session: ClientSession, principal: string | null): Buffer | null {
+  #line(payload: Buffer, session: ClientSession, principal: string | null, seq = 0): Buffer | null {
     let end = payload.length;
     if (end > 0 && payload[end - 1] === 0x0a) end--;
     while (principal !== null && end > 0 && payload[end - 1] === 0x0a) end--;
@@ -1589,7 +1664,13 @@ export class Collector {
       principal !== null && this.#krb5?.settings.appendPrincipal !== false
         ? Buffer.concat([line, Buffer.from(` krb5=${principal}`)])
         : line;
-    return this.#applyIdentity(written, session);
+    const stamped = this.#applyIdentity(written, session);
+    if (stamped === null || this.#s.recordIds === false) return stamped;
+    // Last on the line: ` rid=<agent>:<seq>`; without one, a line ending like one gets ` rid=-` (record-ids.ts).
+    if (seq > 0 && session.rid) {
+      return Buffer.concat([stamped, Buffer.from(ridField({ agent: session.rid.agent, seq }), 'latin1')]);
+    }
+    return endsLikeRid(stamped) ? Buffer.concat([stamped, NO_RID_FIELD]) : stamped;
   }
 
   /** identity_policy for one record (src/collector/identity.ts); null = refused. */
@@ -1727,6 +1808,7 @@ export class Collector {
     }
     if (batch.length === 0) return;
     this.#writing = true;
+    this.#dropWritten(batch);
     const data = Buffer.concat(batch.flatMap((e) => e.lines));
     // The evidence's view of the write: consecutive entries of one host form one part.
     const parts: EvidenceParts = [];
@@ -1741,12 +1823,61 @@ export class Collector {
     const groups: OutputGroup[] = batch.map((e) => ({
       host: e.host?.name ?? e.session.address,
       lines: e.lines,
-      rids: e.rids,
+      // Aligned with `lines` (records dropped as written already are gone from both).
+      rids: e.rid ? ridsOf(e.rid.agent, e.seqs) : null,
     }));
     this.#output.write({ data, parts, groups }).then(
       (outcome) => this.#completed(batch, null, outcome),
       (err: NodeJS.ErrnoException) => this.#completed(batch, err, 'ack'),
     );
+  }
+
+  /**
+   * Record identities: removes from the batch's entries every record whose number is at most the highest written
+   * for its agent, or than one before it in this batch (record-ids.ts); they are acknowledged as the others.
+   * Their numbers stay in `seqs` as negative values (for the host hook); `lineBytes` counts what is written.
+   */
+  #dropWritten(batch: Entry[]): void {
+    let high: Map<string, number> | null = null;
+    for (const e of batch) {
+      const rid = e.rid;
+      if (!rid || e.seqs.length === 0) continue;
+      high ??= new Map();
+      let h = high.get(rid.agent) ?? this.#rids.highest(rid.agent, rid.scope);
+      let kept: Buffer[] | null = null;
+      for (let i = 0; i < e.seqs.length; i++) {
+        const seq = e.seqs[i]!;
+        if (seq === 0 || seq > h) {
+          if (seq > h) h = seq;
+          kept?.push(e.lines[2 * i]!, NEWLINE);
+          continue;
+        }
+        kept ??= e.lines.slice(0, 2 * i);
+        e.lineBytes -= e.lines[2 * i]!.length + 1;
+        e.seqs[i] = -seq;
+      }
+      if (kept) e.lines = kept;
+      high.set(rid.agent, h);
+    }
+  }
+
+  /** After a successful write: the numbers written and dropped, to the table and the host. */
+  #noteRecordIds(e: Entry): void {
+    const rid = e.rid;
+    if (!rid || e.seqs.length === 0) return;
+    const written: number[] = [];
+    const dropped: number[] = [];
+    for (const seq of e.seqs) {
+      if (seq > 0) written.push(seq);
+      else if (seq < 0) dropped.push(-seq);
+    }
+    if (written.length > 0) this.#rids.written(rid.agent, rid.scope, written[written.length - 1]!);
+    this.stats.duplicates += dropped.length;
+    this.#rids.duplicates += dropped.length;
+    if (e.host) {
+      if (written.length > 0) this.#hosts.recordIds(e.host, rid.agent, written, false);
+      if (dropped.length > 0) this.#hosts.recordIds(e.host, rid.agent, dropped, true);
+    }
   }
 
   #completed(batch: Entry[], err: NodeJS.ErrnoException | null, outcome: WriteOutcome): void {
@@ -1789,10 +1920,12 @@ export class Collector {
       s.inFlight--;
       this.#release(s, e.bytes);
       if (!err) {
-        this.stats.records += e.records;
-        s.records += e.records;
+        const duplicates = e.rid ? e.seqs.reduce((n, seq) => (seq < 0 ? n + 1 : n), 0) : 0;
+        this.#noteRecordIds(e);
+        this.stats.records += e.records - duplicates;
+        s.records += e.records - duplicates;
         // Also reads each line for the kernel's and auditd's loss reports (docs/loss.md).
-        if (e.host) this.#hosts.count(e.host, e.records, e.lineBytes, e.lines);
+        if (e.host) this.#hosts.count(e.host, e.records - duplicates, e.lineBytes, e.lines);
         if (outcome === 'disklow') this.stats.diskLowReplies += e.records;
       }
       if (s.lastEntry === e) {
@@ -1825,7 +1958,7 @@ export class Collector {
     if (socket.destroyed || list.length === 0) return;
     const r = this.replies;
     const frames = list.map((v) => {
-      if (v >= HELLO) return encodeReply(MessageType.ACK, v - HELLO, RID_CAPABILITY_REPLY);
+      if (v >= HELLO) return encodeReply(MessageType.ACK, v - HELLO, RID_CAPABILITY_TEXT);
       if (v >= REFUSED) {
         r.REFUSED++;
         return encodeReply(
@@ -1932,6 +2065,13 @@ export class Collector {
  * krb5's part of a reload: handshake_timeout, krb5_allowed_principals and krb5_append_principal at once (the
  * service and keytab need a restart); a connected client whose principal a new allow-list leaves out is closed.
  */
+/** An entry's record identities for an output, in the order of its lines (0: none; negative: dropped, not written). */
+function ridsOf(agent: string, seqs: readonly number[]): (RecordId | null)[] {
+  const out: (RecordId | null)[] = [];
+  for (const seq of seqs) if (seq >= 0) out.push(seq === 0 ? null : { agent, seq });
+  return out;
+}
+
 /** Who a session authenticated as (a plain tcp session's address is not an authentication); null before. */
 function authenticated(session: ClientSession): PeerIdentity | null {
   return session.identity === null || session.identity.kind === 'address' ? null : session.identity;

@@ -508,6 +508,24 @@ export class HostTable {
     return this.#hosts.values();
   }
 
+  // --- Record identities (docs/protocol.md): the collector reports them here; the loss accounting above is
+  // built on them.
+
+  /** A session of host `h` said hello: its agent id and boot (a new boot of a known agent = it restarted). */
+  agentSession(_h: HostEntry, agent: string, boot: number): void {
+    this.noteSession(agent, boot);
+  }
+
+  /**
+   * Records of host `h` with identities, in order: `seqs` of `agent` were written (`duplicate` false), or were
+   * acknowledged without being written again because they were written already (`duplicate` true: no news for
+   * the loss accounting).
+   */
+  recordIds(h: HostEntry, agent: string, seqs: readonly number[], duplicate: boolean): void {
+    if (duplicate) return;
+    for (const seq of seqs) this.noteRecord(h, { agent, seq });
+  }
+
   #rememberNode(address: string, node: string): void {
     this.#nodeOfAddress.delete(address);
     this.#nodeOfAddress.set(address, node);

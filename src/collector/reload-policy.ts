@@ -56,6 +56,8 @@ export const COLLECTOR_RELOAD_POLICY: Readonly<Record<keyof CollectorConfig, Col
   evidenceCheckpointInterval: 'restart',
   hostSilenceTimeout: 'live',
   maxHosts: 'live',
+  // Applies to the next session's hello (sessions keep what they agreed) and to the next record's line.
+  recordIds: 'live',
   // TLS (Collector.reloadTls): keys, allowed clients, certificates and CRL are read again and apply to the next
   // handshake; a client whose identity is no longer allowed is disconnected at once. The kind of authentication
   // decides what every connected client proved: a restart.

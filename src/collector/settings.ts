@@ -111,6 +111,7 @@ export function fromConfig(cfg: CollectorConfig): CollectorSettings {
         : null,
     hostSilenceMs: cfg.hostSilenceTimeout * 1000,
     maxHosts: cfg.maxHosts,
+    recordIds: cfg.recordIds,
     krb5:
       cfg.transport === 'krb5'
         ? {

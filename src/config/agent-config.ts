@@ -14,6 +14,7 @@ import {
   parseInputSpec,
 } from '../input/spec.js';
 import { LOG_TARGETS, type LogTarget } from '../log.js';
+import { AGENT_ID_RE } from '../protocol/record-id.js';
 import {
   DEFAULT_CIPHER_SUITES,
   NO_PQC_REASON,
@@ -99,6 +100,13 @@ export const STARTUP_FAILURE_ACTION_KINDS = [
 ] as const satisfies readonly StartupFailureAction['kind'][];
 
 export type Transport = 'tcp' | 'krb5' | 'tls';
+/** One entry of remote_server: a host name or address, and its port (null: the `port` key). */
+export interface RemoteServer {
+  host: string;
+  port: number | null;
+}
+/** Entries of remote_server at most. */
+export const MAX_REMOTE_SERVERS = 16;
 /** tls_auth: upstream's psk, or auditrelay's mutual X.509 (docs/tls.md). */
 export type TlsAuth = 'psk' | 'x509';
 export type Mode = 'immediate' | 'forward';
@@ -111,8 +119,11 @@ export type { HostPort, LogLevel };
 
 export interface AgentConfig {
   // --- upstream keys (audisp-remote.conf) ---
-  /** Host name or address of the server; null = key absent (upstream then connects to the loopback address). */
-  remoteServer: string | null;
+  /**
+   * The servers, in order of preference (`HOST[:PORT][, HOST[:PORT]...]`; a port of null = `port`); null = key
+   * absent (upstream then connects to the loopback address). The agent uses the first that works (failover).
+   */
+  remoteServer: RemoteServer[] | null;
   port: number;
   /** Source port to bind before connecting; 0 = any (`local_port = any`). */
   localPort: number;
@@ -163,6 +174,8 @@ export interface AgentConfig {
   reconnectMaxMs: number;
   /** Seconds to wait for acknowledgements at shutdown. */
   drainTimeout: number;
+  /** Seconds on a secondary server before the preferred (first) one is tried again; 0 = stay. */
+  failbackInterval: number;
   /** tls_auth = x509: the CA certificates that sign the server's certificate (PEM). */
   tlsCaFile: string | null;
   /** tls_auth = x509: our certificate chain (PEM) and its private key (root-owned, 0400). */
@@ -173,6 +186,10 @@ export interface AgentConfig {
   /** tls_auth = x509: the name the server's certificate must carry; null = remote_server. */
   tlsServerName: string | null;
   forwardEoe: boolean;
+  /** Record identities (docs/protocol.md): the hello, and RECORD_ID messages to a collector that takes them. */
+  recordIds: boolean;
+  /** The agent's id in record identities; null = auto (created once in queue_dir/agent-id). */
+  agentId: string | null;
   /** Where records come from: stdin (plugin), the af_unix plugin's socket, or a tailed audit.log. */
   input: InputSpec;
   tailStateFile: string;
@@ -234,12 +251,15 @@ export const AGENT_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   reconnectInitialMs: 200,
   reconnectMaxMs: 30_000,
   drainTimeout: 5,
+  failbackInterval: 300,
   tlsCaFile: null,
   tlsCertFile: null,
   tlsKeyFile: null,
   tlsCrlFile: null,
   tlsServerName: null,
   forwardEoe: false,
+  recordIds: true,
+  agentId: null,
   input: { kind: 'stdin' },
   tailStateFile: DEFAULT_TAIL_STATE_FILE,
   tailStart: 'end',
@@ -267,6 +287,7 @@ export const AGENT_RANGES = {
   reconnect_initial_ms: [1, 3_600_000],
   reconnect_max_ms: [1, 3_600_000],
   drain_timeout: [0, 3600],
+  failback_interval: [0, 86_400],
   tail_poll_ms: [10, 60_000],
   health_link_down_timeout: [1, 86_400],
   health_queue_threshold: [1, 100],
@@ -413,7 +434,7 @@ const TLS_X509_KEYS: Record<string, KeyDef> = {
     },
     format: (cfg) => cfg.tlsServerName,
     unset: (cfg) =>
-      `# tls_server_name is not set: the server certificate must name ${cfg.remoteServer ?? '127.0.0.1'}`,
+      `# tls_server_name is not set: the server certificate must name ${cfg.remoteServer?.[0]?.host ?? '127.0.0.1'}`,
   },
 };
 
@@ -422,9 +443,9 @@ const UPSTREAM_KEYS: Record<string, KeyDef> = {
   remote_server: {
     apply: (cfg, e, ctx) => {
       noOption(e, ctx.file);
-      cfg.remoteServer = parseRemoteServer(e, ctx.file);
+      cfg.remoteServer = parseRemoteServers(e, ctx.file);
     },
-    format: (cfg) => cfg.remoteServer,
+    format: (cfg) => formatRemoteServers(cfg.remoteServer),
     unset: () => '# remote_server is not set: upstream then connects to the loopback address',
   },
   port: { apply: int('port', 'port'), format: (cfg) => String(cfg.port) },
@@ -508,7 +529,7 @@ const UPSTREAM_KEYS: Record<string, KeyDef> = {
     },
     format: (cfg) => cfg.krb5Principal,
     unset: (cfg) =>
-      `# krb5_principal is not set: derived as ${cfg.krb5ClientName}@${cfg.remoteServer ?? '<remote_server>'}`,
+      `# krb5_principal is not set: derived as ${cfg.krb5ClientName}@${cfg.remoteServer?.[0]?.host ?? '<remote_server>'}`,
   },
   krb5_client_name: {
     apply: (cfg, e, ctx) => {
@@ -559,12 +580,36 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
     format: (cfg) => String(cfg.reconnectMaxMs),
   },
   drain_timeout: { apply: int('drain_timeout', 'drainTimeout'), format: (cfg) => String(cfg.drainTimeout) },
+  failback_interval: {
+    apply: int('failback_interval', 'failbackInterval'),
+    format: (cfg) => String(cfg.failbackInterval),
+  },
   ...TLS_X509_KEYS,
   forward_eoe: {
     apply: (cfg, e, ctx) => {
       cfg.forwardEoe = parseYesNo(e, ctx.file);
     },
     format: (cfg) => (cfg.forwardEoe ? 'yes' : 'no'),
+  },
+  record_ids: {
+    apply: (cfg, e, ctx) => {
+      cfg.recordIds = parseYesNo(e, ctx.file);
+    },
+    format: (cfg) => (cfg.recordIds ? 'yes' : 'no'),
+  },
+  agent_id: {
+    apply: (cfg, e, ctx) => {
+      noOption(e, ctx.file);
+      const allowed = 'auto, or 1 to 64 of A-Z a-z 0-9 . _ -';
+      const v = requireValue(e, ctx.file, allowed);
+      if (v === 'auto') {
+        cfg.agentId = null;
+        return;
+      }
+      if (!AGENT_ID_RE.test(v)) fail(e, ctx.file, `"${v}" is not an agent id`, allowed);
+      cfg.agentId = v;
+    },
+    format: (cfg) => cfg.agentId ?? 'auto',
   },
   input: {
     apply: (cfg, e, ctx) => {
@@ -630,7 +675,14 @@ const KEY_DEFS: Record<string, KeyDef> = { ...UPSTREAM_KEYS, ...EXTENSION_KEYS }
 // ---------------------------------------------------------------------------------------------------------
 // Value parsers specific to the agent
 
-function parseRemoteServer(e: ConfigEntry, file: string): string {
+const REMOTE_SERVER_ALLOWED =
+  'HOST[:PORT][, HOST[:PORT]...]: host names or IP addresses in order of preference, an IPv6 address in brackets when a port follows ([2001:db8::1]:60)';
+
+/**
+ * remote_server: one host (upstream's syntax, a bare IPv6 address included) or a list in order of preference,
+ * each `HOST`, `HOST:PORT`, `[IPV6]` or `[IPV6]:PORT`.
+ */
+function parseRemoteServers(e: ConfigEntry, file: string): RemoteServer[] {
   const v = e.value;
   if (v === '') {
     fail(
@@ -638,23 +690,67 @@ function parseRemoteServer(e: ConfigEntry, file: string): string {
       file,
       'remote_server is empty; Debian ships /etc/audit/audisp-remote.conf with it empty and it must be set ' +
         'to the collector (upstream exits with status 6 too)',
-      'a host name or IP address',
+      REMOTE_SERVER_ALLOWED,
     );
   }
-  if (v.startsWith('[')) {
-    fail(
-      e,
-      file,
-      `"${v}": write an IPv6 address without brackets`,
-      'a host name or IP address; port goes in port',
-    );
+  if (isIP(v) === 6) return [{ host: v, port: null }];
+  const out: RemoteServer[] = [];
+  for (const raw of v.split(',')) {
+    const item = raw.trim();
+    if (item === '') fail(e, file, `"${v}" has an empty entry`, REMOTE_SERVER_ALLOWED);
+    let host: string;
+    let portText: string | null = null;
+    if (item.startsWith('[')) {
+      const m = /^\[([^\]]*)\](?::(.*))?$/.exec(item);
+      if (!m || isIP(m[1]!) !== 6) {
+        fail(e, file, `"${item}" is neither [IPV6] nor [IPV6]:PORT`, REMOTE_SERVER_ALLOWED);
+      }
+      host = m[1]!;
+      portText = m[2] ?? null;
+    } else {
+      if (isIP(item) === 6) {
+        fail(
+          e,
+          file,
+          `"${item}": write an IPv6 address in a list in brackets ([${item}])`,
+          REMOTE_SERVER_ALLOWED,
+        );
+      }
+      const colon = item.lastIndexOf(':');
+      host = colon < 0 ? item : item.slice(0, colon);
+      portText = colon < 0 ? null : item.slice(colon + 1);
+      if (!isHostOrAddress(host)) {
+        fail(e, file, `"${host}" is not a valid host name or address`, REMOTE_SERVER_ALLOWED);
+      }
+    }
+    let port: number | null = null;
+    if (portText !== null) {
+      port = /^[0-9]{1,5}$/.test(portText) ? Number(portText) : Number.NaN;
+      if (!(port >= 1 && port <= 65535)) {
+        fail(e, file, `"${item}": the port "${portText}" is not in 1..65535`, REMOTE_SERVER_ALLOWED);
+      }
+    }
+    if (out.some((s) => s.host === host && s.port === port)) {
+      fail(e, file, `"${item}" is listed twice`, REMOTE_SERVER_ALLOWED);
+    }
+    out.push({ host, port });
   }
-  if (v.includes(':') && isIP(v) !== 6) {
-    fail(e, file, `"${v}" contains ":"; set the port with "port = N"`, 'a host name or IP address');
+  if (out.length > MAX_REMOTE_SERVERS) {
+    fail(e, file, `${out.length} servers: at most ${MAX_REMOTE_SERVERS}`, REMOTE_SERVER_ALLOWED);
   }
-  if (!isHostOrAddress(v))
-    fail(e, file, `"${v}" is not a valid host name or address`, 'a host name or IP address');
-  return v;
+  return out;
+}
+
+/** remote_server as written: one host as upstream writes it, else the list (IPv6 in brackets). */
+export function formatRemoteServers(list: readonly RemoteServer[] | null): string | null {
+  if (!list || list.length === 0) return null;
+  if (list.length === 1 && list[0]!.port === null) return list[0]!.host;
+  return list
+    .map((s) => {
+      const h = isIP(s.host) === 6 ? `[${s.host}]` : s.host;
+      return s.port === null ? h : `${h}:${s.port}`;
+    })
+    .join(', ');
 }
 
 function parseAction(e: ConfigEntry, ctx: ApplyContext, words: readonly string[]): RemoteEndingAction {
@@ -728,6 +824,8 @@ export function parseAgentConfig(text: string, file: string, opts: ParseAgentOpt
   const entries = parseConfigText(text, file, {
     keys: AGENT_KEYS,
     maxLineLength: AGENT_MAX_LINE_LENGTH,
+    // `remote_server = a, b:61`: a list with spaces after its commas.
+    listKeys: ['remote_server'],
   });
   const cfg = defaultAgentConfig();
   const ctx: ApplyContext = { file, checkExecutables: opts.checkExecutables ?? false };

@@ -164,6 +164,8 @@ export interface CollectorConfig {
   jetstreamDuplicateWindow: number;
   /** The sink's durable consumer. */
   sinkConsumer: string;
+  /** Record identities (docs/protocol.md): the `rid` capability, resends dropped, ` rid=` in the log. */
+  recordIds: boolean;
 }
 
 export interface ConfigWarning {
@@ -241,6 +243,7 @@ export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
   jetstreamReplicas: 3,
   jetstreamDuplicateWindow: 600,
   sinkConsumer: 'auditrelay-sink',
+  recordIds: true,
 } satisfies CollectorConfig);
 
 /** auditd's own log: the collector warns when log_file is it (both would write, rotate and read the same file). */
@@ -658,6 +661,12 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
       cfg.sinkConsumer = v;
     },
     format: (cfg) => cfg.sinkConsumer,
+  },
+  record_ids: {
+    apply: (cfg, e, file) => {
+      cfg.recordIds = parseYesNo(e, file);
+    },
+    format: (cfg) => (cfg.recordIds ? 'yes' : 'no'),
   },
   status_listen: {
     apply: (cfg, e, file) => {

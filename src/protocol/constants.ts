@@ -19,6 +19,11 @@ export const MAX_WIRE_PAYLOAD = 0xffff;
 export const MessageType = {
   MESSAGE: 0x00000000,
   HEARTBEAT: 0x00000001,
+  /**
+   * auditrelay's extension (src/protocol/record-id.ts, docs/protocol.md): a record with its identity, an 8-byte
+   * big-endian record number before the text. Sent only to a collector that announced the `rid` capability.
+   */
+  RECORD_ID: 0x00000002,
   ACK: 0x40000000,
   ENDING: 0x40000001,
   DISKLOW: 0x50000001,

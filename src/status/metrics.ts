@@ -40,6 +40,8 @@ export interface AgentMetricsSource {
     queueCapacity?: number;
     queueCapacityUnit?: 'records' | 'bytes';
     queueUsed?: number;
+    /** The remote_server entry in use (failover); null before the connection machine runs. */
+    serverIndex?: number | null;
   };
   states(): Map<string, string>;
   /** Bytes, replies, the last ACK and the ACK latency histogram (src/agent/link-meter.ts). */
@@ -238,6 +240,12 @@ export function agentMetrics(src: AgentMetricsSource): Registry {
   );
   gauge(r, 'auditrelay_input_held_records', 'Records read but refused by a full queue', () => s().held);
   const known = agentMachineStates();
+  gauge(
+    r,
+    'auditrelay_server_index',
+    'Entry of remote_server in use or being tried (0: the first, preferred one; -1: none)',
+    () => s().serverIndex ?? -1,
+  );
   new Gauge({
     name: 'auditrelay_state',
     help: 'State of each statechart: one series per state it can be in, 1 for the current one, 0 for the others',
@@ -428,6 +436,12 @@ export function collectorMetrics(src: CollectorMetricsSource, health?: () => Hea
       () => (src.lastWriteError ? 1 : 0),
     );
   }
+  mirroredCounter(
+    r,
+    'auditrelay_collector_duplicate_records_total',
+    'Records with an identity acknowledged without being written again: written already (resends, record_ids)',
+    () => src.stats.duplicates,
+  );
   mirroredCounter(
     r,
     'auditrelay_collector_disk_low_replies_total',

@@ -147,7 +147,7 @@ function render(s) {
   set('version', s.version || '–');
   set('rate', (s.recordsPerSecond ?? 0).toLocaleString('en-US'));
   if (ROLE === 'agent') {
-    set('server', s.server || '–');
+    set('server', (s.server || '–') + (s.servers > 1 ? ' (' + (s.serverIndex + 1) + ' of ' + s.servers + ')' : ''), s.serverIndex > 0);
     set('state', s.state || '–', s.state && !/^online\\.(connected|draining)$/.test(s.state));
     const fill = s.queueCapacity ? Math.round((100 * s.queueUsed) / s.queueCapacity) : 0;
     set('backlog', num(s.queueDepth) + ' (' + fill + ' %)' + (s.held ? ' +' + num(s.held) + ' held' : ''), fill >= 50 || s.held > 0);

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { MessageType } from '../../src/protocol/constants.js';
 import { gapsAndDuplicates, records, seqs } from '../helpers/agent-harness.js';
 import { REPO_ROOT } from '../helpers/corpus.js';
 import { ScriptServer } from '../helpers/script-server.js';
@@ -41,8 +42,9 @@ describe('durable queue (mode = forward)', () => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'auditrelay-durable-'));
     server = new ScriptServer();
     const port = await server.start();
-    // The server withholds every ack: all records stay queued.
-    server.reply = () => 'none';
+    // The server withholds every record's ack (it answers the probe heartbeat, as any server does: with record
+    // identities the agent sends records once the probe is answered): all records stay queued.
+    server.reply = (m) => (m.type === MessageType.HEARTBEAT ? 'ack' : 'none');
     const conf = path.join(dir, 'agent.conf');
     writeFileSync(
       conf,

@@ -407,8 +407,10 @@ describe('cli: end to end', () => {
     expect(done.code, done.stderr).toBe(0);
     expect(done.stderr).toContain('"collector stopped"');
 
-    // Byte-exact (latin1 maps every byte to one character, so the diff stays readable on failure).
-    const want = Buffer.concat(expected.flatMap((r) => [r, Buffer.from('\n')]));
+    // Byte-exact (latin1 maps every byte to one character, so the diff stays readable on failure), each record
+    // followed by its identity (record identities: the agent's id from queue_dir, the queue's record number).
+    const id = readFileSync(path.join(dir, 'queue', 'agent-id'), 'latin1').trim();
+    const want = Buffer.concat(expected.flatMap((r, i) => [r, Buffer.from(` rid=${id}:${i + 1}\n`)]));
     expect(readFileSync(log).toString('latin1')).toBe(want.toString('latin1'));
   });
 });

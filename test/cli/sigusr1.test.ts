@@ -59,7 +59,10 @@ describe('SIGUSR1 to each long-running command', () => {
     ).port;
     const stateFile = path.join(dir, 'agent.state');
     const conf = path.join(dir, 'agent.conf');
-    writeFileSync(conf, `remote_server = 127.0.0.1\nport = ${port}\nstate_file = ${stateFile}\n`);
+    writeFileSync(
+      conf,
+      `remote_server = 127.0.0.1\nport = ${port}\nstate_file = ${stateFile}\nqueue_dir = ${path.join(dir, 'queue')}\n`,
+    );
     const agent = startCli(['agent', '--config', conf], { stdin: 'keep-open' });
     agent.child.stdin!.write(`${records(1, 3).join('\n')}\n`);
     await pollUntil(() => readCompleteLines(log).length === 3, {
@@ -84,12 +87,18 @@ describe('SIGUSR1 to each long-running command', () => {
     }
     expect(collector.stderr()).toMatch(/"msg":"SIGUSR1: [^"]*received\.log rotated/);
     expect(collector.stderr()).toMatch(/"msg":"SIGUSR1: [^"]*received\.log is empty: not rotated"/);
-    expect(readCompleteLines(`${log}.1`).map((l) => l.toString())).toEqual(records(1, 3));
+    // Each with its identity (record identities: the agent's id from its queue_dir, the queue's record number).
+    const id = readFileSync(path.join(dir, 'queue', 'agent-id'), 'latin1').trim();
+    expect(readCompleteLines(`${log}.1`).map((l) => l.toString())).toEqual(
+      records(1, 3).map((r, i) => `${r} rid=${id}:${i + 1}`),
+    );
     expect(readFileSync(stateFile, 'utf8')).toMatch(/^recordsAcked = 3$/m);
 
     agent.child.stdin!.end(`${records(4, 3).join('\n')}\n`);
     expect(await agent.finished()).toMatchObject({ code: 0, signal: null });
-    expect(readCompleteLines(log).map((l) => l.toString())).toEqual(records(4, 3));
+    expect(readCompleteLines(log).map((l) => l.toString())).toEqual(
+      records(4, 3).map((r, i) => `${r} rid=${id}:${i + 4}`),
+    );
     process.kill(collector.pid, 'SIGTERM');
     expect(await collector.finished()).toMatchObject({ code: 0, signal: null });
     expect(`${collector.stderr()}${agent.stderr()}`).not.toMatch(/Debugger listening|inspector/i);
@@ -99,7 +108,10 @@ describe('SIGUSR1 to each long-running command', () => {
     const stateFile = path.join(dir, 'plugin.state');
     const conf = path.join(dir, 'plugin.conf');
     // Nothing listens on port 9 (discard) on loopback: the agent retries; SIGUSR1 must work meanwhile.
-    writeFileSync(conf, `remote_server = 127.0.0.1\nport = 9\nstate_file = ${stateFile}\n`);
+    writeFileSync(
+      conf,
+      `remote_server = 127.0.0.1\nport = 9\nstate_file = ${stateFile}\nqueue_dir = ${path.join(dir, 'plugin-queue')}\n`,
+    );
     const plugin = startCli(['--config', conf], {
       command: [path.join(REPO_ROOT, 'packaging/auditrelay-plugin')],
       env: { NODE: process.execPath, AUDITRELAY_HOME: REPO_ROOT },

@@ -37,7 +37,7 @@ export function startAgent(
 ): RunningAgent {
   const cfg: AgentConfig = {
     ...defaultAgentConfig(),
-    remoteServer: '127.0.0.1',
+    remoteServer: [{ host: '127.0.0.1', port: null }],
     port,
     reconnectInitialMs: 20,
     reconnectMaxMs: 200,

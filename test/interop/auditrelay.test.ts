@@ -68,6 +68,8 @@ describe.skipIf(!available)('auditrelay with the real auditd and audisp-remote',
       [
         'remote_server = 127.0.0.1',
         `port = ${PORT}`,
+        `queue_dir = ${path.join(sandbox!.dir, `queue-${started.length}`)}`,
+        `state_file = ${path.join(sandbox!.dir, `agent-${started.length}.state`)}`,
         'reconnect_initial_ms = 50',
         'reconnect_max_ms = 500',
         'drain_timeout = 20',

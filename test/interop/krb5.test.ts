@@ -105,6 +105,7 @@ describe.skipIf(!available)('krb5 interop with the real auditd and audisp-remote
       [
         'remote_server = 127.0.0.1',
         `port = ${PORT}`,
+        `queue_dir = ${path.join(sb.dir, 'queue')}`,
         'transport = krb5',
         `krb5_principal = ${PRINCIPAL}`,
         `krb5_key_file = ${agentKeytab}`,

@@ -98,12 +98,15 @@ describe('krb5 principals (upstream rules)', () => {
 
 describe('krb5 settings from the config files', () => {
   it('agent: principals, keytab, and a record limit that fits a wrapped message', () => {
-    const tcp = settingsFromConfig({ ...defaultAgentConfig(), remoteServer: 'log.example.org' });
+    const tcp = settingsFromConfig({
+      ...defaultAgentConfig(),
+      remoteServer: [{ host: 'log.example.org', port: null }],
+    });
     expect(tcp.krb5).toBeUndefined();
     expect(tcp.maxRecord).toBe(MAX_SERVER_PAYLOAD);
     const krb5 = settingsFromConfig({
       ...defaultAgentConfig(),
-      remoteServer: 'log.example.org',
+      remoteServer: [{ host: 'log.example.org', port: null }],
       transport: 'krb5',
     });
     expect(krb5.krb5).toEqual({

@@ -103,7 +103,7 @@ describe.skipIf(!available)('import of a real audisp-remote queue file', () => {
     closers.push(() => server.stop());
     const settings = settingsFromConfig({
       ...defaultAgentConfig(),
-      remoteServer: '127.0.0.1',
+      remoteServer: [{ host: '127.0.0.1', port: null }],
       port,
       reconnectInitialMs: 20,
       reconnectMaxMs: 200,

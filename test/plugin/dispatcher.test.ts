@@ -78,7 +78,7 @@ describe.skipIf(!available)('plugin under the real auditd dispatcher', () => {
     const stateFile = path.join(dir, 'agent.state');
     writeFileSync(
       agentConf,
-      `remote_server = 127.0.0.1\nport = ${COLLECTOR_PORT}\nreconnect_initial_ms = 50\nstate_file = ${stateFile}\n`,
+      `remote_server = 127.0.0.1\nport = ${COLLECTOR_PORT}\nreconnect_initial_ms = 50\nstate_file = ${stateFile}\nqueue_dir = ${path.join(dir, 'plugin-queue')}\n`,
     );
     chmodSync(agentConf, 0o640);
     const wrapper = path.join(dir, 'auditrelay-plugin');
@@ -104,7 +104,10 @@ describe.skipIf(!available)('plugin under the real auditd dispatcher', () => {
     });
     // A client sends records to auditd: our agent, as a network client.
     const clientConf = path.join(dir, 'client.conf');
-    writeFileSync(clientConf, `remote_server = 127.0.0.1\nport = ${AUDITD_PORT}\n`);
+    writeFileSync(
+      clientConf,
+      `remote_server = 127.0.0.1\nport = ${AUDITD_PORT}\nqueue_dir = ${path.join(dir, 'client-queue')}\nstate_file = ${path.join(dir, 'client.state')}\n`,
+    );
     const client = sandbox.spawn(process.execPath, [BIN, 'agent', '--config', clientConf], {
       stdio: ['pipe', 'ignore', 'pipe'],
     });
@@ -129,7 +132,12 @@ describe.skipIf(!available)('plugin under the real auditd dispatcher', () => {
     );
     const forwarded = lines(collectorLog).filter((l) => l.includes('dispatcher-test-'));
     // The dispatcher hands network records to plugins as it received them (possibly with a node= prefix).
-    expect(forwarded.map((l) => l.replace(/^node=\S+ /, ''))).toEqual(sent);
+    // The plugin's own identity comes last (record identities: its agent id, the queue's record number); the
+    // client's hello did not reach auditd's log, so nothing of it is forwarded.
+    const id = readFileSync(path.join(dir, 'plugin-queue', 'agent-id'), 'latin1').trim();
+    expect(forwarded.map((l) => l.replace(/^node=\S+ /, '').replace(/ rid=(\S+):\d+$/, ' rid=$1'))).toEqual(
+      sent.map((r) => `${r} rid=${id}`),
+    );
 
     // auditd stops its plugin with SIGTERM; the plugin drains and exits.
     const plugin = () =>

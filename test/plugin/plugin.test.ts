@@ -45,6 +45,8 @@ function conf(name: string, port: number, extra: string[] = []): string {
       `port = ${port}`,
       'reconnect_initial_ms = 20',
       'reconnect_max_ms = 200',
+      // The agent's id and record numbers live in queue_dir (record identities): never the host's default.
+      `queue_dir = ${path.join(dir, `${name}.queue`)}`,
       ...extra,
       '',
     ].join('\n'),

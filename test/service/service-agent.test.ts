@@ -55,7 +55,7 @@ async function startAgent(input: Readable & { close(): void }, port: number, dir
   });
   const settings = settingsFromConfig({
     ...defaultAgentConfig(),
-    remoteServer: '127.0.0.1',
+    remoteServer: [{ host: '127.0.0.1', port: null }],
     port,
     reconnectInitialMs: 20,
     reconnectMaxMs: 200,

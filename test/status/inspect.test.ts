@@ -6,7 +6,7 @@
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -34,7 +34,12 @@ describe('--inspect', () => {
     const port = await server.start();
     cleanup.push(() => server.stop());
     const conf = path.join(os.tmpdir(), `auditrelay-inspect-${process.pid}.conf`);
-    writeFileSync(conf, `remote_server = 127.0.0.1\nport = ${port}\nlog_level = warn\n`);
+    const queueDir = path.join(os.tmpdir(), `auditrelay-inspect-${process.pid}.queue`);
+    cleanup.push(async () => rmSync(queueDir, { recursive: true, force: true }));
+    writeFileSync(
+      conf,
+      `remote_server = 127.0.0.1\nport = ${port}\nlog_level = warn\nqueue_dir = ${queueDir}\n`,
+    );
     const wsPort = (wss.address() as { port: number }).port;
     const agent = spawn(
       process.execPath,

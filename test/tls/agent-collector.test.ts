@@ -464,7 +464,7 @@ describe('tls: our agent → our collector', () => {
         new Agent(
           settingsFromConfig({
             ...defaultAgentConfig(),
-            remoteServer: '127.0.0.1',
+            remoteServer: [{ host: '127.0.0.1', port: null }],
             transport: 'tls',
             tlsPskFile: f,
             tlsPskIdentity: 'web1',

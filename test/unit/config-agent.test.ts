@@ -2,6 +2,7 @@ import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { settingsFromConfig } from '../../src/agent/settings.js';
 import {
   AGENT_KEYS,
   AGENT_RANGES,
@@ -78,12 +79,15 @@ const DEFAULTS: AgentConfig = {
   reconnectInitialMs: 200,
   reconnectMaxMs: 30000,
   drainTimeout: 5,
+  failbackInterval: 300,
   tlsCaFile: null,
   tlsCertFile: null,
   tlsKeyFile: null,
   tlsCrlFile: null,
   tlsServerName: null,
   forwardEoe: false,
+  recordIds: true,
+  agentId: null,
   input: { kind: 'stdin' },
   tailStateFile: '/var/lib/auditrelay/tail.state',
   tailStart: 'end',
@@ -121,7 +125,7 @@ describe("Debian 12's shipped audisp-remote.conf", () => {
     expect(e.message).toBe(
       `${FIXTURE}:6: remote_server: remote_server is empty; Debian ships /etc/audit/audisp-remote.conf with it ` +
         'empty and it must be set to the collector (upstream exits with status 6 too) ' +
-        '(allowed: a host name or IP address)',
+        '(allowed: HOST[:PORT][, HOST[:PORT]...]: host names or IP addresses in order of preference, an IPv6 address in brackets when a port follows ([2001:db8::1]:60))',
     );
     expect(e.location).toMatchObject({ file: FIXTURE, line: 6, key: 'remote_server', value: '' });
     expect(e.code).toBe('AR_CONFIG');
@@ -132,7 +136,7 @@ describe("Debian 12's shipped audisp-remote.conf", () => {
     expect(fixed).not.toBe(text);
     expect(parseAgentConfig(fixed, FIXTURE)).toEqual({
       ...DEFAULTS,
-      remoteServer: 'logs.example.org',
+      remoteServer: [{ host: 'logs.example.org', port: null }],
       queueDepth: 10240,
     });
   });
@@ -153,6 +157,7 @@ describe('numeric keys: range edges', () => {
     reconnect_initial_ms: 'reconnectInitialMs',
     reconnect_max_ms: 'reconnectMaxMs',
     drain_timeout: 'drainTimeout',
+    failback_interval: 'failbackInterval',
     tail_poll_ms: 'tailPollMs',
     health_link_down_timeout: 'healthLinkDownTimeout',
     health_queue_threshold: 'healthQueueThreshold',
@@ -171,6 +176,7 @@ describe('numeric keys: range edges', () => {
     reconnect_initial_ms: [1, 3600000],
     reconnect_max_ms: [1, 3600000],
     drain_timeout: [0, 3600],
+    failback_interval: [0, 86400],
     tail_poll_ms: [10, 60000],
     health_link_down_timeout: [1, 86400],
     health_queue_threshold: [1, 100],
@@ -288,6 +294,10 @@ describe('keyword keys', () => {
     );
     expect(parse1('forward_eoe = yes').forwardEoe).toBe(true);
     expect(parse1('forward_eoe = NO').forwardEoe).toBe(false);
+    expect(parse1('record_ids = no').recordIds).toBe(false);
+    expect(parse1('agent_id = web-01.example').agentId).toBe('web-01.example');
+    expect(parse1('agent_id = auto').agentId).toBeNull();
+    expect(() => parse1('agent_id = a/b')).toThrow(/agent_id: "a\/b" is not an agent id/);
     expect(err1('forward_eoe = true')).toBe(`${F}:1: forward_eoe: unknown value "true" (allowed: yes, no)`);
   });
 
@@ -319,20 +329,50 @@ describe('keyword keys', () => {
 
 describe('string and path keys', () => {
   it('remote_server accepts host names and addresses', () => {
-    expect(parse1('remote_server = logs.example.org').remoteServer).toBe('logs.example.org');
-    expect(parse1('remote_server = 192.0.2.1').remoteServer).toBe('192.0.2.1');
-    expect(parse1('remote_server = 2001:db8::1').remoteServer).toBe('2001:db8::1');
+    const one = (host: string) => [{ host, port: null }];
+    expect(parse1('remote_server = logs.example.org').remoteServer).toEqual(one('logs.example.org'));
+    expect(parse1('remote_server = 192.0.2.1').remoteServer).toEqual(one('192.0.2.1'));
+    expect(parse1('remote_server = 2001:db8::1').remoteServer).toEqual(one('2001:db8::1'));
   });
 
-  it('remote_server rejects a port, brackets and invalid names', () => {
-    expect(err1('remote_server = logs:60')).toBe(
-      `${F}:1: remote_server: "logs:60" contains ":"; set the port with "port = N" (allowed: a host name or IP address)`,
+  it('remote_server takes a list in order of preference, HOST[:PORT], IPv6 in brackets (issue 14)', () => {
+    expect(
+      parse1('remote_server = a.example, b.example:61, [2001:db8::1]:62, [::1], 192.0.2.1:63').remoteServer,
+    ).toEqual([
+      { host: 'a.example', port: null },
+      { host: 'b.example', port: 61 },
+      { host: '2001:db8::1', port: 62 },
+      { host: '::1', port: null },
+      { host: '192.0.2.1', port: 63 },
+    ]);
+    const cfg = parse1('remote_server = a.example,b.example:61 , [::1]:62');
+    expect(formatEffectiveConfig(cfg)).toMatch(/^remote_server = a\.example, b\.example:61, \[::1\]:62$/m);
+    // settings: each server with its port (`port` when it has none)
+    const s = settingsFromConfig({ ...cfg, port: 70 });
+    expect(s.servers.map((x) => `${x.host}/${x.port}`)).toEqual(['a.example/70', 'b.example/61', '::1/62']);
+  });
+
+  it('remote_server rejects bad ports, bad brackets, empty entries, repeats and invalid names', () => {
+    const allowed =
+      '(allowed: HOST[:PORT][, HOST[:PORT]...]: host names or IP addresses in order of preference, an IPv6 address in brackets when a port follows ([2001:db8::1]:60))';
+    expect(err1('remote_server = logs:0')).toBe(
+      `${F}:1: remote_server: "logs:0": the port "0" is not in 1..65535 ${allowed}`,
     );
-    expect(err1('remote_server = [::1]')).toBe(
-      `${F}:1: remote_server: "[::1]": write an IPv6 address without brackets (allowed: a host name or IP address; port goes in port)`,
+    expect(err1('remote_server = logs:x')).toBe(
+      `${F}:1: remote_server: "logs:x": the port "x" is not in 1..65535 ${allowed}`,
+    );
+    expect(err1('remote_server = [logs]:60')).toBe(
+      `${F}:1: remote_server: "[logs]:60" is neither [IPV6] nor [IPV6]:PORT ${allowed}`,
+    );
+    expect(err1('remote_server = a, ::1')).toBe(
+      `${F}:1: remote_server: "::1": write an IPv6 address in a list in brackets ([::1]) ${allowed}`,
+    );
+    expect(err1('remote_server = a,,b')).toBe(`${F}:1: remote_server: "a,,b" has an empty entry ${allowed}`);
+    expect(err1('remote_server = a:60, a:60')).toBe(
+      `${F}:1: remote_server: "a:60" is listed twice ${allowed}`,
     );
     expect(err1('remote_server = bad!host')).toBe(
-      `${F}:1: remote_server: "bad!host" is not a valid host name or address (allowed: a host name or IP address)`,
+      `${F}:1: remote_server: "bad!host" is not a valid host name or address ${allowed}`,
     );
   });
 
@@ -555,7 +595,11 @@ describe('loadAgentConfig: file handling', () => {
   it('reads and parses a file', () => {
     const p = join(tmp, 'good.conf');
     writeFileSync(p, 'remote_server = 192.0.2.10\nheartbeat_timeout = 30\n', { mode: 0o640 });
-    expect(loadAgentConfig(p)).toEqual({ ...DEFAULTS, remoteServer: '192.0.2.10', heartbeatTimeout: 30 });
+    expect(loadAgentConfig(p)).toEqual({
+      ...DEFAULTS,
+      remoteServer: [{ host: '192.0.2.10', port: null }],
+      heartbeatTimeout: 30,
+    });
   });
 
   it('errors in a loaded file name the path', () => {
@@ -657,7 +701,10 @@ describe('formatEffectiveConfig', () => {
       'reconnect_initial_ms = 50',
       'reconnect_max_ms = 60000',
       'drain_timeout = 0',
+      'failback_interval = 0',
       'forward_eoe = yes',
+      'record_ids = no',
+      'agent_id = host-1.example',
       'input = tail:/var/log/other.log',
       'tail_state_file = /var/lib/other.state',
       'tail_start = beginning',

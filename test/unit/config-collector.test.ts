@@ -89,6 +89,7 @@ const DEFAULTS: CollectorConfig = {
   jetstreamReplicas: 3,
   jetstreamDuplicateWindow: 600,
   sinkConsumer: 'auditrelay-sink',
+  recordIds: true,
 };
 
 describe('limits (issue 9)', () => {

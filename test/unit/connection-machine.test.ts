@@ -8,6 +8,7 @@ import {
   DEFAULT_POLICY,
   type DialInput,
   type DialOutput,
+  type FailbackInput,
   type FailureActionRun,
   type FailureReport,
   MAX_COUNTED_ATTEMPTS,
@@ -17,7 +18,13 @@ import { settingsFromConfig } from '../../src/agent/settings.js';
 import { defaultAgentConfig } from '../../src/config/agent-config.js';
 
 /** The machine with scripted actors and no waiting. */
-function harness(opts: { dialFails?: () => boolean; input?: ConnectionInput } = {}) {
+function harness(
+  opts: {
+    dialFails?: (input: DialInput) => boolean;
+    input?: ConnectionInput;
+    probe?: (input: FailbackInput) => Promise<DialOutput>;
+  } = {},
+) {
   let send: ((e: SessionEvent) => void) | null = null;
   const commands: string[] = [];
   const failures: FailureReport[] = [];
@@ -32,12 +39,15 @@ function harness(opts: { dialFails?: () => boolean; input?: ConnectionInput } = 
     actors: {
       dial: fromPromise<DialOutput, DialInput>(async ({ input }) => {
         dials.push(input);
-        if (opts.dialFails?.()) throw new Error('ECONNREFUSED');
+        if (opts.dialFails?.(input)) throw new Error('ECONNREFUSED');
         links++;
         // The local port the link was opened from: the reclaimed one when asked, else a fresh one.
         return { link: links, localPort: input.reclaimPort ?? 40000 + links };
       }),
       authenticate: fromPromise(async ({ input }) => input),
+      ...(opts.probe
+        ? { probePreferred: fromPromise<DialOutput, FailbackInput>(({ input }) => opts.probe!(input)) }
+        : {}),
       session: fromCallback(({ sendBack, receive, input }) => {
         sessions++;
         sessionLinks.push((input as { link: number }).link);
@@ -325,6 +335,62 @@ describe('connection machine', () => {
     h.session({ type: 'FAULT', reason: 'acknowledged record 3 is not the oldest in flight' });
     expect(h.actor.getSnapshot().status).toBe('error');
     expect(String(errors[0])).toMatch(/connection: acknowledged record 3/);
+  });
+
+  it('fails over to the next server at once while one is untried, then backs off and starts at the first', async () => {
+    const down = new Set([0, 1]);
+    const h = harness({ dialFails: (d) => down.has(d.server), input: { servers: 3 } });
+    h.actor.start();
+    await h.online();
+    expect(h.dials.map((d) => d.server)).toEqual([0, 1, 2]);
+    expect(h.ctx()).toMatchObject({ server: 2, servers: 3, tried: 1 });
+    // The third server's link is lost: the first is tried at once (a new round), then the second, then the third.
+    h.session({ type: 'LINK_LOST', reason: 'ECONNRESET' });
+    await h.online();
+    expect(h.dials.slice(3).map((d) => d.server)).toEqual([0, 1, 0, 1, 2]);
+    // Every server down: rounds of 0, 1, 2 with the backoff between them.
+    down.add(2);
+    h.session({ type: 'LINK_LOST', reason: 'ECONNRESET' });
+    await new Promise((r) => setTimeout(r, 30));
+    down.clear();
+    await h.online();
+    const later = h.dials.slice(8).map((d) => d.server);
+    // The round that began with the lost server 2 tries 0 and 1; then whole rounds 0, 1, 2 after each backoff.
+    expect(later.slice(0, 2)).toEqual([0, 1]);
+    expect(later.length).toBeGreaterThan(3);
+    expect(later.slice(2).every((server, i) => server === i % 3)).toBe(true);
+    expect(h.ctx().outage).toBe(0);
+  });
+
+  it('on a secondary, the failback probe’s link becomes the session’s on the first server; RELINK takes a new list', async () => {
+    const probes: FailbackInput[] = [];
+    let answer: ((o: DialOutput) => void) | null = null;
+    let firstDown = true;
+    const h = harness({
+      dialFails: (d) => firstDown && d.server === 0,
+      input: { servers: 2, policy: { failbackMs: 1000 } },
+      probe: (input) => {
+        probes.push(input);
+        return input.everyMs > 0 ? new Promise((resolve) => (answer = resolve)) : new Promise(() => {});
+      },
+    });
+    h.actor.start();
+    await h.online();
+    expect(h.ctx().server).toBe(1);
+    expect(probes.at(-1)).toEqual({ server: 0, from: 1, everyMs: 1000 });
+    answer!({ link: 99, localPort: 50099 });
+    await h.until('{"online":"confirming"}');
+    expect(h.ctx()).toMatchObject({ server: 0, link: 99, tried: 1 });
+    expect(h.sessionLinks.at(-1)).toBe(99);
+    expect(h.failures.map((f) => f.kind)).toEqual(['dial']);
+    // On the first server the probe does nothing.
+    h.session({ type: 'ESTABLISHED' });
+    await h.until('{"online":"connected"}');
+    expect(probes.at(-1)).toEqual({ server: 0, from: 0, everyMs: 0 });
+    firstDown = false;
+    h.send({ type: 'RELINK', reason: 'SIGHUP', servers: 1 });
+    await h.until('{"online":"confirming"}');
+    expect(h.ctx()).toMatchObject({ server: 0, servers: 1 });
   });
 
   it('clamps the attempt counter and computes full-jitter backoff within the cap', () => {

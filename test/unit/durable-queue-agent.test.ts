@@ -40,7 +40,7 @@ async function startAgent(port: number, dir: string) {
   });
   const settings = settingsFromConfig({
     ...defaultAgentConfig(),
-    remoteServer: '127.0.0.1',
+    remoteServer: [{ host: '127.0.0.1', port: null }],
     port,
     reconnectInitialMs: 20,
     reconnectMaxMs: 200,
