@@ -165,7 +165,12 @@ describe('dead links are detected by the reply deadline', () => {
     a.write(records(1, 3));
     // Records 1-3 (refused), then at least three probes.
     await server.waitForRecords(6);
-    expect(seqs(server.lines().slice(3))).toEqual(server.lines().slice(3).map(() => 1));
+    expect(seqs(server.lines().slice(3))).toEqual(
+      server
+        .lines()
+        .slice(3)
+        .map(() => 1),
+    );
     expect(a.agent.queue.depth).toBe(3);
     full = false;
     await pollUntil(() => a.agent.queue.depth === 0, { timeoutMs: 10_000, what: 'the queue to drain' });
