@@ -453,8 +453,10 @@ export class Session {
     if (head.id > HEARTBEAT) head.id = VOID;
     this.#records = 0;
     this.#bytes = 0;
-    this.#o.queue.rewind();
+    // The window closes first: rewinding announces the records as readable again (synchronously, to #pump),
+    // and an open window would send them all at once instead of the probe alone.
     this.#o.window.refuse();
+    this.#o.queue.rewind();
   }
 
   #compact(): void {

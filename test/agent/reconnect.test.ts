@@ -150,6 +150,39 @@ describe('dead links are detected by the reply deadline', () => {
     expect(await a.finish()).toBe(0);
   });
 
+  it('probes a full server with the oldest record alone, on the same link, until it accepts', async () => {
+    // Regression: the refusal rewound the queue before closing the window, and the rewind's 'readable' sent
+    // every refused record again at once, so no probe was ever sent (it waits for nothing in flight).
+    server = new ScriptServer();
+    const port = await server.start();
+    agent = startAgent(port, {}, (s) => {
+      s.policy = { ...s.policy, diskFullProbeMs: 50 };
+    });
+    const a = agent;
+    let full = true;
+    server.reply = (m) =>
+      m.type === MessageType.MESSAGE && full ? { type: MessageType.DISKFULL, text: 'disk full' } : 'ack';
+    a.write(records(1, 3));
+    // Records 1-3 (refused), then at least three probes.
+    await server.waitForRecords(6);
+    expect(seqs(server.lines().slice(3))).toEqual(
+      server
+        .lines()
+        .slice(3)
+        .map(() => 1),
+    );
+    expect(a.agent.queue.depth).toBe(3);
+    full = false;
+    await pollUntil(() => a.agent.queue.depth === 0, { timeoutMs: 10_000, what: 'the queue to drain' });
+    // 1 2 3 (refused), 1 … 1 (the probes, the last one accepted), then 2 and 3, in order, once.
+    const got = seqs(server.lines());
+    expect(got.slice(0, 3)).toEqual([1, 2, 3]);
+    expect(got.slice(-2)).toEqual([2, 3]);
+    expect(got.slice(3, -2).every((n) => n === 1)).toBe(true);
+    expect(server.conns).toHaveLength(1);
+    expect(await a.finish()).toBe(0);
+  });
+
   it('keeps retrying while the server is down and delivers everything when it returns', async () => {
     const a = await setup({ maxTriesPerRecord: 1 });
     a.write(records(1, 2));

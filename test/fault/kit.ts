@@ -506,7 +506,8 @@ export async function startCollector(
   // max_log_file as Debian's auditd.conf ships it (8 MiB): a restart resumes the evidence chain of the current
   // file by replaying it (docs/evidence.md), which at the scenarios' pace and the default 100 MiB takes longer than
   // these scenarios give a restart on a loaded 2-core machine.
-  const conf = path.join(path.dirname(logFile), 'collector.conf');
+  // Beside the log, or beside the private tmpfs (mounted over the log's directory, it would hide the file).
+  const conf = path.join(path.dirname(wrap ? wrap.dir : logFile), 'collector.conf');
   writeFileSync(conf, 'max_log_file = 8\nmax_log_file_action = keep_logs\n', { mode: 0o600 });
   const args = [
     BIN,

@@ -280,6 +280,14 @@ export function planPath(path: ModelPath): PathPlan | Rejected {
         steps.push(planned('sync', 'resume'));
         break;
       case 'ESTABLISHED':
+        // The session reports the first reply once per link. A path joined from parts (replayed from its start)
+        // can reach this step on a link its own history already confirmed (e.g. a refusal on it: the session
+        // reports the first reply before the refusal): the runtime sends nothing then.
+        if (from.confirmed)
+          return no(
+            k,
+            `${at}: the server has already answered on this link (ESTABLISHED is sent once per link)`,
+          );
         // The server answers the oldest unanswered message, the link's probe heartbeat.
         steps.push(passiveEstablish(k) ? planned('passive') : planned('awaited', 'answer'));
         break;
