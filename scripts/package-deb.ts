@@ -250,9 +250,31 @@ INDIRECT, OR CONSEQUENTIAL DAMAGES OR ANY DAMAGES WHATSOEVER RESULTING FROM LOSS
 AN ACTION OF CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF OR IN CONNECTION WITH THE USE OR
 PERFORMANCE OF THIS SOFTWARE.`;
 
+const UNLICENSE = `This is free and unencumbered software released into the public domain.
+.
+Anyone is free to copy, modify, publish, use, compile, sell, or distribute this software, either in source code
+form or as a compiled binary, for any purpose, commercial or non-commercial, and by any means.
+.
+In jurisdictions that recognize copyright laws, the author or authors of this software dedicate any and all
+copyright interest in the software to the public domain. We make this dedication for the benefit of the public at
+large and to the detriment of our heirs and successors. We intend this dedication to be an overt act of
+relinquishment in perpetuity of all present and future rights to this software under copyright law.
+.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT NOT LIMITED TO
+THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE,
+ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
+.
+For more information, please refer to <https://unlicense.org/>`;
+
 /** DEP-5 copyright: auditrelay, the Node runtime, every bundled npm package. */
 function copyright(modules: { dir: string; license: string }[]): string {
-  const spdxToDebian: Record<string, string> = { MIT: 'Expat', ISC: 'ISC', 'Apache-2.0': 'Apache-2.0' };
+  const spdxToDebian: Record<string, string> = {
+    MIT: 'Expat',
+    ISC: 'ISC',
+    'Apache-2.0': 'Apache-2.0',
+    Unlicense: 'Unlicense',
+  };
   const used = new Set<string>(['Apache-2.0']);
   const paras = [
     `Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -273,7 +295,7 @@ License: Node.js
     const license = spdxToDebian[m.license];
     if (!license)
       fail(
-        `${m.dir}: license "${m.license}" is not one the copyright file knows (Expat, ISC, Apache-2.0); add it to scripts/package-deb.ts`,
+        `${m.dir}: license "${m.license}" is not one the copyright file knows (Expat, ISC, Apache-2.0, Unlicense); add it to scripts/package-deb.ts`,
       );
     used.add(license);
     paras.push(`Files: ${LIB}/${m.dir}/*
@@ -285,6 +307,7 @@ License: ${license}`);
  Version 2.0 can be found in /usr/share/common-licenses/Apache-2.0.`);
   if (used.has('Expat')) paras.push(`License: Expat\n${EXPAT.replace(/^/gm, ' ')}`);
   if (used.has('ISC')) paras.push(`License: ISC\n${ISC.replace(/^/gm, ' ')}`);
+  if (used.has('Unlicense')) paras.push(`License: Unlicense\n${UNLICENSE.replace(/^/gm, ' ')}`);
   return `${paras.join('\n\n')}\n`;
 }
 

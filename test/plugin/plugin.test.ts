@@ -54,6 +54,28 @@ function conf(name: string, port: number, extra: string[] = []): string {
   return file;
 }
 
+/**
+ * Waits until the plugin reports `n` records acknowledged (SIGUSR1's state report, asked again until it says so):
+ * the server having received them does not mean the agent has read their ACKs yet.
+ */
+async function waitForAcked(p: ChildProcess, stateFile: string, n: number): Promise<string> {
+  return pollUntil(
+    () => {
+      let report: string | undefined;
+      try {
+        report = readFileSync(stateFile, 'utf8');
+      } catch {
+        report = undefined;
+      }
+      if (report !== undefined && new RegExp(`^recordsAcked = ${n}$`, 'm').test(report)) return report;
+      rmSync(stateFile, { force: true });
+      p.kill('SIGUSR1');
+      return undefined;
+    },
+    { timeoutMs: 10_000, intervalMs: 100, what: `the plugin to report ${n} records acknowledged` },
+  );
+}
+
 /** Starts the plugin the way auditd does: the wrapper, an empty environment, stdin a socketpair. */
 function plugin(args: string[], opts: { prefix?: string[] } = {}): ChildProcess & { err: () => string } {
   const argv = [...(opts.prefix ?? []), WRAPPER, ...args];
@@ -91,7 +113,8 @@ describe('plugin mode', () => {
   it('SIGHUP re-reads the configuration and applies it without losing records, even with signals blocked', async () => {
     const a = await server();
     const b = await server();
-    const file = conf('hup.conf', a.port);
+    const stateFile = path.join(dir, 'run', 'hup.state');
+    const file = conf('hup.conf', a.port, [`state_file = ${stateFile}`]);
     // auditd 3.0.9 starts restarted plugins with SIGHUP, SIGTERM, SIGUSR1, SIGUSR2 … blocked.
     const perl = findBinary('perl') ?? '/usr/bin/perl';
     const block = [
@@ -102,6 +125,7 @@ describe('plugin mode', () => {
     const p = plugin(['--config', file], { prefix: [perl, ...block] });
     p.stdin!.write(`${records(1, 10).join('\n')}\n`);
     await a.waitForRecords(10);
+    await waitForAcked(p, stateFile, 10);
     // Now point it at server B and reload.
     writeFileSync(file, readFileSync(file, 'utf8').replace(`port = ${a.port}`, `port = ${b.port}`));
     p.kill('SIGHUP');
@@ -128,17 +152,7 @@ describe('plugin mode', () => {
     const p = plugin(['--config', conf('usr1.conf', s.port, [`state_file = ${stateFile}`])]);
     p.stdin!.write(`${records(1, 3).join('\n')}\n`);
     await s.waitForRecords(3);
-    p.kill('SIGUSR1');
-    const report = await pollUntil(
-      () => {
-        try {
-          return readFileSync(stateFile, 'utf8');
-        } catch {
-          return undefined;
-        }
-      },
-      { timeoutMs: 10_000, what: 'the state report' },
-    );
+    const report = await waitForAcked(p, stateFile, 3);
     expect(report).toMatch(/^state\.connection = online\.connected$/m);
     expect(report).toMatch(/^recordsAcked = 3$/m);
     p.kill('SIGUSR2');
