@@ -64,7 +64,15 @@ export class Receiver {
    * `max_log_file = 100` with `keep_logs` rotates during the long scenarios) the rest of the old file is read,
    * then the new one from its start.
    */
-  readonly #files: { path: string; fd: number | null; ino: number; offset: number; partial: string }[] = [];
+  readonly #files: {
+    path: string;
+    fd: number | null;
+    ino: number;
+    offset: number;
+    partial: string;
+    /** Files of this log read to their end (their inodes): a rotated one is never read twice. */
+    done: Set<number>;
+  }[] = [];
   #seen = new Uint8Array(1 << 16);
   contiguous = 0;
   /** Rotations followed (for diagnostics). */
@@ -77,7 +85,7 @@ export class Receiver {
 
   /** Tails `file` too (e.g. the log of a restarted auditd); lines are appended after those of earlier files. */
   addFile(file: string): void {
-    this.#files.push({ path: file, fd: null, ino: -1, offset: 0, partial: '' });
+    this.#files.push({ path: file, fd: null, ino: -1, offset: 0, partial: '', done: new Set() });
   }
 
   poll(): void {
@@ -106,7 +114,10 @@ export class Receiver {
         f.partial = '';
         closeSync(f.fd);
         f.fd = null;
+        f.done.add(f.ino);
         this.rotations++;
+        // Several rotations between two polls: the files in between (now LOG.1, LOG.2, …) were never opened.
+        this.#readRotatedBetween(f, current);
         try {
           f.fd = openSync(f.path, 'r');
           f.ino = fstatSync(f.fd).ino;
@@ -116,6 +127,24 @@ export class Receiver {
           // gone again: next poll
         }
       }
+    }
+  }
+
+  /** Reads, oldest first, every rotated file of `f`'s log not read yet (not the current one, inode `current`). */
+  #readRotatedBetween(f: { path: string; done: Set<number> }, current: number): void {
+    const unread: string[] = [];
+    for (let k = 1; existsSync(`${f.path}.${k}`); k++) {
+      const ino = statSync(`${f.path}.${k}`).ino;
+      if (ino !== current && !f.done.has(ino)) unread.push(`${f.path}.${k}`);
+    }
+    for (const name of unread.reverse()) {
+      const g = { fd: openSync(name, 'r') as number | null, offset: 0, partial: '' };
+      const ino = fstatSync(g.fd!).ino;
+      this.#readToEnd(g);
+      if (g.partial !== '') this.#add(g.partial);
+      closeSync(g.fd!);
+      f.done.add(ino);
+      this.rotations++;
     }
   }
 
