@@ -13,6 +13,12 @@ import type { PathPlan } from './plan.js';
 export const NOT_EXECUTABLE: Record<string, string> = {
   'online: FAULT → failed':
     'A broken invariant inside the session (an exception from the queue in a socket callback) cannot be produced against the real queue. `test/agent/connection-facts.test.ts` produces it with a faulty queue and checks that the supervisor restarts the connection actor and nothing is lost; `test/unit/connection-machine.test.ts` checks the transition.',
+  'backoff: always [anotherServer] → connecting':
+    'The model runs the agent against one server: failing over needs a `remote_server` list. `test/unit/connection-machine.test.ts` checks the failover rounds; `test/agent/failover.test.ts` (two of our collectors) and `test/interop/failover.test.ts` (the real auditd 3.0.9 first) run it with real agents.',
+  'online.connected: done(probePreferred) → online':
+    'The failback probe runs only on a secondary server of a `remote_server` list (one server here). `test/unit/connection-machine.test.ts` checks the hand-over; `test/agent/failover.test.ts` and `test/interop/failover.test.ts` go back to the first server through it.',
+  'online.connected: error(probePreferred) → (stays) / reportFailbackFailed':
+    'As the probe above: only on a secondary server of a list. `test/unit/connection-machine.test.ts` checks that a failed probe keeps the link to the secondary.',
 };
 
 const BEGIN =
