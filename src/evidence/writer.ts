@@ -14,7 +14,11 @@
  *     the renaming: the collector itself, or logrotate);
  *   - `close()` at a clean stop, after the last write.
  * Every call is synchronous. A failed side-file write never throws into the log writer: the records are in the
- * log, so the writer falls behind (`status().lagging`) and catches up by re-reading the log on the next call.
+ * log, so the writer falls behind (`status().lagging`) and catches up by re-reading the log later. A rotation
+ * whose steps fail (the old log's last records, its checkpoint, the new segment's file: a full disk) is finished
+ * later the same way, from the old log's still-open descriptor. While behind, a new attempt is made at most every
+ * RETRY_MS (appends in between only note that the log is ahead), so a full disk costs neither a re-read of the log
+ * per write nor a log line per write.
  */
 
 import { randomBytes } from 'node:crypto';
@@ -66,6 +70,8 @@ import {
 /** Host that records are attributed to once `maxHosts` hosts are known (memory stays bounded). */
 export const OTHER_HOST = '(other)';
 export const LATEST_CHECKPOINT_FILE = 'checkpoint';
+/** After a failed side-file write, the next attempt to catch up is made no sooner than this (ms). */
+export const RETRY_MS = 1000;
 
 export interface EvidenceLogger {
   info(obj: object, msg: string): void;
@@ -100,7 +106,10 @@ export interface EvidenceStatus {
   /** Tree size of the last checkpoint written (0 when none). */
   checkpointSize: number;
   checkpointTime: string | null;
-  /** The side file could not be written; records are chained from the log on the next call. */
+  /**
+   * A side file could not be written (records, or a rotation's steps): the records are chained from the log later
+   * (tried at most every RETRY_MS).
+   */
   lagging: boolean;
   /** Records chained by re-reading the log since open (crash recovery, write errors). */
   reread: number;
@@ -138,6 +147,12 @@ export class EvidenceWriter {
   #logOffset = 0;
   #logFd = -1;
   #lagging = false;
+  /** rotate() was called and its steps are not all done yet (#finishRotation). */
+  #rotating = false;
+  /** Records were appended to the new log while the rotation waited: chained from it once it is done. */
+  #newLogAhead = false;
+  /** Date.now() before which no new attempt to catch up is made (after a failure). */
+  #retryAt = 0;
   #checkpointSize = 0;
   #checkpointTime: string | null = null;
   #reread = 0;
@@ -194,7 +209,7 @@ export class EvidenceWriter {
       segmentFile: this.#segFile,
       checkpointSize: this.#checkpointSize,
       checkpointTime: this.#checkpointTime,
-      lagging: this.#lagging,
+      lagging: this.#lagging || this.#rotating,
       reread: this.#reread,
       lastError: this.#lastError,
     };
@@ -209,9 +224,10 @@ export class EvidenceWriter {
     if (data.length === 0) return;
     if (data[data.length - 1] !== 0x0a)
       throw new RangeError('append() takes whole lines ending with a newline');
-    if (this.#lagging) {
+    if (this.#lagging || this.#rotating) {
       // These records are already in the log: catching up chains them from there (now, or on a later call).
-      this.#catchUp();
+      if (this.#rotating) this.#newLogAhead = true;
+      this.#recover(false);
       return;
     }
     if (!this.#ensureLogFd()) return;
@@ -231,38 +247,85 @@ export class EvidenceWriter {
   /** Writes a checkpoint now when records were added since the last one. Returns whether one was written. */
   checkpoint(): boolean {
     if (this.#closed) return false;
-    try {
-      if (this.#lagging) this.#catchUp();
-      return this.#writeCheckpoint();
-    } catch (err) {
-      this.#fail('checkpoint not written', err);
-      return false;
-    }
+    this.#recover(true);
+    return this.#tryCheckpoint();
   }
 
   /**
    * The log was rotated (renamed away; the next write goes to a new file at `logFile`): checkpoints the old log
    * and starts a new segment. Call it after the last write to the old file and before the first to the new one.
+   * When a step cannot be written now, the rotation is finished later (module comment).
    */
   rotate(): void {
     if (this.#closed) throw new EvidenceError('evidence writer is closed');
-    if (this.#lagging) this.#catchUp();
     this.#generation++;
-    this.checkpoint();
-    this.#startSegment();
-    this.#prune();
+    if (this.#rotating && !this.#finishRotation()) {
+      // Two rotations while the side files could not be written: the log in between is reachable by name no more.
+      this.#log.error(
+        { log: this.logFile },
+        `evidence: the log was rotated again before the previous rotation's evidence could be written (${this.#lastError}); the records of the log in between are not chained (verify reports them)`,
+      );
+      this.#rotating = false;
+      this.#lagging = false;
+      this.#newLogAhead = false;
+      this.#closeFd('log');
+      this.#logOffset = 0;
+      this.#chainedLines = 0;
+    }
+    this.#rotating = true;
+    this.#finishRotation();
   }
 
   /** Clean stop: a final checkpoint (so that a truncated tail is caught), then closes the files. */
   close(): void {
     if (this.#closed) return;
     if (this.#timer) clearInterval(this.#timer);
-    if (this.#lagging) this.#catchUp();
+    this.#recover(true);
     this.#generation++;
-    this.checkpoint();
+    this.#tryCheckpoint();
     this.#closed = true;
     this.#closeFd('seg');
     this.#closeFd('log');
+  }
+
+  /**
+   * Catches up with the log: finishes a pending rotation, then chains what the log has beyond the chain. Without
+   * `force`, nothing is tried before #retryAt (set by each failure). Returns whether the writer is level with the log.
+   */
+  #recover(force: boolean): boolean {
+    if (!this.#lagging && !this.#rotating) return true;
+    if (!force && Date.now() < this.#retryAt) return false;
+    return (!this.#rotating || this.#finishRotation()) && (!this.#lagging || this.#catchUp());
+  }
+
+  /**
+   * The steps of a rotation, each done once: the old log's last records (re-read from its descriptor, which still
+   * reads the renamed file), its checkpoint, the new segment. False when one could not be written (tried again).
+   */
+  #finishRotation(): boolean {
+    if (this.#lagging && this.#logFd >= 0 && !this.#catchUp()) return false;
+    this.#tryCheckpoint(); // without it, verify reports the old segment's last records as not signed
+    try {
+      this.#startSegment();
+    } catch (err) {
+      this.#fail('the new log\'s evidence segment not started; tried again later', err);
+      return false;
+    }
+    // Records of the new log appended while the rotation waited are chained from it.
+    this.#lagging = this.#newLogAhead;
+    this.#newLogAhead = false;
+    this.#rotating = false;
+    this.#prune();
+    return true;
+  }
+
+  #tryCheckpoint(): boolean {
+    try {
+      return this.#writeCheckpoint();
+    } catch (err) {
+      this.#fail('checkpoint not written', err);
+      return false;
+    }
   }
 
   // --- chaining ------------------------------------------------------------------------------------------------
@@ -424,7 +487,7 @@ export class EvidenceWriter {
    */
   async #checkpointInBackground(): Promise<void> {
     if (this.#closed || this.#checkpointing) return;
-    if (this.#lagging) this.#catchUp();
+    if (!this.#recover(false) && this.#rotating) return;
     const size = this.#tree.size;
     if (size === 0 || size <= this.#checkpointSize) return;
     this.#checkpointing = true;
@@ -503,39 +566,57 @@ export class EvidenceWriter {
     else this.#logFd = -1;
   }
 
-  /** A new segment for the next log file, starting where the tree is, declaring every known host's head. */
+  /**
+   * A new segment for the next log file, starting where the tree is, declaring every known host's head. Nothing
+   * changes when its file cannot be written (the caller tries again).
+   */
   #startSegment(): void {
+    const start = this.#tree.size;
+    if (this.#segFd < 0 || start !== this.#segStart) {
+      const file = path.join(this.dir, segmentFileName(start));
+      let exists = true;
+      try {
+        lstatSync(file);
+      } catch {
+        exists = false;
+      }
+      if (exists) throw new EvidenceError(`evidence file ${file} already exists; it is never overwritten`);
+      const refs = new Map<string, number>();
+      let text = formatHeader({
+        origin: this.#origin,
+        key: this.#key.verifier.text,
+        start,
+        frontier: [...this.#tree.hashes],
+        created: this.#now().toISOString(),
+      });
+      for (const [host, head] of this.#heads) {
+        refs.set(host, refs.size + 1);
+        text += hostLine(refs.size, head, host);
+      }
+      writeFileAtomic(file, text, { mode: 0o600, what: 'evidence file' });
+      let opened: ReturnType<typeof openAppendNoFollow>;
+      try {
+        opened = openAppendNoFollow(file, 0o600, 'evidence file');
+      } catch (err) {
+        try {
+          unlinkSync(file); // not begun: the next attempt writes it again
+        } catch {
+          // it stays; the next attempt says it exists
+        }
+        throw err;
+      }
+      this.#closeFd('seg');
+      this.#refs = refs;
+      this.#nextRef = refs.size + 1;
+      this.#segStart = start;
+      this.#segFd = opened.fd;
+      this.#segFile = file;
+      this.#segBytes = opened.stat.size;
+    }
+    // else: no record in the current one: it goes on
     this.#closeFd('log');
     this.#logOffset = 0;
     this.#chainedLines = 0;
-    const start = this.#tree.size;
-    if (this.#segFd >= 0 && start === this.#segStart) return; // no record in the current one: it goes on
-    this.#closeFd('seg');
-    const file = path.join(this.dir, segmentFileName(start));
-    let exists = true;
-    try {
-      lstatSync(file);
-    } catch {
-      exists = false;
-    }
-    if (exists) throw new EvidenceError(`evidence file ${file} already exists; it is never overwritten`);
-    this.#refs.clear();
-    this.#nextRef = 1;
-    let text = formatHeader({
-      origin: this.#origin,
-      key: this.#key.verifier.text,
-      start,
-      frontier: [...this.#tree.hashes],
-      created: this.#now().toISOString(),
-    });
-    for (const [host, head] of this.#heads) {
-      const ref = this.#nextRef++;
-      this.#refs.set(host, ref);
-      text += hostLine(ref, head, host);
-    }
-    writeFileAtomic(file, text, { mode: 0o600, what: 'evidence file' });
-    this.#segStart = start;
-    this.#openSegment(file);
   }
 
   #openSegment(file: string): void {
@@ -723,8 +804,11 @@ export class EvidenceWriter {
   }
 
   #fail(what: string, err: unknown): void {
-    const message = `${what}: ${(err as NodeJS.ErrnoException)?.code ?? (err as Error)?.message ?? String(err)}`;
+    // An errno code says it all; our own errors (AR_… codes) say what and where in their message.
+    const e = err as NodeJS.ErrnoException | undefined;
+    const message = `${what}: ${e?.code && !e.code.startsWith('AR_') ? e.code : (e?.message ?? String(err))}`;
     this.#lastError = message;
+    this.#retryAt = Date.now() + RETRY_MS;
     this.#log.error({ log: this.logFile }, `evidence: ${message}`);
   }
 }

@@ -30,7 +30,9 @@ import { loadSigningKey } from '../../src/evidence/keys.js';
 import { parseVerifierKey } from '../../src/evidence/note.js';
 import { formatProblem, verifyInclusionProof, verifyPath } from '../../src/evidence/verify.js';
 import { EvidenceWriter, type EvidenceWriterOptions } from '../../src/evidence/writer.js';
+import { inPrivateTmpfs } from '../fault/kit.js';
 import { REPO_ROOT } from '../helpers/corpus.js';
+import { requireOrSkip } from '../helpers/prereq.js';
 import { pollUntil } from '../helpers/wait.js';
 
 const BIN = path.join(REPO_ROOT, 'bin', 'auditrelay.js');
@@ -608,6 +610,92 @@ describe('crashes never read as tampering', () => {
     const r = verify(t.file);
     expect(r.lines).toEqual([]);
     expect(r.records).toBe(5);
+  });
+});
+
+const canMount = requireOrSkip({
+  suite: 'evidence on a really full disk (a private tmpfs)',
+  root: true,
+  binaries: ['unshare', 'mount'],
+});
+
+describe.skipIf(!canMount)('a really full disk (a private tmpfs)', () => {
+  it('side files that cannot be written, a rotation in between: finished once there is room, nothing unchained, few log lines', async () => {
+    const d = tempDir();
+    const fsDir = path.join(d, 'fs');
+    mkdirSync(fsDir);
+    const dist = (m: string) => JSON.stringify(path.join(REPO_ROOT, 'dist/src/evidence', m));
+    // Runs inside the private mount namespace: the tmpfs is visible to it alone.
+    const script = `
+      import { appendFileSync, closeSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+      import { EvidenceWriter } from ${dist('writer.js')};
+      import { formatProblem, verifyPath } from ${dist('verify.js')};
+      import { loadSigningKey } from ${dist('keys.js')};
+      import { parseVerifierKey } from ${dist('note.js')};
+      const D = ${JSON.stringify(fsDir)};
+      const file = D + '/audit.log';
+      const keyFile = D + '/keys/signing.key';
+      const errors = [];
+      const log = { info() {}, warn() {}, error(_o, m) { errors.push(m); } };
+      const w = EvidenceWriter.open({ logFile: file, keyFile, checkpointIntervalMs: 0, log });
+      let n = 0;
+      const line = (host) => Buffer.from('node=' + host + ' type=SYSCALL msg=audit(1700000000.000:' + n + '): n=' + n++ + ' pad=' + 'x'.repeat(100) + '\\n');
+      const write = (count, host) => {
+        for (let i = 0; i < count; i++) { const l = line(host); appendFileSync(file, l); w.append(host, l); }
+      };
+      const fill = (f) => {
+        const fd = openSync(f, 'w');
+        for (const size of [1 << 16, 1 << 12, 1]) {
+          const chunk = Buffer.alloc(size);
+          try { for (;;) writeSync(fd, chunk); } catch (e) { if (e.code !== 'ENOSPC') throw e; }
+        }
+        closeSync(fd);
+      };
+      write(100, 'a');
+      // In the log before the disk fills; their evidence comes after.
+      const pending = Array.from({ length: 300 }, () => line('b'));
+      appendFileSync(file, Buffer.concat(pending));
+      fill(D + '/filler');
+      const t0 = Date.now();
+      for (const l of pending) w.append('b', l);
+      const laggingWhileFull = w.status().lagging;
+      renameSync(file, file + '.1');
+      w.rotate();
+      const laggingAfterRotate = w.status().lagging;
+      const elapsed = Date.now() - t0;
+      const errorsWhileFull = errors.length;
+      unlinkSync(D + '/filler');
+      write(50, 'c'); // the new log, the disk has room again
+      w.checkpoint();
+      const laggingAfterRoom = w.status().lagging;
+      write(50, 'd');
+      w.close();
+      const key = parseVerifierKey(loadSigningKey({ file: keyFile, create: false }).verifier.text);
+      const r = verifyPath(D, { keys: [key] });
+      process.stdout.write(JSON.stringify({
+        laggingWhileFull, laggingAfterRotate, laggingAfterRoom, elapsed, errorsWhileFull,
+        errors: errors.slice(0, 5), problems: r.problems.map(formatProblem), records: r.records, logs: r.logs,
+      }));
+    `;
+    const [cmd, argv] = inPrivateTmpfs(fsDir, '2m', process.execPath, ['--input-type=module', '-e', script]);
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    pids.push(child.pid!);
+    let out = '';
+    let err = '';
+    child.stdout.setEncoding('utf8').on('data', (s) => (out += s));
+    child.stderr.setEncoding('utf8').on('data', (s) => (err += s));
+    const code = await new Promise((resolve) => child.once('close', resolve));
+    expect(code, err).toBe(0);
+    const r = JSON.parse(out);
+    expect(r.laggingWhileFull, 'the side file could not be written').toBe(true);
+    expect(r.laggingAfterRotate, 'the rotation waits for room').toBe(true);
+    expect(r.laggingAfterRoom, 'level with the log once there is room').toBe(false);
+    expect(r.errors[0]).toMatch(/ENOSPC/);
+    // One line for the first failure, then at most one per retry (RETRY_MS = 1 s) and the rotation's attempt.
+    expect(r.errorsWhileFull).toBeLessThanOrEqual(3 + Math.ceil(r.elapsed / 1000));
+    expect(r.problems).toEqual([]);
+    expect(r.logs).toBe(2);
+    expect(r.records).toBe(500);
   });
 });
 

@@ -341,12 +341,7 @@ describe('fault matrix: our agent → our collector', () => {
         port,
         receiver,
         dir,
-        // Known defect (docs/fault-matrix.md): beside the whole suite on 2 cores, our collector with its log on a
-        // really full disk has left a record unanswered for more than the reply deadline (5 s) in some cycles, so
-        // the agent saw a reply timeout before any DISKFULL. Nothing is lost or doubled either way (checked below);
-        // the cause (suspected: a write waiting for the evidence worker, whose side files are on the same full
-        // disk) is not yet found.
-        expectKinds: ['disk-full', 'reply-timeout'],
+        expectKinds: ['disk-full'],
         inject: async () => fillUp(filler, inside),
         heal: async () => unlinkSync(filler),
         // Each cycle lasts up to the agent's probe interval (1 s): a gentler pace keeps the log (and the
