@@ -308,7 +308,7 @@ export class EvidenceWriter {
     try {
       this.#startSegment();
     } catch (err) {
-      this.#fail('the new log\'s evidence segment not started; tried again later', err);
+      this.#fail("the new log's evidence segment not started; tried again later", err);
       return false;
     }
     // Records of the new log appended while the rotation waited are chained from it.
