@@ -13,6 +13,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEFAULT_LOG_MANAGEMENT, type LogManagementSettings } from '../../src/collector/log-store.js';
 import { MessageType } from '../../src/protocol/constants.js';
+import { writeArtifact } from '../fault/kit.js';
 import { records, startAgent } from '../helpers/agent-harness.js';
 import { requireOrSkip } from '../helpers/prereq.js';
 import { pollUntil } from '../helpers/wait.js';
@@ -231,6 +232,7 @@ describe('a real agent against a collector whose disk fills (tmpfs, root)', () =
         'the agent closed its link to the full server',
       ).toEqual([]);
       execFileSync('rm', ['-f', ballast]);
+      const freed = Date.now();
       await pollUntil(() => linesOf([c.logFile]).length === 400, {
         timeoutMs: 30_000,
         what: 'all 400 records',
@@ -244,6 +246,12 @@ describe('a real agent against a collector whose disk fills (tmpfs, root)', () =
             .join('\n')}`,
       });
       expect(linesOf([c.logFile])).toEqual(records(1, 400));
+      // How long delivery took to resume on a real link, for the record (the bound itself, one probe interval, is
+      // asserted in the machine's own time: test/unit/connection-machine.test.ts).
+      writeArtifact(
+        'disk-full-resume.txt',
+        `the disk freed → all 200 refused records in the log: ${Date.now() - freed} ms (probe interval 1000 ms)\n`,
+      );
       // On the same link: the server accepted the agent's probe, and the agent sent the rest.
       await agent.waitForLog(/the server accepts records again/);
       expect(c.logs.filter((l) => l.msg === 'client disconnected')).toEqual([]);

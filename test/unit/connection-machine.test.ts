@@ -1,11 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { createActor, fromCallback, fromPromise } from 'xstate';
+import { createActor, fromCallback, fromPromise, SimulatedClock } from 'xstate';
 import {
   backoffDelay,
   type ConnectionEvent,
   type ConnectionInput,
   connectionMachine,
   DEFAULT_POLICY,
+  DISK_FULL_PROBE_MS,
   type DialInput,
   type DialOutput,
   type FailbackInput,
@@ -23,6 +24,8 @@ function harness(
     dialFails?: (input: DialInput) => boolean;
     input?: ConnectionInput;
     probe?: (input: FailbackInput) => Promise<DialOutput>;
+    /** Time as the test moves it; the full server's probe then has its real interval (DISK_FULL_PROBE_MS). */
+    clock?: SimulatedClock;
   } = {},
 ) {
   let send: ((e: SessionEvent) => void) | null = null;
@@ -58,7 +61,7 @@ function harness(
         };
       }),
     },
-    delays: { backoffDelay: 1, suspendRetry: 1_000_000, diskFullProbe: 5 },
+    delays: { backoffDelay: 1, suspendRetry: 1_000_000, ...(opts.clock ? {} : { diskFullProbe: 5 }) },
     actions: {
       reportFailure: (_, p) => failures.push(p),
       runFailureAction: (_, p) => actions.push(p),
@@ -68,6 +71,7 @@ function harness(
   });
   const actor = createActor(machine, {
     input: opts.input ?? { policy: { suspendOn: ['disk-full'], maxTriesPerRecord: 2 } },
+    ...(opts.clock ? { clock: opts.clock } : {}),
   });
   const state = () => JSON.stringify(actor.getSnapshot().value);
   const until = async (want: string) => {
@@ -232,6 +236,42 @@ describe('connection machine', () => {
     expect(h.commands.filter((c) => c === 'DRAIN')).toHaveLength(1);
     h.session({ type: 'DISK_ERROR', reason: 'server replied DISKERROR' });
     expect(h.state()).toBe('{"online":"serverFull"}');
+  });
+
+  it('resumes within one probe interval (1 s) of a full server accepting again, however long it stayed full', async () => {
+    // Issue 16 item 3, in the machine's own time: the server may accept again at any moment; the next probe goes
+    // out at most DISK_FULL_PROBE_MS later, and its acceptance is back to the full window at once. The real
+    // collector on a full tmpfs (test/collector/space.test.ts) shows the same rhythm on a real link.
+    expect(DISK_FULL_PROBE_MS).toBeLessThanOrEqual(1000);
+    const clock = new SimulatedClock();
+    const h = harness({ clock, input: { policy: { maxTriesPerRecord: 3, suspendOn: [] } } });
+    h.actor.start();
+    await h.online();
+    h.session({ type: 'DISK_FULL', reason: 'server replied DISKFULL: disk full' });
+    const probes = () => h.commands.filter((c) => c === 'PROBE').length;
+    // Full for ten minutes: one probe a second, every one refused, never a backoff or a new link.
+    for (let second = 1; second <= 600; second++) {
+      clock.increment(DISK_FULL_PROBE_MS - 1);
+      expect(probes()).toBe(second - 1);
+      clock.increment(1);
+      expect(probes()).toBe(second);
+      h.session({ type: 'DISK_FULL', reason: 'server replied DISKFULL: still full' });
+    }
+    expect(h.state()).toBe('{"online":"serverFull"}');
+    expect(h.ctx()).toMatchObject({ attempt: 0, outage: 0 });
+    expect(h.sessions()).toBe(1);
+    expect(h.dials).toHaveLength(1);
+    expect(h.failures).toHaveLength(1);
+    // The server accepts again 0.3 s after a refused probe: the next probe, 0.7 s later, is the one it accepts.
+    clock.increment(300);
+    expect(probes()).toBe(600);
+    clock.increment(DISK_FULL_PROBE_MS - 300);
+    expect(probes()).toBe(601);
+    h.session({ type: 'ACCEPTING' });
+    expect(h.state()).toBe('{"online":"connected"}');
+    expect(h.accepting()).toBe(1);
+    clock.increment(10 * DISK_FULL_PROBE_MS);
+    expect(probes()).toBe(601);
   });
 
   it('suspends on a configured failure and leaves on RESUME', async () => {
