@@ -64,7 +64,13 @@ import type { JetStreamSettings } from '../jetstream/nats.js';
 import type { Logger } from '../log.js';
 import { encodeReply, FrameDecoder } from '../protocol/codec.js';
 import { HEADER_SIZE, MAX_AUDIT_MESSAGE_LENGTH, MessageType } from '../protocol/constants.js';
-import { parseHello, RID_CAPABILITY_TEXT, ridField, splitRecordId } from '../protocol/record-id.js';
+import {
+  parseHello,
+  type RecordId,
+  RID_CAPABILITY_TEXT,
+  ridField,
+  splitRecordId,
+} from '../protocol/record-id.js';
 import type { EvidenceParts, EvidenceSettings, EvidenceSinkStatus } from './evidence-sink.js';
 import { type HostEntry, type HostsSummary, HostTable, type HostView, nodeNameOf } from './hosts.js';
 import { applyIdentity, type IdentityPolicy, identityStamp, type PeerIdentity } from './identity.js';
@@ -79,7 +85,6 @@ import {
 } from './log-store.js';
 import type { FsyncPolicy, LogWriter } from './log-writer.js';
 import { FileOutput, type OutputError, type OutputGroup, type RecordOutput } from './output.js';
-import type { RecordId } from './record-id.js';
 import { endsLikeRid, NO_RID_FIELD, RecordIdTable, type RidSession } from './record-ids.js';
 import { SANITIZE_KIND_TEXT, type SanitizeKind, sanitizeRecord } from './sanitize.js';
 import { type HandshakeResult, TlsAcceptor, type TlsCollectorSettings } from './tls.js';

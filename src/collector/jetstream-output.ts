@@ -2,7 +2,7 @@
  * output = jetstream (docs/scale-out.md): each accepted record is published to the stream on the subject of its
  * host, and its batch is answered only after the stream acknowledged every record of it.
  *
- * - Message id (Nats-Msg-Id): the record identity `<agent>:<seq>` (record-id.ts), so the stream drops a record it
+ * - Message id (Nats-Msg-Id): the record identity `<agent>:<seq>` (src/protocol/record-id.ts), so the stream drops a record it
  *   already holds whichever collector publishes it again, within the stream's duplicate window. A record without
  *   an identity (audisp-remote, an older agent) gets `~<collector instance>:<n>`, which covers this collector's own
  *   retries (not a resend by its client).
@@ -43,9 +43,9 @@ import {
   sleep,
 } from '../jetstream/nats.js';
 import type { Logger } from '../log.js';
+import { formatRid } from '../protocol/record-id.js';
 import type { WriteOutcome } from './log-store.js';
 import type { OutputBatch, OutputError, RecordOutput } from './output.js';
-import { formatRid } from './record-id.js';
 import { WarnLimiter } from './warn-limiter.js';
 
 /** How long a batch is retried before its records are answered DISKERROR (an agent waits 5 s for a reply). */

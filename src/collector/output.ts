@@ -11,10 +11,11 @@
  * reject with an errno-style error when none may be acknowledged (`code` ENOSPC/EDQUOT: DISKFULL; ESUSPENDED:
  * DISKERROR "remote logging suspended"; anything else DISKERROR), optionally with `replyText` for the reply.
  */
+
+import type { RecordId } from '../protocol/record-id.js';
 import type { EvidenceParts } from './evidence-sink.js';
 import type { LogManagementSettings, LogStore, WriteOutcome } from './log-store.js';
 import type { FsyncPolicy } from './log-writer.js';
-import type { RecordId } from './record-id.js';
 
 /** The records of one client entry of a batch. */
 export interface OutputGroup {

@@ -243,7 +243,7 @@ export const AGENT_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   tlsPskIdentity: null,
   tlsCipherSuites: null,
   tlsKeyExchange: null,
-  maxInFlight: 1024,
+  maxInFlight: 4096,
   queueDir: '/var/spool/auditrelay',
   fsync: 'interval',
   fsyncIntervalMs: 200,

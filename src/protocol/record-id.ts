@@ -7,6 +7,8 @@
  *   payload and logs nothing; our collector answers with the ACK text `auditrelay 1 rid` (capabilities, space
  *   separated). An empty ACK text means no capability: the agent sends plain MESSAGEs, exactly as before.
  * - RECORD_ID (type 2): an 8-byte big-endian record number, then the record text. Sent only after `rid`.
+ * - A record's identity as text is `<agent>:<seq>`: the ` rid=` field of a log line, the JetStream message id
+ *   (Nats-Msg-Id) of the collector's stream output, what the sink reads back.
  */
 import { ProtocolError } from '../errors.js';
 
@@ -81,7 +83,23 @@ export function splitRecordId(payload: Buffer): { seq: number; text: Buffer } {
   return { seq: Number(big), text: payload.subarray(RECORD_NUMBER_SIZE) };
 }
 
+/** `<agent>:<seq>`. */
+export function formatRid(rid: RecordId): string {
+  return `${rid.agent}:${rid.seq}`;
+}
+
 /** ` rid=<agent>:<seq>`, as appended to a record line in the file output. */
 export function ridField(rid: RecordId): string {
-  return ` rid=${rid.agent}:${rid.seq}`;
+  return ` rid=${formatRid(rid)}`;
+}
+
+/** `<agent>:<seq>` back to its parts; null when it is not one (e.g. a collector's own message id). */
+export function parseRid(text: string): RecordId | null {
+  const at = text.lastIndexOf(':');
+  if (at <= 0) return null;
+  const agent = text.slice(0, at);
+  const digits = text.slice(at + 1);
+  if (!AGENT_ID_RE.test(agent) || !/^[0-9]{1,16}$/.test(digits)) return null;
+  const seq = Number(digits);
+  return Number.isSafeInteger(seq) ? { agent, seq } : null;
 }

@@ -24,7 +24,6 @@ import { type Consumer, DeliverPolicy, jetstream, jetstreamManager } from '@nats
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { EvidenceParts, EvidenceSettings } from '../collector/evidence-sink.js';
 import { type LogManagementSettings, LogStore } from '../collector/log-store.js';
-import { parseRid } from '../collector/record-id.js';
 import { sanitizeRecord } from '../collector/sanitize.js';
 import { JetStreamUnavailableError } from '../errors.js';
 import {
@@ -37,6 +36,7 @@ import {
   tokenHost,
 } from '../jetstream/nats.js';
 import type { Logger } from '../log.js';
+import { parseRid } from '../protocol/record-id.js';
 
 /** Messages fetched, written and acknowledged together at most. */
 export const SINK_BATCH = 1000;

@@ -1,4 +1,4 @@
-// A small agent for tests that speaks the record-identity wire (src/collector/record-id.ts, RECORD-ID.md): a hello
+// A small agent for tests that speaks the record-identity wire (src/protocol/record-id.ts, docs/protocol.md): a hello
 // in its first heartbeat, then RECORD_ID messages (8-byte big-endian record number + text), a window of them in
 // flight. It stands in for the real agent until the agent sends record identities itself (issue 14 item 2).
 //

@@ -71,7 +71,7 @@ const DEFAULTS: AgentConfig = {
   tlsPskIdentity: null,
   tlsCipherSuites: null,
   tlsKeyExchange: null,
-  maxInFlight: 1024,
+  maxInFlight: 4096,
   queueDir: '/var/spool/auditrelay',
   fsync: 'interval',
   fsyncIntervalMs: 200,
@@ -643,7 +643,7 @@ describe('formatEffectiveConfig', () => {
     expect(keys).toEqual(AGENT_KEYS);
     const sep = lines.indexOf('# auditrelay extensions (not understood by upstream audisp-remote)');
     expect(sep).toBeGreaterThan(0);
-    expect(lines[sep + 1]).toBe('max_in_flight = 1024');
+    expect(lines[sep + 1]).toBe('max_in_flight = 4096');
     expect(lines).toContain('local_port = any');
     expect(lines).toContain('queue_max_bytes = 1G');
     expect(lines).toContain('status_listen = off');

@@ -1,52 +1,57 @@
 /**
- * Pure parts of the scale-out work: the record-identity wire (src/collector/record-id.ts), host subjects
+ * Pure parts of the scale-out work: the record-identity wire (src/protocol/record-id.ts), host subjects
  * (src/jetstream/nats.ts), the collector's JetStream keys, and the sink's recovery from its log's tail.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import {
-  encodeRecordIdPayload,
-  formatHello,
-  parseHello,
-  parseRecordIdPayload,
-  parseRid,
-} from '../../src/collector/record-id.js';
 import { parseCollectorConfig } from '../../src/config/collector-config.js';
 import { hostSubject, hostToken, tokenHost } from '../../src/jetstream/nats.js';
+import {
+  encodeHello,
+  formatRid,
+  parseHello,
+  parseRid,
+  RECORD_NUMBER_SIZE,
+  splitRecordId,
+  writeRecordNumber,
+} from '../../src/protocol/record-id.js';
 import { lastWrittenSeq } from '../../src/sink/sink.js';
 
 const F = '/etc/auditrelay/collector.conf';
 const parse = (text: string) => parseCollectorConfig(text, F).config;
 
 describe('record identities on the wire', () => {
-  it('a hello is recognised exactly; anything else in a heartbeat is not one', () => {
-    expect(parseHello(formatHello({ agent: 'AB12-x.y_z', boot: 1764600000123 }))).toEqual({
+  it('a hello is recognised exactly; a heartbeat of another client is not one; a malformed hello is an error', () => {
+    expect(parseHello(encodeHello({ agent: 'AB12-x.y_z', boot: 1764600000123 }))).toEqual({
       agent: 'AB12-x.y_z',
       boot: 1764600000123,
     });
     expect(parseHello(Buffer.alloc(0))).toBeNull();
     expect(parseHello(Buffer.from('auditrelay-hello 2 agent=a boot=1'))).toBeNull();
-    expect(parseHello(Buffer.from('auditrelay-hello 1 agent=a/b boot=1'))).toBeNull();
-    expect(parseHello(Buffer.from(`auditrelay-hello 1 agent=${'a'.repeat(65)} boot=1`))).toBeNull();
-    expect(parseHello(Buffer.from('auditrelay-hello 1 agent=a boot=x'))).toBeNull();
+    expect(() => parseHello(Buffer.from('auditrelay-hello 1 agent=a/b boot=1'))).toThrow(/malformed hello/);
+    expect(() => parseHello(Buffer.from(`auditrelay-hello 1 agent=${'a'.repeat(65)} boot=1`))).toThrow(
+      /malformed hello/,
+    );
+    expect(() => parseHello(Buffer.from('auditrelay-hello 1 agent=a boot=x'))).toThrow(/malformed hello/);
   });
 
-  it('a RECORD_ID payload is an 8-byte big-endian number and the text; short or huge numbers are refused', () => {
-    const p = encodeRecordIdPayload(2 ** 40 + 7, Buffer.from('type=USER msg=audit(1.0:1): x'));
-    expect(parseRecordIdPayload(p)).toEqual({
-      seq: 2 ** 40 + 7,
-      text: Buffer.from('type=USER msg=audit(1.0:1): x'),
-    });
-    expect(parseRecordIdPayload(Buffer.alloc(7))).toMatch(/shorter than its 8-byte record number/);
+  it('a RECORD_ID payload is an 8-byte big-endian number and the text; short, zero or huge numbers are refused', () => {
+    const text = Buffer.from('type=USER msg=audit(1.0:1): x');
+    const p = Buffer.alloc(RECORD_NUMBER_SIZE + text.length);
+    writeRecordNumber(p, 0, 2 ** 40 + 7);
+    text.copy(p, RECORD_NUMBER_SIZE);
+    expect(splitRecordId(p)).toEqual({ seq: 2 ** 40 + 7, text });
+    expect(() => splitRecordId(Buffer.alloc(7))).toThrow(/shorter than its 8-byte record number/);
+    expect(() => splitRecordId(Buffer.alloc(9))).toThrow(/outside 1\.\.2\^53-1/);
     const huge = Buffer.alloc(9);
     huge.writeBigUInt64BE(2n ** 60n);
-    expect(parseRecordIdPayload(huge)).toMatch(/above 2\^53/);
+    expect(() => splitRecordId(huge)).toThrow(/outside 1\.\.2\^53-1/);
   });
 
   it('rids parse back; a collector-local id does not', () => {
-    expect(parseRid('agent-1:42')).toEqual({ agent: 'agent-1', seq: 42 });
+    expect(parseRid(formatRid({ agent: 'agent-1', seq: 42 }))).toEqual({ agent: 'agent-1', seq: 42 });
     expect(parseRid('~0a1b2c:42')).toBeNull();
     expect(parseRid('agent:4x')).toBeNull();
   });
