@@ -195,11 +195,22 @@ export class Peers {
     };
   }
 
-  /** The reference client: sends `recordsFile` to `port` and exits; stdout is its JSON line. */
-  reference(port: number, recordsFile: string, host = '127.0.0.1'): ChildProcess {
+  /** The reference client: sends `recordsFile` to `port` and exits; stdout is its JSON line (bench/reference-client.ts). */
+  reference(port: number, recordsFile: string, host = '127.0.0.1', extra: string[] = []): ChildProcess {
     return this.sandbox.spawn(
       process.execPath,
-      [REFERENCE, '--host', host, '--port', String(port), '--file', recordsFile, '--window', '8192'],
+      [
+        REFERENCE,
+        '--host',
+        host,
+        '--port',
+        String(port),
+        '--file',
+        recordsFile,
+        '--window',
+        '8192',
+        ...extra,
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
   }

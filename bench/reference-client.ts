@@ -6,6 +6,10 @@
  *
  *   node dist/bench/reference-client.js --port 60 --file records.txt [--host 127.0.0.1] [--window 8192]
  *
+ * With `--announce`, a first JSON line `{"connectedAt": <ms since the epoch>}` at connect: a bench that times the
+ * run by the server's log (bench/wan.ts) starts its clock there, since a server that drops acknowledgements
+ * (auditd over a long path) leaves this client waiting for ever for the last ones.
+ *
  * Deliberately self-contained (no import from src/): it is the yardstick, not the thing measured.
  */
 import { readFileSync } from 'node:fs';
@@ -18,6 +22,7 @@ const { values } = parseArgs({
     port: { type: 'string' },
     file: { type: 'string' },
     window: { type: 'string', default: '8192' },
+    announce: { type: 'boolean', default: false },
   },
 });
 if (values.port === undefined || values.file === undefined) {
@@ -57,7 +62,12 @@ function pump(): void {
   if (frames.length > 0) socket.write(Buffer.concat(frames));
 }
 
-socket.on('connect', pump);
+socket.on('connect', () => {
+  if (values.announce) {
+    process.stdout.write(`${JSON.stringify({ connectedAt: performance.timeOrigin + performance.now() })}\n`);
+  }
+  pump();
+});
 socket.on('data', (chunk: Buffer) => {
   pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
   let off = 0;

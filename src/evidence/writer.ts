@@ -594,9 +594,9 @@ export class EvidenceWriter {
         text += hostLine(refs.size, head, host);
       }
       writeFileAtomic(file, text, { mode: 0o600, what: 'evidence file' });
-      let opened: ReturnType<typeof openAppendNoFollow>;
+      const previous = this.#segFd;
       try {
-        opened = openAppendNoFollow(file, 0o600, 'evidence file');
+        this.#openSegment(file);
       } catch (err) {
         try {
           unlinkSync(file); // not begun: the next attempt writes it again
@@ -605,13 +605,16 @@ export class EvidenceWriter {
         }
         throw err;
       }
-      this.#closeFd('seg');
+      if (previous >= 0) {
+        try {
+          closeSync(previous);
+        } catch {
+          // nothing to do
+        }
+      }
       this.#refs = refs;
       this.#nextRef = refs.size + 1;
       this.#segStart = start;
-      this.#segFd = opened.fd;
-      this.#segFile = file;
-      this.#segBytes = opened.stat.size;
     }
     // else: no record in the current one: it goes on
     this.#closeFd('log');
