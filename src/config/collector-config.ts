@@ -116,7 +116,7 @@ export interface CollectorConfig {
   // --- auditrelay extensions ---
   /** Address to bind; default 127.0.0.1 (see docs/configuration.md). */
   tcpListenAddress: string;
-  /** Seconds a new connection may take to complete its (krb5) handshake. */
+  /** Seconds a new connection may take to complete its handshake (KRB5 or TLS). */
   handshakeTimeout: number;
   /** Largest accepted record payload, bytes. */
   maxMessageSize: number;
