@@ -351,6 +351,42 @@ export function collectorMetrics(src: CollectorMetricsSource, health?: () => Hea
     'Kerberos handshakes refused, failed or timed out',
     () => src.stats.krb5Failures,
   );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_tls_sessions_total',
+    'TLS handshakes completed and authorised',
+    () => src.stats.tlsSessions,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_tls_failures_total',
+    'TLS handshakes refused, failed, timed out or closed for a newer one',
+    () => src.stats.tlsFailures,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_tls_revoked_total',
+    'TLS sessions disconnected because a reload removed their identity or their certificate expired',
+    () => src.stats.tlsRevoked,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_identity_mismatches_total',
+    "Records whose node= does not belong to the connection's identity",
+    () => src.stats.identityMismatches,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_identity_refused_total',
+    'Records refused for their node= (identity_policy = reject)',
+    () => src.stats.identityRefused,
+  );
+  mirroredCounter(
+    r,
+    'auditrelay_collector_identity_rewritten_total',
+    "Records given the identity's node= (identity_policy = rewrite)",
+    () => src.stats.identityRewritten,
+  );
   gauge(r, 'auditrelay_collector_clients', 'Connected clients', () => src.stats.clients);
   gauge(
     r,

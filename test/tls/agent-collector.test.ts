@@ -15,6 +15,7 @@ import { settingsFromConfig } from '../../src/agent/settings.js';
 import { Collector, DEFAULT_COLLECTOR_SETTINGS } from '../../src/collector/collector.js';
 import { defaultAgentConfig } from '../../src/config/agent-config.js';
 import { encodeEvent } from '../../src/protocol/codec.js';
+import { collectorMetrics } from '../../src/status/metrics.js';
 import { type RunningAgent, records, startAgent } from '../helpers/agent-harness.js';
 import { requireOrSkip } from '../helpers/prereq.js';
 import { pollUntil } from '../helpers/wait.js';
@@ -129,6 +130,9 @@ describe('tls: our agent → our collector', () => {
       expect(await a.finish()).toBe(0);
       expect(lines).toEqual(recs.map((r) => `${r} peer_id=tls-psk:web1`));
       expect(c.collector.stats.tlsSessions).toBe(1);
+      expect(await collectorMetrics(c.collector).metrics()).toMatch(
+        /^auditrelay_collector_tls_sessions_total 1$/m,
+      );
       const established = a.logs.find((l) => /^TLS session established/.test(l.msg))!;
       expect(established.msg).toMatch(/as identity web1 \(TLSv1\.3, TLS_AES_128_GCM_SHA256, X25519\)/);
       expect((await c.waitForLog(/authenticated as tls-psk web1/)).msg).toMatch(
