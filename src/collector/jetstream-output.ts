@@ -26,8 +26,16 @@
  *   (a full stream; a failing proposal): a publish with that id is then answered `duplicate` with sequence 0 for
  *   the whole duplicate window although nothing is stored. Such an answer counts as not stored: the record is
  *   published again; when the same id is still answered that way after POISONED_ID_MS (a staged proposal of the
- *   current leader is decided within seconds), it is published under `<id>/1` (then `/2`, …): deterministic, so
- *   another collector publishing the same record chooses the same id and the stream still keeps one.
+ *   current leader is decided within seconds), it is published under `<id>/1` (then `/2`, …) at once, in the same
+ *   batch: deterministic, so another collector publishing the same record chooses the same id and the stream still
+ *   keeps one. The derived id is kept for the record (a resend after a refused batch goes under it: its own id is
+ *   still refused). A record refused for a full stream is such an id from the refusal on (its POISONED_ID_MS
+ *   counts from then).
+ * - Known refused ids keep the order: a record whose id was refused before leads like a host's first record, with
+ *   the refused records right after it (they fare alike: all refused again, or all renamed and published again at
+ *   once); the host's later records wait until they are stored. So a window resent once the stream has room again
+ *   does not store its later records ahead of them (seen with the real agent: after a full stream each resent
+ *   window broke the order again, and progress fell to the agent's one probe a second).
  */
 import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -91,9 +99,14 @@ interface Item {
   id: string;
 }
 
+/** What the output needs of a JetStream client (tests give a fake one). */
+export type JetStreamPublisher = Pick<JetStreamClient, 'publish'>;
+
 export interface JetStreamOutputOptions {
   retryMs?: number;
   publishTimeoutMs?: number;
+  /** Tests: publish through this instead of connecting to `servers` (the stream is taken as ready). */
+  publisher?: JetStreamPublisher;
 }
 
 export class JetStreamOutput implements RecordOutput {
@@ -104,9 +117,10 @@ export class JetStreamOutput implements RecordOutput {
   readonly #instance = randomBytes(6).toString('hex');
   readonly #retryMs: number;
   readonly #publishTimeoutMs: number;
+  readonly #publisher: JetStreamPublisher | null;
   #counter = 0;
   #nc: NatsConnection | null = null;
-  #js: JetStreamClient | null = null;
+  #js: JetStreamPublisher | null = null;
   /** Resolves when connected and the stream exists; set by open(). */
   #ready: Promise<void> | null = null;
   #isReady = false;
@@ -139,6 +153,7 @@ export class JetStreamOutput implements RecordOutput {
     this.#warn = new WarnLimiter(log, 10_000);
     this.#retryMs = options.retryMs ?? JETSTREAM_RETRY_MS;
     this.#publishTimeoutMs = options.publishTimeoutMs ?? JETSTREAM_PUBLISH_TIMEOUT_MS;
+    this.#publisher = options.publisher ?? null;
   }
 
   status(): JetStreamOutputStatus {
@@ -153,6 +168,12 @@ export class JetStreamOutput implements RecordOutput {
 
   /** Starts connecting (for ever) and creating the stream; records wait for it (up to the retry time). */
   open(): Promise<void> {
+    if (this.#publisher) {
+      this.#js = this.#publisher;
+      this.#isReady = true;
+      this.#ready = Promise.resolve();
+      return Promise.resolve();
+    }
     this.#ready = this.#connect();
     this.#ready.catch(() => {});
     return Promise.resolve();
@@ -238,16 +259,27 @@ export class JetStreamOutput implements RecordOutput {
     for (;;) {
       // A host this output has not yet stored a record of, or whose last publish failed, sends its first record
       // alone: a resend after a crash or failover may begin with records another connection still has in flight,
-      // and nothing of the host must be stored ahead of them (see the module comment, "Order").
+      // and nothing of the host must be stored ahead of them (see the module comment, "Order"). So does a record
+      // whose id the stream refused before, with the refused records right after it (they fare alike: all refused
+      // again, or all renamed and published again at once): the host's other records wait until they are stored.
       const send: Item[] = [];
       const held: Item[] = [];
-      const leads = new Set<string>();
+      /** Subjects with a lead in `send`: alone, or a run of refused ids. */
+      const leads = new Map<string, 'alone' | 'run'>();
+      const blocked = new Set<string>();
       for (const it of pending) {
-        if (this.#steady.has(it.subject)) send.push(it);
-        else if (!leads.has(it.subject)) {
-          leads.add(it.subject);
+        const refused = this.#zeroSince.has(it.id);
+        const lead = leads.get(it.subject);
+        if (blocked.has(it.subject)) held.push(it);
+        else if (lead === 'run' && refused) send.push(it);
+        else if (lead !== undefined) {
+          blocked.add(it.subject);
+          held.push(it);
+        } else {
+          if (refused) leads.set(it.subject, 'run');
+          else if (!this.#steady.has(it.subject)) leads.set(it.subject, 'alone');
           send.push(it);
-        } else held.push(it);
+        }
       }
       const results = await Promise.allSettled(
         send.map((it) => js.publish(it.subject, it.data, { msgID: it.id, timeout: this.#publishTimeoutMs })),
@@ -255,6 +287,8 @@ export class JetStreamOutput implements RecordOutput {
       const failed: Item[] = [];
       let full: unknown = null;
       let reason: unknown = null;
+      /** Failed only because their id was refused for good: published again at once under a derived id. */
+      let renamed = 0;
       const okAfterFailure = new Set<string>();
       const failedSubjects = new Set<string>();
       results.forEach((r, i) => {
@@ -274,15 +308,22 @@ export class JetStreamOutput implements RecordOutput {
         failedSubjects.add(it.subject);
         this.#steady.delete(it.subject);
         if (r.status === 'fulfilled') {
-          this.#unstored(it);
           const e = new Error(`the stream answers id ${it.id} as a duplicate of a record it does not hold`);
+          if (this.#unstored(it)) {
+            renamed++;
+            return;
+          }
           reason ??= e;
           // Refused while the stream was full: still the full stream.
           if (Date.now() - this.#fullAt < POISONED_ID_MS * 3) full ??= e;
           return;
         }
         reason ??= r.reason;
-        if (isStreamFull(r.reason)) full ??= r.reason;
+        if (isStreamFull(r.reason)) {
+          full ??= r.reason;
+          // The stream keeps the refused id (see the module comment): its time counts from now.
+          this.#refusedId(it.id);
+        }
       });
       if (okAfterFailure.size > 0) {
         this.#stats.orderWarnings += okAfterFailure.size;
@@ -293,6 +334,12 @@ export class JetStreamOutput implements RecordOutput {
       }
       if (failed.length === 0 && held.length > 0) {
         pending = held;
+        continue;
+      }
+      if (failed.length > 0 && failed.length === renamed) {
+        // Nothing refused but ids given up: the same records again at once, under their new ids, in order.
+        const again = new Set([...failed, ...held]);
+        pending = pending.filter((it) => again.has(it));
         continue;
       }
       if (failed.length === 0) {
@@ -333,22 +380,35 @@ export class JetStreamOutput implements RecordOutput {
     }
   }
 
+  /**
+   * Stored under `it.id`. A derived id stays the record's (`#alias`): its own id is still refused by the stream, and
+   * a resend (its batch refused for another record) must go where it is stored.
+   */
   #stored(it: Item): void {
     if (this.#zeroSince.size > 0) this.#zeroSince.delete(it.id);
-    if (it.id !== it.base) this.#alias.delete(it.base);
   }
 
-  /** Answered `duplicate` with sequence 0: after POISONED_ID_MS under the same id, the next derived id. */
-  #unstored(it: Item): void {
+  /** An id the stream refused (a full stream): it keeps it, and answers it `duplicate` with sequence 0 from now on. */
+  #refusedId(id: string): void {
+    if (this.#zeroSince.has(id)) return;
+    if (this.#zeroSince.size >= POISON_TRACKED) this.#zeroSince.clear();
+    this.#zeroSince.set(id, Date.now());
+  }
+
+  /**
+   * Answered `duplicate` with sequence 0: after POISONED_ID_MS under the same id, the next derived id (true: to be
+   * published again at once).
+   */
+  #unstored(it: Item): boolean {
     this.#stats.unstoredDuplicates++;
     const now = Date.now();
     const since = this.#zeroSince.get(it.id);
     if (since === undefined) {
       if (this.#zeroSince.size >= POISON_TRACKED) this.#zeroSince.clear();
       this.#zeroSince.set(it.id, now);
-      return;
+      return false;
     }
-    if (now - since < POISONED_ID_MS) return;
+    if (now - since < POISONED_ID_MS) return false;
     this.#zeroSince.delete(it.id);
     const slash = it.id.lastIndexOf('/');
     const n = it.id === it.base ? 1 : Number(it.id.slice(slash + 1)) + 1;
@@ -363,6 +423,7 @@ export class JetStreamOutput implements RecordOutput {
       `JetStream: stream ${this.#s.stream} has answered record id ${it.base} as a duplicate without holding it for ${POISONED_ID_MS / 1000} s (NATS keeps the id of a refused publish for its duplicate window): publishing it as ${next}`,
       (n2) => `JetStream: ${n2} more record id(s) published under a derived id for the same reason`,
     );
+    return true;
   }
 
   #unavailable(why: string, records: number): OutputError {

@@ -1,6 +1,7 @@
 // A small agent for tests that speaks the record-identity wire (src/protocol/record-id.ts, docs/protocol.md): a hello
 // in its first heartbeat, then RECORD_ID messages (8-byte big-endian record number + text), a window of them in
-// flight. It stands in for the real agent until the agent sends record identities itself (issue 14 item 2).
+// flight. The benchmark (bench/scale-out.ts) drives it for its per-record acknowledgement latencies; the tests use
+// the real agent (test/helpers/scale-out.ts, AgentRig).
 //
 // Like the real agent with a durable queue, it keeps the highest record number acknowledged in order in
 // `stateFile` (written after each batch of replies, so a kill -9 loses the last few acknowledgements and those

@@ -1,12 +1,21 @@
 /**
- * Scale-out rigs for tests and the benchmark: collectors with output = jetstream and sinks run as real CLI
- * processes (started and killed by pid), test agents speaking the record-identity wire (rid-agent.mjs), and the
- * checker that reads every record's tag in the sink's output.
+ * Scale-out rigs for tests and the benchmark: collectors with output = jetstream, sinks and real agents
+ * (`auditrelay agent`, fed on stdin) run as CLI processes (started and killed by pid); the benchmark's test agents
+ * speaking the record-identity wire (rid-agent.mjs); and the checker that reads every record's tag in the sink's
+ * output.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import type { Writable } from 'node:stream';
+import { crc32 } from 'node:zlib';
 import { PACKAGE_ROOT } from '../../src/paths.js';
+import {
+  decodeAck,
+  RECORD_HEADER_SIZE,
+  readId,
+  SEGMENT_HEADER_SIZE,
+} from '../../src/queue/segment-format.js';
 import { freePorts } from './nats-cluster.js';
 import { pollUntil } from './wait.js';
 
@@ -166,10 +175,235 @@ export function startRidAgent(spec: AgentSpec): Proc {
   );
 }
 
-/** The highest record an agent has seen acknowledged in order (its state file). */
-export function ackedOf(spec: AgentSpec): number {
-  if (!existsSync(spec.stateFile)) return 0;
-  return Number(readFileSync(spec.stateFile, 'utf8').trim() || 0);
+// ---------------------------------------------------------------------------------------------------------
+// The real agent, fed on stdin
+
+/**
+ * Record `n` of host `host` in the plugin string format (one line, about 300 bytes, no newline): its tag
+ * `tag=HOST:N` is what the checker reads, `node=HOST` what the collector accounts the host by.
+ */
+export function hostRecord(host: string, n: number): string {
+  const head = `node=${host} type=USER msg=audit(1764600000.${String(n % 1000).padStart(3, '0')}:${n}): pid=${n} uid=0 auid=0 msg='op=test tag=${host}:${n} pad=`;
+  const tail = ` end=${n}'`;
+  return head + 'x'.repeat(Math.max(0, 300 - head.length - tail.length)) + tail;
+}
+
+export interface AgentRigOptions {
+  host: string;
+  /** The test's directory: the agent's configuration, queue_dir and state_file go in `dir/HOST/`. */
+  dir: string;
+  /** remote_server: these ports on 127.0.0.1, in this order. */
+  ports: number[];
+  /** Records 1..total are fed. */
+  total: number;
+  /** Records fed per second (default 500). */
+  rate?: number;
+  /**
+   * At most this many records fed beyond the agent's acknowledged ones (default 1500): a stall (a stream leader's
+   * election) pauses the feeding, so that every kill of the test happens while records are still being fed.
+   */
+  maxAhead?: number;
+  /** More configuration lines. */
+  extra?: string[];
+}
+
+/**
+ * `auditrelay agent --config FILE` as auditd runs it (records on stdin, `mode = forward`, its durable queue and
+ * state file in the test's directory), fed records 1..total of its host at a steady pace by a feeder that respects
+ * the pipe's back-pressure. After a kill -9 the feeder goes on from the last record the killed process had
+ * accepted (in its durable queue): records written into the dead process's pipe and never read were not
+ * accepted, and are fed again to the next instance, which keeps the agent id (queue_dir/agent-id).
+ */
+export class AgentRig {
+  readonly host: string;
+  readonly config: string;
+  readonly queueDir: string;
+  readonly stateFile: string;
+  readonly total: number;
+  readonly #rate: number;
+  readonly #maxAhead: number;
+  proc: Proc | null = null;
+  /** The next record to feed. */
+  next = 1;
+  /** Records are fed up to this one (raise it to feed more). */
+  feedLimit: number;
+  /** Processes started. */
+  starts = 0;
+  #feeding: Promise<void> | null = null;
+  #stop = false;
+  #wake: (() => void) | null = null;
+
+  constructor(o: AgentRigOptions) {
+    this.host = o.host;
+    this.total = o.total;
+    this.feedLimit = o.total;
+    this.#rate = o.rate ?? 500;
+    this.#maxAhead = o.maxAhead ?? 1500;
+    const home = path.join(o.dir, o.host);
+    mkdirSync(home, { recursive: true, mode: 0o700 });
+    this.config = path.join(home, 'agent.conf');
+    this.queueDir = path.join(home, 'queue');
+    this.stateFile = path.join(home, 'agent.state');
+    writeFileSync(
+      this.config,
+      [
+        `remote_server = ${o.ports.map((p) => `127.0.0.1:${p}`).join(', ')}`,
+        'mode = forward',
+        `queue_dir = ${this.queueDir}`,
+        `state_file = ${this.stateFile}`,
+        'reconnect_initial_ms = 100',
+        'reconnect_max_ms = 1000',
+        'network_failure_action = syslog',
+        'disk_full_action = syslog',
+        'disk_error_action = syslog',
+        'drain_timeout = 10',
+        'log_level = info',
+        ...(o.extra ?? []),
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    );
+  }
+
+  /** Starts a process and feeds it from `next` on. */
+  start(): Proc {
+    if (alive(this.proc)) throw new Error(`agent ${this.host} is running`);
+    const p = track(
+      this.host,
+      spawn(process.execPath, [BIN, 'agent', '--config', this.config], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+        env: { ...process.env, AUDITRELAY_LOG_TARGET: 'stderr' },
+      }),
+    );
+    this.proc = p;
+    this.starts++;
+    this.#stop = false;
+    this.#feeding = this.#feed(p.proc.stdin!);
+    return p;
+  }
+
+  /** The last record acknowledged (the durable queue's ack cursor; a queue id is the record's number here). */
+  acked(): number {
+    try {
+      const d = decodeAck(readFileSync(path.join(this.queueDir, 'ack')));
+      return 'acked' in d ? d.acked : 0;
+    } catch {
+      return 0;
+    }
+  }
+
+  /**
+   * The last record the agent accepted: the highest in its durable queue's segments (intact, checksummed records;
+   * `append()` writes a record with one write before it counts as accepted, so a killed agent leaves exactly what
+   * it accepted), or the last acknowledged one when the segments holding it are gone. Checks on the way that each
+   * record's queue id is its number (the identity the collector and the stream de-duplicate by).
+   */
+  accepted(): number {
+    let max = 0;
+    if (existsSync(this.queueDir)) {
+      for (const name of readdirSync(this.queueDir)) {
+        if (!/^seg-\d+\.log$/.test(name)) continue;
+        const b = readFileSync(path.join(this.queueDir, name));
+        for (let pos = SEGMENT_HEADER_SIZE; pos + RECORD_HEADER_SIZE <= b.length; ) {
+          const len = b.readUInt32LE(pos + 4);
+          const end = pos + RECORD_HEADER_SIZE + len;
+          if (end > b.length || crc32(b.subarray(pos + 4, end)) !== b.readUInt32LE(pos)) break;
+          const id = readId(b, pos + 8);
+          const m = / tag=([^ :]+):([0-9]+) /.exec(
+            b.subarray(pos + RECORD_HEADER_SIZE, end).toString('latin1'),
+          );
+          if (!m || m[1] !== this.host || Number(m[2]) !== id)
+            throw new Error(
+              `${name} of ${this.host}: record id ${id} holds ${m ? `${m[1]}:${m[2]}` : 'no tag'}`,
+            );
+          max = Math.max(max, id);
+          pos = end;
+        }
+      }
+    }
+    return Math.max(max, this.acked());
+  }
+
+  /**
+   * kill -9; the feeder stops and goes back to the record after the last one accepted. With `burst`, that many more
+   * records are written into the pipe just before the signal: records the process never reads (auditd had written
+   * them; the kill took them), fed again to the next process.
+   */
+  async kill9(burst = 0): Promise<{ accepted: number; fed: number }> {
+    const p = this.proc;
+    if (burst > 0 && alive(p) && p!.proc.stdin!.writable) {
+      let text = '';
+      for (const end = Math.min(this.total, this.next + burst - 1); this.next <= end; this.next++)
+        text += `${hostRecord(this.host, this.next)}\n`;
+      p!.proc.stdin!.write(text);
+    }
+    await kill9(p);
+    await this.#stopFeeding();
+    const fed = this.next - 1;
+    const accepted = this.accepted();
+    this.next = accepted + 1;
+    return { accepted, fed };
+  }
+
+  /**
+   * Once every record is fed and acknowledged: closes stdin (auditd stopping the plugin) and resolves with the
+   * exit code once the agent has drained and exited.
+   */
+  async finish(timeoutMs: number, diagnostics?: () => string): Promise<number | null> {
+    const p = this.proc;
+    if (!p) throw new Error(`agent ${this.host} never started`);
+    await pollUntil(() => !alive(p) || (this.next > this.total && this.acked() >= this.total), {
+      timeoutMs,
+      what: `agent ${this.host}: records 1..${this.total} fed and acknowledged`,
+      diagnostics: () =>
+        `fed ${this.next - 1}, acked ${this.acked()}\n${p.out.slice(-20).join('\n')}\n${diagnostics?.() ?? ''}`,
+    });
+    await this.#stopFeeding();
+    const exited = new Promise<number | null>((resolve) =>
+      alive(p) ? p.proc.once('exit', (code) => resolve(code)) : resolve(p.proc.exitCode),
+    );
+    p.proc.stdin!.end();
+    const t = setTimeout(() => alive(p) && process.kill(p.proc.pid!, 'SIGKILL'), 20_000);
+    const code = await exited;
+    clearTimeout(t);
+    return code;
+  }
+
+  async #stopFeeding(): Promise<void> {
+    this.#stop = true;
+    this.#wake?.();
+    await this.#feeding;
+    this.#feeding = null;
+  }
+
+  async #feed(stdin: Writable): Promise<void> {
+    stdin.on('error', () => {});
+    const t0 = performance.now();
+    const from = this.next;
+    while (!this.#stop && this.next <= this.total && stdin.writable && !stdin.destroyed) {
+      const paced = from - 1 + Math.floor(((performance.now() - t0) / 1000) * this.#rate);
+      const upTo = Math.min(this.total, this.feedLimit, paced, this.acked() + this.#maxAhead);
+      let text = '';
+      for (; this.next <= upTo; this.next++) text += `${hostRecord(this.host, this.next)}\n`;
+      const ok = text === '' || stdin.write(text);
+      // 20 ms, or until the pipe drains (back-pressure), goes away, or the feeder is stopped.
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          stdin.off('drain', done);
+          stdin.off('close', done);
+          stdin.off('error', done);
+          this.#wake = null;
+          resolve();
+        };
+        const timer = ok ? setTimeout(done, 20) : undefined;
+        if (!ok) stdin.on('drain', done);
+        stdin.on('close', done);
+        stdin.on('error', done);
+        this.#wake = done;
+      });
+    }
+  }
 }
 
 export interface CheckResult {
