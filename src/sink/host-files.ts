@@ -296,6 +296,12 @@ export class HostLogs {
           const e = entries[k]!;
           const todo = g.lines.filter((l) => l.seq > e.lastSeq);
           const skip = g.lines.length - todo.length;
+          if (skip > 0) {
+            this.#log.info(
+              { file: e.store.path, lastSeq: e.lastSeq, skipped: skip },
+              `sink: ${e.store.path} already has up to stream sequence ${e.lastSeq} (written before a restart): ${skip} record(s) not written again`,
+            );
+          }
           if (todo.length > 0) {
             await e.store.write(Buffer.concat(todo.map((l) => l.text)), []);
             e.lastSeq = todo[todo.length - 1]!.seq;
