@@ -20,6 +20,7 @@ import path from 'node:path';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { DEFAULT_LOG_MANAGEMENT } from '../../src/collector/log-store.js';
+import { parseCollectorConfig } from '../../src/config/collector-config.js';
 import { hostToken, tokenBytes } from '../../src/jetstream/nats.js';
 import {
   CURSOR_FILE,
@@ -266,4 +267,30 @@ describe('host files: recovery and bounds', () => {
     expect(readdirSync(logs).length).toBe(601);
     expect(readFileSync(path.join(logs, 'host-599.example.log'), 'utf8')).toBe('r js_seq=600\n');
   }, 60_000);
+});
+
+describe('configuration keys', () => {
+  test('sink_log_layout, sink_log_dir, sink_max_open_logs: defaults, values, errors, warnings', () => {
+    const d = parseCollectorConfig('', 'sink.conf').config;
+    expect([d.sinkLogLayout, d.sinkLogDir, d.sinkMaxOpenLogs]).toEqual([
+      'single',
+      '/var/log/auditrelay/hosts',
+      256,
+    ]);
+    const { config, warnings } = parseCollectorConfig(
+      'sink_log_layout = per_host\nsink_log_dir = /srv/hosts\nsink_max_open_logs = 64\nevidence = yes\nspace_left = 100\n',
+      'sink.conf',
+    );
+    expect([config.sinkLogLayout, config.sinkLogDir, config.sinkMaxOpenLogs]).toEqual([
+      'per_host',
+      '/srv/hosts',
+      64,
+    ]);
+    expect(warnings.map((w) => w.key).sort()).toEqual(['evidence', 'space_left']);
+    expect(warnings.find((w) => w.key === 'evidence')?.text).toMatch(/sink.conf:4: evidence: .*no evidence/);
+    expect(parseCollectorConfig('evidence = yes\n', 'sink.conf').warnings).toEqual([]);
+    expect(() => parseCollectorConfig('sink_log_layout = per-host\n', 'sink.conf')).toThrow(/per_host/);
+    expect(() => parseCollectorConfig('sink_log_dir = hosts\n', 'sink.conf')).toThrow(/absolute/);
+    expect(() => parseCollectorConfig('sink_max_open_logs = 0\n', 'sink.conf')).toThrow(/sink_max_open_logs/);
+  });
 });
