@@ -33,9 +33,9 @@
  *   can be in any file: no tail is read. So after a crash at most LIMIT_STEP + one batch of messages are checked
  *   against tails, nothing is lost (D only moves past synced writes), nothing is written twice, and each host's
  *   order holds (a host's messages are appended in stream order, a skipped one is one already there).
- * - Without a cursor (first start, or removed) D = 0 and, when the directory already holds `.log` files, L = ∞:
- *   the whole stream is read again and every host file's tail decides (slow, still exactly once for the files
- *   that are there).
+ * - Without a cursor (first start, or removed) D = 0 and L = the highest last sequence of the host files already
+ *   there (each read once at start): the whole stream is read again and every host file's tail decides up to L
+ *   (slow, still exactly once for the files that are there).
  *
  * Evidence: none for per-host files (an evidence store per file would be a worker, a key use and a segment chain
  * per host; with thousands of hosts that is thousands of workers or a store re-opened on every LRU miss). Use the
@@ -207,6 +207,8 @@ interface Entry {
   /** The host's last sequence in its file (0: none, or none above the cursor's limit when opened). */
   lastSeq: number;
   stem: string;
+  /** The skip after a restart was logged (once per open). */
+  reported: boolean;
 }
 
 /** One line of a host, for `HostLogs.write`. */
@@ -241,24 +243,34 @@ export class HostLogs {
     return this.#open.size;
   }
 
-  /** Checks (creates) the directory and reads the cursor; returns the sequence the sink goes on after. */
-  start(): number {
+  /**
+   * Checks (creates) the directory and reads the cursor; returns the sequence the sink goes on after. Without a
+   * cursor, the limit is the highest last sequence of the host files already there (each file's tail read once).
+   */
+  async start(): Promise<number> {
     const { dir } = this.#o;
     checkPrivateDirectory(dir, { what: 'sink_log_dir', create: true, mode: 0o750 });
     const c = readCursor(dir);
     if (c) {
       this.#cursor = c;
-    } else {
-      const existing = readdirSync(dir).filter((n) => n.endsWith('.log') && !n.startsWith('.'));
-      this.#cursor = { done: 0, limit: existing.length > 0 ? Number.POSITIVE_INFINITY : 0 };
-      if (existing.length > 0) {
-        this.#log.warn(
-          { dir, files: existing.length },
-          `sink: ${dir} has ${existing.length} host file(s) but no ${CURSOR_FILE}: reading the whole stream again; each host file's last js_seq= decides what is written`,
-        );
-      }
+      return c.done;
     }
-    return this.#cursor.done;
+    const files = new Set<string>();
+    for (const n of readdirSync(dir)) {
+      if (n.startsWith('.')) continue;
+      if (n.endsWith('.log')) files.add(n);
+      else if (n.endsWith('.log.1')) files.add(n.slice(0, -2));
+    }
+    let limit = 0;
+    for (const n of files) limit = Math.max(limit, await lastSeqOf(path.join(dir, n)));
+    this.#cursor = { done: 0, limit };
+    if (files.size > 0) {
+      this.#log.warn(
+        { dir, files: files.size, limit },
+        `sink: ${dir} has ${files.size} host file(s) but no ${CURSOR_FILE}: reading the whole stream again; up to stream sequence ${limit}, each host file's last js_seq= decides what is written`,
+      );
+    }
+    return 0;
   }
 
   /**
@@ -296,7 +308,8 @@ export class HostLogs {
           const e = entries[k]!;
           const todo = g.lines.filter((l) => l.seq > e.lastSeq);
           const skip = g.lines.length - todo.length;
-          if (skip > 0) {
+          if (skip > 0 && !e.reported) {
+            e.reported = true;
             this.#log.info(
               { file: e.store.path, lastSeq: e.lastSeq, skipped: skip },
               `sink: ${e.store.path} already has up to stream sequence ${e.lastSeq} (written before a restart): ${skip} record(s) not written again`,
@@ -360,7 +373,7 @@ export class HostLogs {
       await store.close();
       throw err;
     }
-    const e: Entry = { store, lastSeq, stem };
+    const e: Entry = { store, lastSeq, stem, reported: false };
     this.#open.set(stem, e);
     this.opened++;
     if (store.writer.size === 0 && (stem.includes('~') || !/^[A-Za-z0-9.-]*$/.test(stem))) {

@@ -129,7 +129,7 @@ export class Sink {
       await this.#store.open();
       this.stats.lastSeq = await lastWrittenSeq(this.#s.layout.logFile);
     } else {
-      this.stats.lastSeq = this.#hosts!.start();
+      this.stats.lastSeq = await this.#hosts!.start();
     }
     const where = this.#where;
     this.#log.info(

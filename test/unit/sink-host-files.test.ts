@@ -151,7 +151,7 @@ describe('host files: recovery and bounds', () => {
     const hosts = HOSTILE;
     const all = stream(hosts, 400);
     const a = open(5);
-    expect(a.start()).toBe(0);
+    expect(await a.start()).toBe(0);
     await a.write(all.slice(0, 100), 100);
     await a.write(all.slice(100, 200), 200);
     expect(a.openFiles).toBeLessThanOrEqual(5);
@@ -166,7 +166,7 @@ describe('host files: recovery and bounds', () => {
     }
     // Restart: from the cursor; the whole batch comes again, then the rest.
     const b = open(3);
-    expect(b.start()).toBe(200);
+    expect(await b.start()).toBe(200);
     const r = await b.write(batch, 300);
     expect(r).toEqual({ written: 50, skipped: 50 });
     await b.write(all.slice(300), 400);
@@ -179,13 +179,13 @@ describe('host files: recovery and bounds', () => {
     const hosts = ['h1', 'h2'];
     const all = stream(hosts, 20);
     const a = open();
-    a.start();
+    await a.start();
     await a.write(all.slice(0, 10), 10);
     await a.close();
     const l = all[10]!;
     writeFileSync(path.join(logs, hostFileName(l.host)), l.text.subarray(0, 9), { flag: 'a' });
     const b = open();
-    expect(b.start()).toBe(10);
+    expect(await b.start()).toBe(10);
     await b.write(all.slice(10), 20);
     await b.close();
     check(hosts, all);
@@ -195,18 +195,19 @@ describe('host files: recovery and bounds', () => {
     const hosts = ['h1', 'h2', 'h3'];
     const all = stream(hosts, 60);
     const a = open();
-    a.start();
+    await a.start();
     await a.write(all.slice(0, 30), 30);
     await a.close();
     rmSync(path.join(logs, CURSOR_FILE));
     const b = open(1);
-    expect(b.start()).toBe(0);
-    expect(b.cursor.limit).toBe(Number.POSITIVE_INFINITY);
+    expect(await b.start()).toBe(0);
+    expect(b.cursor.limit).toBe(30);
     await b.write(all.slice(0, 30), 30);
     await b.write(all.slice(30), 60);
     expect(b.skipped).toBe(30);
     await b.close();
     check(hosts, all);
+    expect(readCursor(logs)).toEqual({ done: 60, limit: 30 + LIMIT_STEP + 30 });
   });
 
   test('a rotated host file: the tail of LOG.1 gives the last sequence', async () => {
@@ -223,7 +224,7 @@ describe('host files: recovery and bounds', () => {
 
   test('a symlink planted as a host file is never followed; a writable directory is refused', async () => {
     const a = open();
-    a.start();
+    await a.start();
     const target = path.join(dir, 'target');
     writeFileSync(target, 'untouched\n');
     symlinkSync(target, path.join(logs, hostFileName('evil')));
@@ -233,7 +234,7 @@ describe('host files: recovery and bounds', () => {
     expect(readCursor(logs)?.done ?? 0).toBe(0);
     await a.close();
     chmodSync(logs, 0o777);
-    expect(() => open().start()).toThrow(/writable by others/);
+    await expect(open().start()).rejects.toThrow(/writable by others/);
     chmodSync(logs, 0o750);
     expect(lstatSync(path.join(logs, hostFileName('evil'))).isSymbolicLink()).toBe(true);
   });
@@ -255,7 +256,7 @@ describe('host files: recovery and bounds', () => {
       text: Buffer.from(`r js_seq=${i + 1}\n`),
     }));
     const a = open(8);
-    a.start();
+    await a.start();
     let max = 0;
     for (let i = 0; i < all.length; i += 200) {
       await a.write(all.slice(i, i + 200), i + 200);
