@@ -63,12 +63,26 @@ describe.skipIf(!available)('sink_log_layout = per_host, real 3-node NATS cluste
   test('hostile host names, 3 files open at most, kill -9 of the sink three times mid-stream: every record once in its host file, in order, nothing outside the directory', async () => {
     const stream = 'PERHOST';
     const jsm = await jetstreamManager(nc, { timeout: 5000 });
-    await jsm.streams.add({
-      name: stream,
-      subjects: [`${stream}.>`],
-      storage: StorageType.File,
-      num_replicas: 3,
-    });
+    // Right after the cluster is ready the meta leader may not know every peer yet ("no suitable peers for
+    // placement"): asked again until it places the three replicas.
+    await pollUntil(
+      () =>
+        jsm.streams
+          .add({ name: stream, subjects: [`${stream}.>`], storage: StorageType.File, num_replicas: 3 })
+          .then(
+            () => true,
+            (err: Error) => {
+              if (/no suitable peers/.test(err.message)) return false;
+              throw err;
+            },
+          ),
+      {
+        timeoutMs: 20_000,
+        intervalMs: 200,
+        what: 'the R3 stream to be created',
+        diagnostics: () => cluster.logs(),
+      },
+    );
     const js = jetstream(nc, { timeout: 10_000 });
     const perHost = 1500;
     const total = HOSTS.length * perHost;
