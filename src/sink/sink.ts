@@ -1,6 +1,8 @@
 /**
  * `auditrelay sink` (docs/scale-out.md): reads the stream (an ordered JetStream consumer) and writes it into an auditd-format
- * log file, exactly once across its own crashes, each host's records in the stream's order.
+ * log file, exactly once across its own crashes, each host's records in the stream's order. With
+ * `sink_log_layout = per_host` it writes one file per host instead (host-files.ts: names, bounds, and the cursor
+ * that makes a batch spread over many files exactly once); what follows is the single file.
  *
  * - The log is the cursor: an ordered consumer (name prefix `sink_consumer` and a random part, every subject `<STREAM>.>`) starts at
  *   the sequence after the log's last one and delivers strictly in stream order; batches of up to SINK_BATCH
