@@ -21,7 +21,6 @@
  *   the sink refuses to start (AR_JETSTREAM) rather than skip records.
  */
 import { randomBytes } from 'node:crypto';
-import { open as openFile } from 'node:fs/promises';
 import { type Consumer, DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { EvidenceParts, EvidenceSettings } from '../collector/evidence-sink.js';
@@ -39,7 +38,7 @@ import {
 } from '../jetstream/nats.js';
 import type { Logger } from '../log.js';
 import { parseRid } from '../protocol/record-id.js';
-import { CURSOR_FILE, type HostLine, HostLogs } from './host-files.js';
+import { CURSOR_FILE, type HostLine, HostLogs, lastSeqOf } from './host-files.js';
 
 /** Messages fetched, written and acknowledged together at most. */
 export const SINK_BATCH = 1000;
@@ -319,39 +318,9 @@ export class Sink {
 
 /**
  * The last stream sequence (`js_seq=`) in `file`'s tail; when the file has no line, in `file.1`; 0 when neither
- * has one. A non-empty file whose tail has no `js_seq=` is not a sink's log: refused.
+ * has one. A non-empty file whose tail has no `js_seq=` is not a sink's log: refused. (host-files.ts `lastSeqOf`:
+ * the same for every layout, never through a symbolic link.)
  */
-export async function lastWrittenSeq(file: string): Promise<number> {
-  for (const candidate of [file, `${file}.1`]) {
-    const tail = await readTail(candidate);
-    if (tail === null || tail.trim() === '') continue;
-    const matches = [...tail.matchAll(/ js_seq=([0-9]+)\n/g)];
-    const last = matches[matches.length - 1];
-    if (!last) {
-      throw new JetStreamUnavailableError(
-        `${candidate} has lines without js_seq=: it is not a log written by the sink; set log_file to a new file (or move this one away)`,
-      );
-    }
-    return Number(last[1]);
-  }
-  return 0;
-}
-
-async function readTail(file: string): Promise<string | null> {
-  let fh: Awaited<ReturnType<typeof openFile>>;
-  try {
-    fh = await openFile(file, 'r');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw err;
-  }
-  try {
-    const { size } = await fh.stat();
-    const length = Math.min(size, TAIL_BYTES);
-    const buf = Buffer.alloc(length);
-    await fh.read(buf, 0, length, size - length);
-    return buf.toString('latin1');
-  } finally {
-    await fh.close();
-  }
+export function lastWrittenSeq(file: string): Promise<number> {
+  return lastSeqOf(file, TAIL_BYTES);
 }
