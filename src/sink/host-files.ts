@@ -45,6 +45,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp, readdirSync } from 'node:fs';
 import path from 'node:path';
+import { readOpenFileLimit } from '../collector/collector.js';
 import { type LogManagementSettings, LogStore } from '../collector/log-store.js';
 import { FileSafetyError, JetStreamUnavailableError } from '../errors.js';
 import {
@@ -64,8 +65,8 @@ export const STEM_PREFIX = 100;
 export const CURSOR_FILE = '.sink-cursor';
 /** How far ahead of the written sequences the cursor's limit is set. */
 export const LIMIT_STEP = 10_000;
-/** Default bound on open host files (sink_max_open_logs). */
-export const DEFAULT_MAX_OPEN_LOGS = 256;
+/** Descriptors kept for everything but the host files (NATS, the cursor, the process's own). */
+const FD_RESERVE = 64;
 
 const PLAIN = /^[A-Za-z0-9-]$/;
 
@@ -224,6 +225,8 @@ export class HostLogs {
   readonly #log: Logger;
   /** Open stores, least recently used first (Map order). */
   readonly #open = new Map<string, Entry>();
+  /** sink_max_open_logs, lowered to what the descriptor limit leaves (start). */
+  #maxOpen: number;
   #cursor: Cursor = { done: 0, limit: 0 };
   /** Files opened since start, closed to make room (counters for the progress log and tests). */
   opened = 0;
@@ -233,6 +236,7 @@ export class HostLogs {
   constructor(o: HostLogsOptions) {
     this.#o = o;
     this.#log = o.log;
+    this.#maxOpen = o.maxOpen;
   }
 
   get cursor(): Cursor {
@@ -250,6 +254,14 @@ export class HostLogs {
   async start(): Promise<number> {
     const { dir } = this.#o;
     checkPrivateDirectory(dir, { what: 'sink_log_dir', create: true, mode: 0o750 });
+    const limit = readOpenFileLimit();
+    if (limit !== null && this.#o.maxOpen + FD_RESERVE > limit) {
+      this.#maxOpen = Math.max(1, limit - FD_RESERVE);
+      this.#log.warn(
+        { maxOpenLogs: this.#o.maxOpen, openFileLimit: limit },
+        `sink_max_open_logs = ${this.#o.maxOpen} needs more descriptors than the limit of ${limit} allows: at most ${this.#maxOpen} host files are kept open; raise LimitNOFILE (systemd) or ulimit -n`,
+      );
+    }
     const c = readCursor(dir);
     if (c) {
       this.#cursor = c;
@@ -261,13 +273,13 @@ export class HostLogs {
       if (n.endsWith('.log')) files.add(n);
       else if (n.endsWith('.log.1')) files.add(n.slice(0, -2));
     }
-    let limit = 0;
-    for (const n of files) limit = Math.max(limit, await lastSeqOf(path.join(dir, n)));
-    this.#cursor = { done: 0, limit };
+    let highest = 0;
+    for (const n of files) highest = Math.max(highest, await lastSeqOf(path.join(dir, n)));
+    this.#cursor = { done: 0, limit: highest };
     if (files.size > 0) {
       this.#log.warn(
-        { dir, files: files.size, limit },
-        `sink: ${dir} has ${files.size} host file(s) but no ${CURSOR_FILE}: reading the whole stream again; up to stream sequence ${limit}, each host file's last js_seq= decides what is written`,
+        { dir, files: files.size, limit: highest },
+        `sink: ${dir} has ${files.size} host file(s) but no ${CURSOR_FILE}: reading the whole stream again; up to stream sequence ${highest}, each host file's last js_seq= decides what is written`,
       );
     }
     return 0;
@@ -297,8 +309,8 @@ export class HostLogs {
     let skipped = 0;
     const groups = [...byHost.entries()];
     // At most maxOpen hosts at a time: the stores of one chunk stay open until their writes are done.
-    for (let i = 0; i < groups.length; i += this.#o.maxOpen) {
-      const chunk = groups.slice(i, i + this.#o.maxOpen);
+    for (let i = 0; i < groups.length; i += this.#maxOpen) {
+      const chunk = groups.slice(i, i + this.#maxOpen);
       const keep = new Set(chunk.map(([stem]) => stem));
       // Opened one at a time (each may close the least recently used), then written side by side.
       const entries: Entry[] = [];
@@ -341,7 +353,7 @@ export class HostLogs {
       this.#open.set(stem, had);
       return had;
     }
-    while (this.#open.size >= this.#o.maxOpen) {
+    while (this.#open.size >= this.#maxOpen) {
       const victim = [...this.#open.keys()].find((k) => !keep.has(k));
       if (victim === undefined) break;
       const v = this.#open.get(victim)!;

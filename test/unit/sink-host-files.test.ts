@@ -3,6 +3,8 @@
  * distinct file names inside the directory; the recovery after a crash in the middle of a batch that spans hosts
  * writes every record exactly once, in each host's order; the number of open files stays bounded.
  */
+
+import { spawnSync } from 'node:child_process';
 import {
   chmodSync,
   existsSync,
@@ -22,6 +24,7 @@ import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { DEFAULT_LOG_MANAGEMENT } from '../../src/collector/log-store.js';
 import { parseCollectorConfig } from '../../src/config/collector-config.js';
 import { hostToken, tokenBytes } from '../../src/jetstream/nats.js';
+import { PACKAGE_ROOT } from '../../src/paths.js';
 import {
   CURSOR_FILE,
   type HostLine,
@@ -237,6 +240,36 @@ describe('host files: recovery and bounds', () => {
     await expect(open().start()).rejects.toThrow(/writable by others/);
     chmodSync(logs, 0o750);
     expect(lstatSync(path.join(logs, hostFileName('evil'))).isSymbolicLink()).toBe(true);
+  });
+
+  test('sink_max_open_logs above the descriptor limit is lowered to what it leaves, with a warning', () => {
+    const script = [
+      `import { HostLogs } from ${JSON.stringify(path.join(PACKAGE_ROOT, 'dist/src/sink/host-files.js'))};`,
+      `import { DEFAULT_LOG_MANAGEMENT } from ${JSON.stringify(path.join(PACKAGE_ROOT, 'dist/src/collector/log-store.js'))};`,
+      `const warnings = [];`,
+      `const log = { warn: (_o, m) => warnings.push(m), info() {}, error() {}, debug() {} };`,
+      `const h = new HostLogs({ dir: ${JSON.stringify(logs)}, maxOpen: 1000, management: DEFAULT_LOG_MANAGEMENT, log });`,
+      `await h.start();`,
+      `const lines = [];`,
+      `for (let i = 0; i < 60; i++) lines.push({ host: Buffer.from('h' + i), seq: i + 1, text: Buffer.from('r js_seq=' + (i + 1) + '\\n') });`,
+      `await h.write(lines, 60);`,
+      `console.log(JSON.stringify({ warnings, open: h.openFiles }));`,
+      `await h.close();`,
+    ].join('\n');
+    const r = spawnSync(
+      'sh',
+      ['-c', 'ulimit -n 100 && exec "$0" --input-type=module -e "$1"', process.execPath, script],
+      {
+        encoding: 'utf8',
+      },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { warnings: string[]; open: number };
+    expect(out.warnings[0]).toMatch(
+      /sink_max_open_logs = 1000 needs more descriptors than the limit of 100 allows: at most 36 host files/,
+    );
+    expect(out.open).toBe(36);
+    expect(readdirSync(logs).length).toBe(61);
   });
 
   test('cursor: written atomically, a malformed one is refused with what to do', () => {
