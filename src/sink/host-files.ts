@@ -32,7 +32,9 @@
  *   of H's newest rotated file) gives H's last sequence, and messages at or below it are skipped. Above L, nothing
  *   can be in any file: no tail is read. So after a crash at most LIMIT_STEP + one batch of messages are checked
  *   against tails, nothing is lost (D only moves past synced writes), nothing is written twice, and each host's
- *   order holds (a host's messages are appended in stream order, a skipped one is one already there).
+ *   order holds (a host's messages are appended in stream order, a skipped one is one already there). A batch
+ *   whose writing failed (a full disk, an unusable file) is given again: its files are asked the same way, since
+ *   some of them were written and may have been closed since.
  * - Without a cursor (first start, or removed) D = 0 and L = the highest last sequence of the host files already
  *   there (each read once at start): the whole stream is read again and every host file's tail decides up to L
  *   (slow, still exactly once for the files that are there).
@@ -65,6 +67,8 @@ export const STEM_PREFIX = 100;
 export const CURSOR_FILE = '.sink-cursor';
 /** How far ahead of the written sequences the cursor's limit is set. */
 export const LIMIT_STEP = 10_000;
+/** How often an open host file's store checks its name and free space. */
+const HOUSEKEEPING_MS = 10_000;
 /** Descriptors kept for everything but the host files (NATS, the cursor, the process's own). */
 const FD_RESERVE = 64;
 
@@ -225,6 +229,12 @@ export class HostLogs {
   readonly #log: Logger;
   /** Open stores, least recently used first (Map order). */
   readonly #open = new Map<string, Entry>();
+  /**
+   * Up to which sequence a host file may already hold what it is given: the cursor's limit at start (a batch the
+   * crash interrupted), raised to a batch's last sequence when writing it failed (it is given again, and a file
+   * closed in between must be asked). Beyond it no tail is read.
+   */
+  #horizon = 0;
   /** sink_max_open_logs, lowered to what the descriptor limit leaves (start). */
   #maxOpen: number;
   #cursor: Cursor = { done: 0, limit: 0 };
@@ -265,6 +275,7 @@ export class HostLogs {
     const c = readCursor(dir);
     if (c) {
       this.#cursor = c;
+      this.#horizon = c.limit;
       return c.done;
     }
     const files = new Set<string>();
@@ -276,6 +287,7 @@ export class HostLogs {
     let highest = 0;
     for (const n of files) highest = Math.max(highest, await lastSeqOf(path.join(dir, n)));
     this.#cursor = { done: 0, limit: highest };
+    this.#horizon = highest;
     if (files.size > 0) {
       this.#log.warn(
         { dir, files: files.size, limit: highest },
@@ -291,6 +303,15 @@ export class HostLogs {
    * be given again (lines already written are skipped).
    */
   async write(lines: HostLine[], top: number): Promise<{ written: number; skipped: number }> {
+    try {
+      return await this.#write(lines, top);
+    } catch (err) {
+      this.#horizon = Math.max(this.#horizon, top);
+      throw err;
+    }
+  }
+
+  async #write(lines: HostLine[], top: number): Promise<{ written: number; skipped: number }> {
     if (top > this.#cursor.limit) {
       this.#cursor = { done: this.#cursor.done, limit: top + LIMIT_STEP };
       writeCursor(this.#o.dir, this.#cursor);
@@ -372,15 +393,18 @@ export class HostLogs {
         ...this.#o.management,
         spaceLeft: { mib: 0 },
         adminSpaceLeft: { mib: 0 },
+        // Each open store looks for a renamed file and a full disk on its own timer: with hundreds open, every
+        // 10 s rather than every second.
+        checkIntervalMs: HOUSEKEEPING_MS,
       },
       evidence: null,
       writerHooks: { noReserve: true },
     });
     await store.open();
-    // Only a message at or below the cursor's limit can already be in the file (module comment).
+    // Only a message at or below the horizon can already be in the file (module comment).
     let lastSeq = 0;
     try {
-      if (firstSeq <= this.#cursor.limit) lastSeq = await lastSeqOf(file);
+      if (firstSeq <= this.#horizon) lastSeq = await lastSeqOf(file);
     } catch (err) {
       await store.close();
       throw err;

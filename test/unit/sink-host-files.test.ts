@@ -13,6 +13,7 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
+  renameSync,
   rmSync,
   symlinkSync,
   writeFileSync,
@@ -176,6 +177,30 @@ describe('host files: recovery and bounds', () => {
     await b.close();
     check(hosts, all);
     expect(readCursor(logs)?.done).toBe(400);
+  });
+
+  test('a batch whose writing failed halfway is given again: files written (and closed since) are not written twice', async () => {
+    // In the failing batch, evil's records come in the last of three steps (2 files open at most).
+    const hosts = ['evil', 'b', 'c', 'd', 'e'];
+    const all = stream(hosts, 50).filter((l) => l.seq > 0);
+    const a = open(2);
+    await a.start();
+    await a.write(all.slice(0, 10), 10);
+    // evil's file is replaced by a link while it is closed (the least recently used): the next batch fails there.
+    const evil = path.join(logs, hostFileName('evil'));
+    renameSync(evil, path.join(dir, 'evil.saved'));
+    symlinkSync(path.join(dir, 'nowhere'), evil);
+    const batch = all.slice(10, 30);
+    await expect(a.write(batch, 30)).rejects.toThrow(/symbolic link/);
+    expect(readCursor(logs)?.done).toBe(10);
+    rmSync(evil);
+    renameSync(path.join(dir, 'evil.saved'), evil);
+    await a.write(batch, 30);
+    await a.write(all.slice(30), 50);
+    expect(a.skipped).toBeGreaterThan(0);
+    await a.close();
+    check(hosts, all);
+    expect(existsSync(path.join(dir, 'nowhere'))).toBe(false);
   });
 
   test('a torn last line (killed mid-write) is cut and that record written once', async () => {
