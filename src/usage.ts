@@ -79,16 +79,19 @@ ${EXIT_STATUSES}
     details: `Reads the stream the collectors publish to (output = jetstream) and writes every record into
 log_file, in each host's order, exactly once across its own crashes: each batch is written and fsync'd before
 the next is read, and at start the log's last line says where to go on (docs/scale-out.md). Each line is the
-record, then rid=AGENT:SEQ (when it has one) and js_seq=N.
+record, then rid=AGENT:SEQ (when it has one) and js_seq=N. With sink_log_layout = per_host, each host's records
+go to their own file, sink_log_dir/HOST.log (the name escaped into a safe file name), at most
+sink_max_open_logs open, with a cursor file (.sink-cursor) in that directory.
 
 options:
   --config FILE        auditd.conf-style file: jetstream_servers, jetstream_stream, sink_consumer,
-                       log_file, and the log management keys (max_log_file, num_logs, space_left, ...)
+                       log_file, and the log management keys (max_log_file, num_logs, space_left, ...);
+                       sink_log_layout, sink_log_dir, sink_max_open_logs
   -h, --help           this text
 
 signals:
   SIGTERM, SIGINT      finish the batch being written, exit
-  SIGUSR1              rotate the log now
+  SIGUSR1              rotate the log now (single layout; per-host files rotate by max_log_file)
   SIGHUP               logged; a restart applies a configuration change
 
 ${EXIT_STATUSES}

@@ -90,7 +90,10 @@ export interface LogStoreOptions {
   maxTornTailBytes?: number;
   management?: LogManagementSettings;
   evidence?: EvidenceSettings | null;
-  /** Test hooks for the writer (fault injection). */
+  /**
+   * Writer options: fault injection for tests, and `noReserve` for the sink's per-host files (src/sink/host-files.ts:
+   * a reservation helper process per open file would be hundreds of processes).
+   */
   writerHooks?: Pick<LogWriterOptions, 'datasync' | 'noReserve' | 'reserveChunkBytes'>;
   /** Test seam: where sendmail is looked for. */
   sendmail?: readonly string[];

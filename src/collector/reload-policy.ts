@@ -83,6 +83,9 @@ export const COLLECTOR_RELOAD_POLICY: Readonly<Record<keyof CollectorConfig, Col
   jetstreamDuplicateWindow: 'restart',
   // The sink's key (`auditrelay sink` reads the same syntax); the collector does not use it.
   sinkConsumer: 'restart',
+  sinkLogLayout: 'restart',
+  sinkLogDir: 'restart',
+  sinkMaxOpenLogs: 'restart',
 };
 
 export interface CollectorReloadPlan {

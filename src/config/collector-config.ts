@@ -164,6 +164,12 @@ export interface CollectorConfig {
   jetstreamDuplicateWindow: number;
   /** The sink's durable consumer. */
   sinkConsumer: string;
+  /** The sink: one log file (log_file), or one file per host in sinkLogDir (docs/scale-out.md). */
+  sinkLogLayout: 'single' | 'per_host';
+  /** The sink with per_host: the private directory of the host files. */
+  sinkLogDir: string;
+  /** The sink with per_host: host files open at most (the least recently used is closed). */
+  sinkMaxOpenLogs: number;
   /** Record identities (docs/protocol.md): the `rid` capability, resends dropped, ` rid=` in the log. */
   recordIds: boolean;
 }
@@ -243,6 +249,9 @@ export const COLLECTOR_DEFAULTS: Readonly<CollectorConfig> = Object.freeze({
   jetstreamReplicas: 3,
   jetstreamDuplicateWindow: 600,
   sinkConsumer: 'auditrelay-sink',
+  sinkLogLayout: 'single',
+  sinkLogDir: '/var/log/auditrelay/hosts',
+  sinkMaxOpenLogs: 256,
   recordIds: true,
 } satisfies CollectorConfig);
 
@@ -272,6 +281,7 @@ export const COLLECTOR_RANGES = {
   max_hosts: [1, 10_000_000],
   jetstream_replicas: [1, 5],
   jetstream_duplicate_window: [1, 86_400],
+  sink_max_open_logs: [1, 65_536],
 } as const satisfies Record<string, readonly [number, number]>;
 
 export function defaultCollectorConfig(): CollectorConfig {
@@ -662,6 +672,19 @@ const EXTENSION_KEYS: Record<string, KeyDef> = {
     },
     format: (cfg) => cfg.sinkConsumer,
   },
+  sink_log_layout: {
+    apply: (cfg, e, file) => {
+      cfg.sinkLogLayout = parseKeyword(e, file, ['single', 'per_host'] as const);
+    },
+    format: (cfg) => cfg.sinkLogLayout,
+  },
+  sink_log_dir: {
+    apply: (cfg, e, file) => {
+      cfg.sinkLogDir = parseAbsolutePath(e, file);
+    },
+    format: (cfg) => cfg.sinkLogDir,
+  },
+  sink_max_open_logs: int('sink_max_open_logs', 'sinkMaxOpenLogs'),
   record_ids: {
     apply: (cfg, e, file) => {
       cfg.recordIds = parseYesNo(e, file);
@@ -884,6 +907,26 @@ export function parseCollectorConfig(text: string, file: string): LoadedCollecto
         key,
         `${action.kind}: the collector does not change this server's run level for its clients' records (nothing on the clients would be protected by it); it suspends logging instead (clients keep their records) and logs at error level`,
       );
+    }
+  }
+  if (config.sinkLogLayout === 'per_host') {
+    const ev = lastLine.get('evidence');
+    if (ev !== undefined && config.evidence) {
+      warn(
+        ev,
+        'evidence',
+        'sink_log_layout = per_host keeps no evidence for the host files (docs/scale-out.md, "One file per host"); use sink_log_layout = single where the tamper-evident store is needed',
+      );
+    }
+    for (const key of ['space_left', 'admin_space_left']) {
+      const at = lastLine.get(key);
+      if (at !== undefined) {
+        warn(
+          at,
+          key,
+          'not checked with sink_log_layout = per_host (each of thousands of files would act on the same file system); a full disk still fails the write (disk_full_action) and the sink retries',
+        );
+      }
     }
   }
   const freqLine = lastLine.get('freq');

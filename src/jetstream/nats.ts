@@ -48,7 +48,12 @@ export function hostToken(host: string): string {
 
 /** The reverse of hostToken; null when `token` is not one. */
 export function tokenHost(token: string): string | null {
-  if (token === '_') return '';
+  return tokenBytes(token)?.toString('utf8') ?? null;
+}
+
+/** The host name's bytes a token stands for (not decoded as UTF-8: two tokens never give the same bytes); null when `token` is not one. */
+export function tokenBytes(token: string): Buffer | null {
+  if (token === '_') return Buffer.alloc(0);
   const bytes: number[] = [];
   for (let i = 0; i < token.length; i++) {
     const c = token[i]!;
@@ -60,7 +65,7 @@ export function tokenHost(token: string): string | null {
     } else if (/[A-Za-z0-9-]/.test(c)) bytes.push(c.charCodeAt(0));
     else return null;
   }
-  return Buffer.from(bytes).toString('utf8');
+  return Buffer.from(bytes);
 }
 
 export function hostSubject(stream: string, host: string): string {

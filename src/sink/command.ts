@@ -1,7 +1,8 @@
 /**
  * `auditrelay sink --config FILE`: the sink (sink.ts) as a daemon. FILE has the collector's syntax (auditd.conf):
  * jetstream_servers, jetstream_stream, sink_consumer, log_file and the log management keys (max_log_file,
- * num_logs, max_log_file_action, space_left, ... , evidence). Signals: SIGTERM/SIGINT finish the batch being
+ * num_logs, max_log_file_action, space_left, ... , evidence); or, with `sink_log_layout = per_host`, one file per
+ * host in sink_log_dir (at most sink_max_open_logs open; host-files.ts). Signals: SIGTERM/SIGINT finish the batch being
  * written (acknowledged) and stop; SIGUSR1 rotates the log now; SIGHUP is logged (a restart applies a change).
  */
 import { parseArgs } from 'node:util';
@@ -23,9 +24,12 @@ export async function runSink(args: string[]): Promise<number> {
     {
       jetstream: jetstreamSettings(cfg),
       consumer: cfg.sinkConsumer,
-      logFile: cfg.logFile,
+      layout:
+        cfg.sinkLogLayout === 'per_host'
+          ? { kind: 'per_host', dir: cfg.sinkLogDir, maxOpen: cfg.sinkMaxOpenLogs }
+          : { kind: 'single', logFile: cfg.logFile },
       management: base.logManagement!,
-      evidence: base.evidence ?? null,
+      evidence: cfg.sinkLogLayout === 'single' ? (base.evidence ?? null) : null,
     },
     log,
   );
@@ -53,10 +57,14 @@ export async function runSink(args: string[]): Promise<number> {
       throw err;
     });
     if (first === 'started') {
-      void notifier.ready(`consuming ${cfg.jetstreamStream} into ${cfg.logFile}`);
+      const into =
+        cfg.sinkLogLayout === 'per_host'
+          ? `one file per host in ${cfg.sinkLogDir} (at most ${cfg.sinkMaxOpenLogs} open)`
+          : cfg.logFile;
+      void notifier.ready(`consuming ${cfg.jetstreamStream} into ${into}`);
       log.info(
-        { stream: cfg.jetstreamStream, consumer: cfg.sinkConsumer, log: cfg.logFile },
-        `sink: consuming stream ${cfg.jetstreamStream} (consumer ${cfg.sinkConsumer}) into ${cfg.logFile}`,
+        { stream: cfg.jetstreamStream, consumer: cfg.sinkConsumer, log: into },
+        `sink: consuming stream ${cfg.jetstreamStream} (consumer ${cfg.sinkConsumer}) into ${into}`,
       );
       await stopped;
     }

@@ -1,6 +1,8 @@
 /**
  * `auditrelay sink` (docs/scale-out.md): reads the stream (an ordered JetStream consumer) and writes it into an auditd-format
- * log file, exactly once across its own crashes, each host's records in the stream's order.
+ * log file, exactly once across its own crashes, each host's records in the stream's order. With
+ * `sink_log_layout = per_host` it writes one file per host instead (host-files.ts: names, bounds, and the cursor
+ * that makes a batch spread over many files exactly once); what follows is the single file.
  *
  * - The log is the cursor: an ordered consumer (name prefix `sink_consumer` and a random part, every subject `<STREAM>.>`) starts at
  *   the sequence after the log's last one and delivers strictly in stream order; batches of up to SINK_BATCH
@@ -19,7 +21,6 @@
  *   the sink refuses to start (AR_JETSTREAM) rather than skip records.
  */
 import { randomBytes } from 'node:crypto';
-import { open as openFile } from 'node:fs/promises';
 import { type Consumer, DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { EvidenceParts, EvidenceSettings } from '../collector/evidence-sink.js';
@@ -33,10 +34,11 @@ import {
   natsReason,
   sleep,
   streamSubjects,
-  tokenHost,
+  tokenBytes,
 } from '../jetstream/nats.js';
 import type { Logger } from '../log.js';
 import { parseRid } from '../protocol/record-id.js';
+import { CURSOR_FILE, type HostLine, HostLogs, lastSeqOf } from './host-files.js';
 
 /** Messages fetched, written and acknowledged together at most. */
 export const SINK_BATCH = 1000;
@@ -47,11 +49,17 @@ const SINK_REPORT_MS = 30_000;
 /** Bytes of the log's tail read at start to find the last stream sequence. */
 const TAIL_BYTES = 1 << 20;
 
+/** Where the sink writes: one file (`sink_log_layout = single`), or one file per host in a directory. */
+export type SinkLayout =
+  | { kind: 'single'; logFile: string }
+  | { kind: 'per_host'; dir: string; maxOpen: number };
+
 export interface SinkSettings {
   jetstream: JetStreamSettings;
   consumer: string;
-  logFile: string;
+  layout: SinkLayout;
   management: LogManagementSettings;
+  /** Single layout only (per-host files carry no evidence: host-files.ts). */
   evidence: EvidenceSettings | null;
 }
 
@@ -66,7 +74,10 @@ export interface SinkStats {
 export class Sink {
   readonly #s: SinkSettings;
   readonly #log: Logger;
-  readonly #store: LogStore;
+  readonly #store: LogStore | null;
+  readonly #hosts: HostLogs | null;
+  /** What the log messages call the output: the log file, or the directory. */
+  readonly #where: string;
   readonly #abort = new AbortController();
   #nc: NatsConnection | null = null;
   #running: Promise<void> | null = null;
@@ -75,19 +86,39 @@ export class Sink {
   constructor(settings: SinkSettings, log: Logger) {
     this.#s = settings;
     this.#log = log;
-    this.#store = new LogStore({
-      path: settings.logFile,
-      fsync: 'always',
-      fsyncIntervalMs: 200,
-      log,
-      maxTornTailBytes: 2 * TAIL_BYTES,
-      management: settings.management,
-      evidence: settings.evidence,
-    });
+    const layout = settings.layout;
+    if (layout.kind === 'single') {
+      this.#where = layout.logFile;
+      this.#hosts = null;
+      this.#store = new LogStore({
+        path: layout.logFile,
+        fsync: 'always',
+        fsyncIntervalMs: 200,
+        log,
+        maxTornTailBytes: 2 * TAIL_BYTES,
+        management: settings.management,
+        evidence: settings.evidence,
+      });
+    } else {
+      this.#where = `${layout.dir}/`;
+      this.#store = null;
+      this.#hosts = new HostLogs({
+        dir: layout.dir,
+        maxOpen: layout.maxOpen,
+        management: settings.management,
+        log,
+      });
+    }
   }
 
-  get store(): LogStore {
+  /** The single layout's log store (null with per_host). */
+  get store(): LogStore | null {
     return this.#store;
+  }
+
+  /** The per-host files (null with the single layout). */
+  get hosts(): HostLogs | null {
+    return this.#hosts;
   }
 
   /**
@@ -95,13 +126,18 @@ export class Sink {
    * the stream and the consumer; then consumes until stop(). Resolves when the consumer runs.
    */
   async start(): Promise<void> {
-    await this.#store.open();
-    this.stats.lastSeq = await lastWrittenSeq(this.#s.logFile);
+    if (this.#store && this.#s.layout.kind === 'single') {
+      await this.#store.open();
+      this.stats.lastSeq = await lastWrittenSeq(this.#s.layout.logFile);
+    } else {
+      this.stats.lastSeq = await this.#hosts!.start();
+    }
+    const where = this.#where;
     this.#log.info(
-      { log: this.#s.logFile, lastSeq: this.stats.lastSeq },
+      { log: where, lastSeq: this.stats.lastSeq },
       this.stats.lastSeq > 0
-        ? `sink: ${this.#s.logFile} ends with stream sequence ${this.stats.lastSeq}: continuing after it`
-        : `sink: ${this.#s.logFile} has no record of the stream yet`,
+        ? `sink: ${where} ${this.#hosts ? `(${CURSOR_FILE}) has every stream sequence up to` : 'ends with stream sequence'} ${this.stats.lastSeq}: continuing after it`
+        : `sink: ${where} has no record of the stream yet`,
     );
     const js = this.#s.jetstream;
     this.#nc = await connectNats(
@@ -113,7 +149,9 @@ export class Sink {
     const info = await this.#retry('stream', () => ensureStream(this.#nc!, js, this.#log));
     if (info.state.last_seq < this.stats.lastSeq) {
       throw new JetStreamUnavailableError(
-        `${this.#s.logFile} ends with stream sequence ${this.stats.lastSeq}, but stream ${js.stream} ends at ${info.state.last_seq}: the stream was re-created or the log belongs to another stream; move the log away (or set log_file to a new file) and start again`,
+        this.#hosts
+          ? `${this.#where}${CURSOR_FILE} says stream sequences up to ${this.stats.lastSeq} are written, but stream ${js.stream} ends at ${info.state.last_seq}: the stream was re-created or the directory belongs to another stream; move the directory away (or set sink_log_dir to a new one) and start again`
+          : `${this.#where} ends with stream sequence ${this.stats.lastSeq}, but stream ${js.stream} ends at ${info.state.last_seq}: the stream was re-created or the log belongs to another stream; move the log away (or set log_file to a new file) and start again`,
       );
     }
     const consumer = await this.#retry('consumer', () => this.#consumer());
@@ -151,7 +189,7 @@ export class Sink {
     if (this.stats.lastSeq > 0 && first > start) {
       this.#log.error(
         { stream, from: start, to: first - 1 },
-        `sink: stream ${stream} no longer holds sequences ${start}..${first - 1} (removed by its limits, max_age or max_bytes, before the sink wrote them): they are not in ${this.#s.logFile}; continuing at ${first}`,
+        `sink: stream ${stream} no longer holds sequences ${start}..${first - 1} (removed by its limits, max_age or max_bytes, before the sink wrote them): they are not in ${this.#where}; continuing at ${first}`,
       );
     }
     return jetstream(nc).consumers.get(stream, {
@@ -200,9 +238,7 @@ export class Sink {
       headers?: { get(k: string): string } | undefined;
     }[],
   ): Promise<void> {
-    const lines: Buffer[] = [];
-    const parts: EvidenceParts = [];
-    let at = 0;
+    const lines: HostLine[] = [];
     let top = this.stats.lastSeq;
     for (const m of msgs) {
       if (m.seq <= top) {
@@ -219,37 +255,53 @@ export class Sink {
         Buffer.from(`${rid ? ` rid=${rid.agent}:${rid.seq}` : ''} js_seq=${m.seq}\n`),
       ]);
       const token = m.subject.slice(m.subject.indexOf('.') + 1);
-      const host = tokenHost(token) ?? token;
-      const last = parts[parts.length - 1];
-      if (last && last[0] === host && last[2] === at) last[2] = at + text.length;
-      else parts.push([host, at, at + text.length]);
-      at += text.length;
-      lines.push(text);
+      lines.push({ host: tokenBytes(token) ?? Buffer.from(token, 'utf8'), seq: m.seq, text });
     }
-    if (lines.length > 0) {
+    if (lines.length > 0 || (this.#hosts && top > this.stats.lastSeq)) {
       for (;;) {
         try {
-          await this.#store.write(Buffer.concat(lines), parts);
+          if (this.#hosts) {
+            const r = await this.#hosts.write(lines, top);
+            this.stats.written += r.written;
+            this.stats.skipped += r.skipped;
+          } else {
+            await this.#writeSingle(lines);
+            this.stats.written += lines.length;
+          }
           break;
         } catch (err) {
-          // Not written: nothing is acknowledged; the same batch is written again when the log takes it.
+          // Not written (or not all): nothing moves on; the same batch is written again (what is there is skipped).
           this.#log.error(
             { error: (err as Error).message },
-            `sink: cannot write ${lines.length} record(s) to ${this.#s.logFile} (${(err as Error).message}); nothing acknowledged, retrying in 1 s`,
+            `sink: cannot write ${lines.length} record(s) to ${this.#where} (${(err as Error).message}); retrying in 1 s`,
           );
           await sleep(1000, this.#abort.signal);
           if (this.#abort.signal.aborted) throw err;
         }
       }
-      this.stats.written += lines.length;
     }
     this.stats.lastSeq = top;
     this.stats.batches++;
   }
 
+  /** One write of the whole batch into the single log (`parts`: whose bytes are whose, for the evidence). */
+  async #writeSingle(lines: HostLine[]): Promise<void> {
+    const parts: EvidenceParts = [];
+    let at = 0;
+    for (const l of lines) {
+      const host = l.host.toString('utf8');
+      const last = parts[parts.length - 1];
+      if (last && last[0] === host && last[2] === at) last[2] = at + l.text.length;
+      else parts.push([host, at, at + l.text.length]);
+      at += l.text.length;
+    }
+    await this.#store!.write(Buffer.concat(lines.map((l) => l.text)), parts);
+  }
+
   /** SIGUSR1. */
-  rotate(reason: string): Promise<void> {
-    return this.#store.rotate(reason);
+  async rotate(reason: string): Promise<void> {
+    if (this.#store) await this.#store.rotate(reason);
+    else this.#log.warn(`${reason}: the per-host files rotate by max_log_file only; nothing rotated`);
   }
 
   /** Finishes the batch being written (and acknowledges it), closes the connection and the log. */
@@ -258,46 +310,17 @@ export class Sink {
     await this.#running?.catch(() => {});
     const nc = this.#nc;
     if (nc && !nc.isClosed()) await nc.close().catch(() => {});
-    await this.#store.close();
+    await this.#store?.close();
+    await this.#hosts?.close();
     this.#log.info(this.stats, 'sink stopped');
   }
 }
 
 /**
  * The last stream sequence (`js_seq=`) in `file`'s tail; when the file has no line, in `file.1`; 0 when neither
- * has one. A non-empty file whose tail has no `js_seq=` is not a sink's log: refused.
+ * has one. A non-empty file whose tail has no `js_seq=` is not a sink's log: refused. (host-files.ts `lastSeqOf`:
+ * the same for every layout, never through a symbolic link.)
  */
-export async function lastWrittenSeq(file: string): Promise<number> {
-  for (const candidate of [file, `${file}.1`]) {
-    const tail = await readTail(candidate);
-    if (tail === null || tail.trim() === '') continue;
-    const matches = [...tail.matchAll(/ js_seq=([0-9]+)\n/g)];
-    const last = matches[matches.length - 1];
-    if (!last) {
-      throw new JetStreamUnavailableError(
-        `${candidate} has lines without js_seq=: it is not a log written by the sink; set log_file to a new file (or move this one away)`,
-      );
-    }
-    return Number(last[1]);
-  }
-  return 0;
-}
-
-async function readTail(file: string): Promise<string | null> {
-  let fh: Awaited<ReturnType<typeof openFile>>;
-  try {
-    fh = await openFile(file, 'r');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw err;
-  }
-  try {
-    const { size } = await fh.stat();
-    const length = Math.min(size, TAIL_BYTES);
-    const buf = Buffer.alloc(length);
-    await fh.read(buf, 0, length, size - length);
-    return buf.toString('latin1');
-  } finally {
-    await fh.close();
-  }
+export function lastWrittenSeq(file: string): Promise<number> {
+  return lastSeqOf(file, TAIL_BYTES);
 }

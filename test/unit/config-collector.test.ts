@@ -89,6 +89,9 @@ const DEFAULTS: CollectorConfig = {
   jetstreamReplicas: 3,
   jetstreamDuplicateWindow: 600,
   sinkConsumer: 'auditrelay-sink',
+  sinkLogLayout: 'single',
+  sinkLogDir: '/var/log/auditrelay/hosts',
+  sinkMaxOpenLogs: 256,
   recordIds: true,
 };
 
