@@ -90,6 +90,8 @@ describe('durable queue under the agent', () => {
       what: '1500 records',
     });
     server.current!.socket.resetAndDestroy();
+    // The agent opens a third link after the second reset, whether or not the window had already sent the rest.
+    await server.waitForConnections(3);
     await pollUntil(() => new Set(seqs(server!.lines())).size === total || undefined, {
       timeoutMs: 20_000,
       what: `all ${total} records`,
