@@ -195,7 +195,12 @@ export class Sink {
     return jetstream(nc).consumers.get(stream, {
       // Unique per process: a crashed sink's consumer lingers until the server drops it for inactivity.
       name_prefix: `${this.#s.consumer}_${randomBytes(4).toString('hex')}`,
-      filter_subjects: [streamSubjects(stream)],
+      // One filter, given as a string: the client sends it as `filter_subject`. As a list (`filter_subjects`, the
+      // multi-filter form) nats-server 2.15.1 sometimes delivered about 250 messages a second with a core busy, for
+      // the whole catch-up of a sink restarted after the crash test's kills (each fetch of 1,000 ended at its 1 s
+      // expiry with ~750 left); `filter_subject` and no filter, asked of the same stream at the same moment, read
+      // 12,000 messages in under 2 s.
+      filter_subjects: streamSubjects(stream),
       ...(this.stats.lastSeq > 0
         ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start }
         : { deliver_policy: DeliverPolicy.All }),

@@ -174,17 +174,17 @@ describe.skipIf(!available)('collector output = jetstream and the sink, real 3-n
     await progress(7000);
     cluster.startNode(leader);
 
-    // 3. An agent alone, then another agent and the sink at once, each while it is still being fed (the one with
-    // the most records left: it is fed at most maxAhead records beyond its acknowledged ones, so with a quarter
-    // of the records acknowledged it still has some to take) and with 200 records just written into its pipe;
-    // restarted on its durable queue, same agent id; what it had not read is fed to the new process.
+    // 3. An agent alone, then another agent and the sink at once: each time the agent with the most records left
+    // (mid-stream: records of its own unacknowledged, and usually still being fed: it is fed at most maxAhead
+    // records beyond its acknowledged ones), with up to 200 more records just written into its pipe; restarted on
+    // its durable queue, same agent id; what it had not read is fed to the new process.
     const kills: { host: string; ackedAtKill: number; accepted: number; fed: number }[] = [];
     const restart = async (a: AgentRig) => {
       const old = a.proc!;
       const ackedAtKill = a.acked();
       const r = await a.kill9(200);
       expect(r.accepted).toBeGreaterThanOrEqual(ackedAtKill);
-      expect(r.fed, `${a.host} killed mid-stream`).toBeLessThan(total);
+      expect(ackedAtKill, `${a.host} killed mid-stream`).toBeLessThan(total);
       kills.push({ host: a.host, ackedAtKill, ...r });
       const p = track(a.start());
       await pollUntil(() => agentIdOf(p), { timeoutMs: 20_000, what: `${a.host} restarted`, diagnostics });
@@ -194,7 +194,7 @@ describe.skipIf(!available)('collector output = jetstream and the sink, real 3-n
       agents.filter((a) => !but.includes(a)).reduce((x, y) => (y.acked() < x.acked() ? y : x));
     const first = leastAdvanced();
     await restart(first);
-    await progress(10_000);
+    await progress(9000);
     await Promise.all([restart(leastAdvanced([first])), kill9(sink.proc)]);
     track(startSink(sink));
 
@@ -220,6 +220,16 @@ describe.skipIf(!available)('collector output = jetstream and the sink, real 3-n
     // Exactly once in the stream too: the resends (collector kill -9, failover, failback, agent kill -9) were
     // dropped by message id.
     expect(await streamMessages(nc, stream)).toBe(4 * total);
+    // The sink reads with one filter subject, never the multi-filter form (src/sink/sink.ts: nats-server delivered
+    // a few hundred messages a second to it after these kills, and the sink's catch-up took most of a minute).
+    const sinkConsumers = [];
+    for await (const ci of jsm.consumers.list(stream))
+      if (ci.name.startsWith('auditrelay-sink')) sinkConsumers.push(ci);
+    expect(sinkConsumers.length).toBeGreaterThan(0);
+    for (const ci of sinkConsumers) {
+      expect(ci.config.filter_subject).toBe(`${stream}.>`);
+      expect(ci.config.filter_subjects ?? []).toEqual([]);
+    }
     console.log(`${timeline.join('\n')}\nagent kills: ${JSON.stringify(kills)}`);
     for (const c of [c1, c2]) expect(await stopProc(c.proc)).toBe(0);
     expect(await stopProc(sink.proc)).toBe(0);
@@ -308,7 +318,20 @@ describe.skipIf(!available)('output = jetstream while NATS cannot be reached', (
     });
     expect(agent.acked()).toBe(0);
     await cluster.startAll();
-    await pollUntil(() => agent.acked() >= 800, { timeoutMs: 30_000, what: '800 records acknowledged' });
+    const tail = () =>
+      [
+        `acked ${agent.acked()}, fed ${agent.next - 1}`,
+        '--- agent',
+        ...agent.proc!.out.slice(-15),
+        '--- collector',
+        ...collector.out.slice(-15),
+        cluster.logs(),
+      ].join('\n');
+    await pollUntil(() => agent.acked() >= 800, {
+      timeoutMs: 30_000,
+      what: '800 records acknowledged',
+      diagnostics: tail,
+    });
     // Unreachable in the middle: every server stops answering (SIGSTOP), then comes back.
     const before = unavailable();
     cluster.freeze(true);
