@@ -1,7 +1,7 @@
 /**
  * The TLS benchmark (issue 11), in one run and one private namespace (the tests' NetnsSandbox):
  *
- * - records/s of our agent (`mode = forward`, max_in_flight 1024) over tls and over tcp, to the real auditd 4.2.1
+ * - records/s of our agent (`mode = forward`, its default max_in_flight) over tls and over tcp, to the real auditd 4.2.1
  *   (Debian sid, test/helpers/peers.ts) and to our collector (the built CLI); plus mutual X.509 to our collector;
  *   the same records (the corpus repeated), repetitions interleaved; the tls/tcp ratio per server;
  * - handshakes per second: concurrent clients that each connect, make the TLS handshake, send one record, wait
@@ -461,7 +461,7 @@ async function main(): Promise<void> {
     '',
     '### Records/s over TLS and TCP, same run',
     '',
-    "Our agent (`mode = forward`, `max_in_flight = 1024`) writes the corpus records to the server as fast as it takes them; the clock runs from the first record to the last one in the server's log. tls: TLS 1.3, `TLS_AES_128_GCM_SHA256`, X25519 (PSK), records in TLS records of whole messages of at most 8970 bytes (docs/tls.md). Median (min–max).",
+    "Our agent (`mode = forward`, the default `max_in_flight`) writes the corpus records to the server as fast as it takes them; the clock runs from the first record to the last one in the server's log. tls: TLS 1.3, `TLS_AES_128_GCM_SHA256`, X25519 (PSK), records in TLS records of whole messages of at most 8970 bytes (docs/tls.md). Median (min–max).",
     '',
     '| | transport | records/s | of tcp | agent CPU s | server CPU s | agent peak RSS |',
     '|---|---|---|---|---|---|---|',
