@@ -135,6 +135,8 @@ export interface RealAudispRemote {
    * then throws). Exit status 0 = nothing left in its queue, 1 = records were still queued (and are lost).
    */
   stop(timeoutMs?: number): Promise<ExitInfo>;
+  /** Its exit, stderr, syslog lines since its start and config: for a wait that times out. */
+  diagnostics(): string;
 }
 
 /**
@@ -286,6 +288,7 @@ export async function startRealAudispRemote(
     pid,
     confPath,
     stdinKind,
+    diagnostics,
     async write(records: Iterable<string | Buffer>): Promise<void> {
       const parts: Buffer[] = [];
       for (const r of records) {

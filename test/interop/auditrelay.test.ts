@@ -223,6 +223,8 @@ describe.skipIf(!available)('auditrelay with the real auditd and audisp-remote',
     await pollUntil(() => readCompleteLines(logFile).length >= 1, {
       timeoutMs: 15_000,
       what: 'the first record',
+      // Seen once inside the whole suite (not alone): what each side said, for the next time.
+      diagnostics: () => `collector:\n${first.stderrText()}\naudisp-remote:\n${remote.diagnostics()}`,
     });
     first.kill('SIGTERM');
     expect(await waitForExit(first, 15_000)).toEqual({ code: 0, signal: null });
